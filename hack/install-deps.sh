@@ -11,6 +11,8 @@ APT_PACKAGES=(
   musl-tools                  # a real musl client for resolver tests
   iptables nftables conntrack iproute2 # node setup tests in network namespaces
   tcpdump
+  containerd runc containernetworking-plugins # the single-node cluster of e2e/
+  busybox-static              # e2e client images
 )
 STATICCHECK_VERSION=v0.8.2
 
