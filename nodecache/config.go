@@ -1,0 +1,372 @@
+// Package nodecache is localdns-nodecache: a caching DNS forwarder on every
+// node at a link-local address. It prepares the node (an interface holding
+// the listen IPs and iptables rules that keep DNS out of conntrack), keeps
+// that setup repaired, and serves DNS through the shared dnsengine in front
+// of kube-dns.
+package nodecache
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Command is what the process was asked to do.
+type Command int
+
+const (
+	// CommandServe prepares the node and serves DNS until signalled.
+	CommandServe Command = iota
+	// CommandCleanup removes the interface and rules, then exits.
+	CommandCleanup
+)
+
+// cleanupCommand is the subcommand name on the command line.
+const cleanupCommand = "cleanup"
+
+// IptablesMode selects the iptables backend.
+type IptablesMode string
+
+// The iptables backends: auto detects the one the node's kube-proxy uses.
+const (
+	IptablesAuto   IptablesMode = "auto"
+	IptablesNFT    IptablesMode = "nft"
+	IptablesLegacy IptablesMode = "legacy"
+)
+
+// Transport is how the node cache talks to its upstreams.
+type Transport string
+
+// Upstream transports; TCP is the default because it reuses connections and
+// never goes through UDP conntrack.
+const (
+	TransportTCP Transport = "tcp"
+	TransportUDP Transport = "udp"
+)
+
+// SetupConfig describes the node setup, shared by serving and cleanup.
+type SetupConfig struct {
+	Interface     bool         // manage the interface holding the listen IPs
+	Rules         bool         // manage the NOTRACK and ACCEPT rules
+	InterfaceName string       // e.g. "localdns0"
+	IptablesMode  IptablesMode // auto, nft or legacy
+}
+
+// Config is a validated command line.
+type Config struct {
+	Command Command
+
+	Listen            []netip.AddrPort // where DNS is served (UDP and TCP)
+	ClusterDomain     string           // FQDN, lower case, e.g. "cluster.local."
+	Upstream          []netip.AddrPort // kube-dns; empty means discover it
+	UpstreamExternal  []netip.AddrPort // optional servers for "."
+	UpstreamTransport Transport
+	CacheSize         int
+	StaleMax          time.Duration
+	MetricsAddr       string
+	Setup             SetupConfig
+	ReconcileInterval time.Duration
+	ShutdownTimeout   time.Duration
+}
+
+// Defaults.
+const (
+	DefaultListen            = "169.254.20.10:53"
+	DefaultClusterDomain     = "cluster.local"
+	DefaultCacheSize         = 10000
+	DefaultStaleMax          = time.Hour
+	DefaultMetricsAddr       = ":9253"
+	DefaultInterfaceName     = "localdns0"
+	DefaultReconcileInterval = 5 * time.Second
+	DefaultShutdownTimeout   = 5 * time.Second
+	dnsPort                  = 53
+	maxInterfaceNameLen      = 15 // IFNAMSIZ - 1
+)
+
+// Parse reads the command line without the program name. A first argument
+// "cleanup" selects the cleanup subcommand, which takes the setup flags only.
+// Usage goes to output; -h/--help returns flag.ErrHelp.
+func Parse(args []string, output io.Writer) (Config, error) {
+	if len(args) > 0 && args[0] == cleanupCommand {
+		return parseCleanup(args[1:], output)
+	}
+	return parseServe(args, output)
+}
+
+// setupFlags holds the raw values of the flags serving and cleanup share.
+type setupFlags struct {
+	listen        addrListFlag
+	iface         bool
+	rules         bool
+	interfaceName string
+	iptablesMode  string
+}
+
+func (s *setupFlags) register(fs *flag.FlagSet) {
+	s.listen = addrListFlag{values: []string{DefaultListen}}
+	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list")
+	fs.BoolVar(&s.iface, "setup-interface", true, "create (or adopt) the interface holding the listen IPs; falls back to adding them to lo where the kernel has no dummy interfaces")
+	fs.BoolVar(&s.rules, "setup-rules", true, "install iptables rules that skip conntrack (raw NOTRACK) and accept DNS to and from the listen IPs")
+	fs.StringVar(&s.interfaceName, "interface-name", DefaultInterfaceName, "name of the dummy interface holding the listen IPs")
+	fs.StringVar(&s.iptablesMode, "iptables-mode", string(IptablesAuto), "iptables backend: auto (the one kube-proxy uses), nft or legacy")
+}
+
+// validate turns the shared flags into listen addresses and a SetupConfig.
+func (s *setupFlags) validate() ([]netip.AddrPort, SetupConfig, error) {
+	var errs []error
+	listen, err := parseAddrPorts("--listen", s.listen.values)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(s.listen.values) == 0 {
+		errs = append(errs, errors.New("--listen: at least one address is required"))
+	}
+	setup := SetupConfig{
+		Interface:     s.iface,
+		Rules:         s.rules,
+		InterfaceName: s.interfaceName,
+		IptablesMode:  IptablesMode(s.iptablesMode),
+	}
+	switch setup.IptablesMode {
+	case IptablesAuto, IptablesNFT, IptablesLegacy:
+	default:
+		errs = append(errs, fmt.Errorf("--iptables-mode: %q is not auto, nft or legacy", s.iptablesMode))
+	}
+	if setup.Interface {
+		if err := validInterfaceName(setup.InterfaceName); err != nil {
+			errs = append(errs, fmt.Errorf("--interface-name: %w", err))
+		}
+	}
+	for _, ap := range listen {
+		ip := ap.Addr()
+		if (setup.Interface || setup.Rules) && (ip.IsLoopback() || ip.IsUnspecified()) {
+			errs = append(errs, fmt.Errorf("--listen %s: node setup needs a dedicated IP, not a loopback or wildcard one (pass --setup-interface=false --setup-rules=false)", ap))
+		}
+		if setup.Rules && ap.Port() == 0 {
+			errs = append(errs, fmt.Errorf("--listen %s: --setup-rules needs a fixed port", ap))
+		}
+	}
+	return listen, setup, errors.Join(errs...)
+}
+
+func parseServe(args []string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("localdns-nodecache", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintf(output, "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
+			"A node-local caching DNS forwarder in front of kube-dns. SIGTERM drains and exits, leaving\n"+
+			"the interface and rules in place for the next instance; \"cleanup\" removes them.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		setup             setupFlags
+		clusterDomain     string
+		upstream          addrListFlag
+		upstreamExternal  addrListFlag
+		upstreamTransport string
+		cacheSize         int
+		staleMax          time.Duration
+		metricsAddr       string
+		reconcileInterval time.Duration
+		shutdownTimeout   time.Duration
+	)
+	setup.register(fs)
+	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --upstream")
+	fs.Var(&upstream, "upstream", "kube-dns `ip[:port]` for the cluster zones and \".\" (port 53 when omitted); repeatable or comma-separated; when empty, discovered once at start from the kube-dns Service in kube-system")
+	fs.Var(&upstreamExternal, "upstream-external", "optional `ip[:port]` servers for names outside the cluster zones (\".\"); repeatable or comma-separated")
+	fs.StringVar(&upstreamTransport, "upstream-transport", string(TransportTCP), "transport to the upstreams: tcp (connection reuse, pipelining) or udp")
+	fs.IntVar(&cacheSize, "cache-size", DefaultCacheSize, "maximum number of cached answers")
+	fs.DurationVar(&staleMax, "stale-max", DefaultStaleMax, "serve expired answers up to this old when every upstream fails (RFC 8767); 0 disables")
+	fs.StringVar(&metricsAddr, "metrics-addr", DefaultMetricsAddr, "`host:port` serving /metrics, /healthz and /readyz")
+	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
+	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q (flags only; the only subcommand is %q, given first)", fs.Arg(0), cleanupCommand)
+	}
+
+	var errs []error
+	listen, setupCfg, err := setup.validate()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	domain, err := parseDomain(clusterDomain)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-domain: %w", err))
+	}
+	up, err := parseAddrPorts("--upstream", upstream.values)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	external, err := parseAddrPorts("--upstream-external", upstreamExternal.values)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	transport := Transport(upstreamTransport)
+	if transport != TransportTCP && transport != TransportUDP {
+		errs = append(errs, fmt.Errorf("--upstream-transport: %q is not tcp or udp", upstreamTransport))
+	}
+	if cacheSize <= 0 {
+		errs = append(errs, fmt.Errorf("--cache-size: %d is not positive", cacheSize))
+	}
+	if staleMax < 0 {
+		errs = append(errs, fmt.Errorf("--stale-max: %v is negative", staleMax))
+	}
+	if err := validHostPort(metricsAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-addr: %w", err))
+	}
+	if reconcileInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--reconcile-interval: %v is not positive", reconcileInterval))
+	}
+	if shutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-timeout: %v is not positive", shutdownTimeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return Config{
+		Command:           CommandServe,
+		Listen:            listen,
+		ClusterDomain:     domain,
+		Upstream:          up,
+		UpstreamExternal:  external,
+		UpstreamTransport: transport,
+		CacheSize:         cacheSize,
+		StaleMax:          staleMax,
+		MetricsAddr:       metricsAddr,
+		Setup:             setupCfg,
+		ReconcileInterval: reconcileInterval,
+		ShutdownTimeout:   shutdownTimeout,
+	}, nil
+}
+
+func parseCleanup(args []string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("localdns-nodecache cleanup", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintf(output, "Usage: localdns-nodecache cleanup [flags]\n\n"+
+			"Removes what the node cache set up: rules whose comment starts with \"localdns:\", the\n"+
+			"interface (or, where it fell back to lo, the listen IPs' /32 and /128 on lo).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var setup setupFlags
+	setup.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("cleanup: unexpected argument %q", fs.Arg(0))
+	}
+	listen, setupCfg, err := setup.validate()
+	if err != nil {
+		return Config{}, err
+	}
+	return Config{Command: CommandCleanup, Listen: listen, Setup: setupCfg}, nil
+}
+
+// addrListFlag collects addresses from repeated flags and comma lists. The
+// first Set replaces the default, later ones append.
+type addrListFlag struct {
+	values []string
+	set    bool
+}
+
+func (f *addrListFlag) String() string { return strings.Join(f.values, ",") }
+
+func (f *addrListFlag) Set(s string) error {
+	if !f.set {
+		f.values, f.set = nil, true
+	}
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			f.values = append(f.values, part)
+		}
+	}
+	return nil
+}
+
+// parseAddrPorts parses "ip", "ip:port", "ipv6" and "[ipv6]:port", defaulting
+// the port to 53, and drops duplicates.
+func parseAddrPorts(flagName string, values []string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	var errs []error
+	for _, v := range values {
+		ap, err := parseAddrPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flagName, err))
+			continue
+		}
+		if !seen[ap] {
+			seen[ap] = true
+			out = append(out, ap)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func parseAddrPort(s string) (netip.AddrPort, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		if ip.Zone() != "" {
+			return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+		}
+		return netip.AddrPortFrom(ip.Unmap(), dnsPort), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an ip or ip:port (a hostname is not accepted)", s)
+	}
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+func parseDomain(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "." {
+		return "", errors.New("must not be empty or the root")
+	}
+	if _, ok := dns.IsDomainName(s); !ok {
+		return "", fmt.Errorf("%q is not a domain name", s)
+	}
+	return dns.CanonicalName(s), nil
+}
+
+func validHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
+			return fmt.Errorf("%q: host must be an IP, localhost or empty", s)
+		}
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
+
+func validInterfaceName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("must not be empty")
+	case len(name) > maxInterfaceNameLen:
+		return fmt.Errorf("%q is longer than %d bytes", name, maxInterfaceNameLen)
+	case name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n"):
+		return fmt.Errorf("%q is not a valid interface name", name)
+	}
+	return nil
+}
