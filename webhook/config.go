@@ -1,0 +1,217 @@
+package webhook
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/localdns/localdns/internal/version"
+)
+
+// Native sidecar selection (--native-sidecars).
+const (
+	NativeSidecarsAuto  = "auto"
+	NativeSidecarsTrue  = "true"
+	NativeSidecarsFalse = "false"
+)
+
+// Config is the webhook's validated configuration.
+type Config struct {
+	// Serving.
+	Port            int
+	CertDir         string // external certificates (cert-manager); empty: self-managed
+	MetricsAddr     string // /metrics, /healthz, /readyz; "0" disables
+	Kubeconfig      string
+	ShutdownTimeout time.Duration
+
+	// Identity, used by the self-managed certificates and to skip its own pods.
+	Namespace         string
+	ServiceName       string
+	SecretName        string
+	WebhookConfigName string
+
+	// Opt-in.
+	ClusterWide bool
+
+	// What the pods get.
+	KubeDNSIP      string               // fixed fallback; empty: discovered from KubeDNSService
+	KubeDNSService types.NamespacedName // watched when KubeDNSIP is empty
+	ClusterDomain  string
+	LocalIP        string
+	// Options are the default resolver options in order: ndots, timeout,
+	// attempts, then --options (a later option of the same name wins).
+	Options []corev1.PodDNSConfigOption
+
+	// Stub injection.
+	StubImage         string
+	StubResources     corev1.ResourceRequirements
+	MuslImagePatterns []string
+	NativeSidecars    string // auto, true or false
+}
+
+// ParseFlags parses the command line into a validated Config. getenv supplies
+// POD_NAMESPACE (the downward API) as the default of --namespace. Usage goes to
+// output; -h returns flag.ErrHelp.
+func ParseFlags(name string, args []string, getenv func(string) string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(output)
+	var (
+		cfg                                   Config
+		ndots, timeout, attempts              int
+		options, kubeDNSService, muslPatterns string
+		cpuRequest, memRequest, memLimit      string
+	)
+	defaultNamespace := getenv("POD_NAMESPACE")
+	if defaultNamespace == "" {
+		defaultNamespace = "localdns-system"
+	}
+
+	fs.IntVar(&cfg.Port, "port", 9443, "HTTPS port of the admission webhook (/mutate-pods)")
+	fs.StringVar(&cfg.CertDir, "cert-dir", "", "directory with tls.crt and tls.key managed externally (cert-manager), reloaded on change; empty: self-managed certificates in a Secret")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9254", "address of the HTTP listener for /metrics, /healthz and /readyz; 0 disables it")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for running outside a cluster; empty: $KUBECONFIG or in-cluster")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to drain in-flight admissions on SIGTERM before closing")
+	fs.StringVar(&cfg.Namespace, "namespace", defaultNamespace, "the webhook's own namespace (its pods are never mutated); default $POD_NAMESPACE")
+	fs.StringVar(&cfg.ServiceName, "service-name", "localdns-webhook", "Service in front of the webhook (name in the serving certificate)")
+	fs.StringVar(&cfg.SecretName, "secret-name", "localdns-webhook-tls", "Secret holding the self-managed CA and serving certificate")
+	fs.StringVar(&cfg.WebhookConfigName, "webhook-config-name", "localdns-webhook", "MutatingWebhookConfiguration whose caBundle the self-managed mode keeps current")
+	fs.BoolVar(&cfg.ClusterWide, "cluster-wide", false, "mutate pods in every namespace not labelled localdns.io/inject=disabled")
+	fs.StringVar(&cfg.KubeDNSIP, "kube-dns-ip", "", "kube-dns ClusterIP used as fallback; empty: read from --kube-dns-service and kept current")
+	fs.StringVar(&kubeDNSService, "kube-dns-service", "kube-system/kube-dns", "namespace/name of the kube-dns Service, watched when --kube-dns-ip is empty")
+	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
+	fs.StringVar(&cfg.LocalIP, "local-ip", "169.254.20.10", "address of the node cache")
+	fs.IntVar(&ndots, "ndots", 5, "default ndots (1..15)")
+	fs.IntVar(&timeout, "timeout", 1, "default resolver timeout in seconds (1..30)")
+	fs.IntVar(&attempts, "attempts", 2, "default resolver attempts (1..5)")
+	fs.StringVar(&options, "options", "single-request-reopen", "extra default resolver options, name[:value],...")
+	fs.StringVar(&cfg.StubImage, "stub-image", "localdns-stub:"+version.Version, "image of the injected localdns-stub container")
+	fs.StringVar(&muslPatterns, "musl-image-patterns", "alpine,musl", "comma-separated substrings of image references that make mode auto inject the stub")
+	fs.StringVar(&cfg.NativeSidecars, "native-sidecars", NativeSidecarsAuto, "inject the stub as a native sidecar (init container, restartPolicy Always): auto (API server >= 1.29), true or false")
+	fs.StringVar(&cpuRequest, "stub-cpu-request", "10m", "CPU request of the stub container")
+	fs.StringVar(&memRequest, "stub-memory-request", "16Mi", "memory request of the stub container")
+	fs.StringVar(&memLimit, "stub-memory-limit", "32Mi", "memory limit of the stub container")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	check(validatePort(cfg.Port))
+	check(validateIP("--local-ip", cfg.LocalIP))
+	if cfg.KubeDNSIP != "" {
+		check(validateIP("--kube-dns-ip", cfg.KubeDNSIP))
+	}
+	svc, err := parseNamespacedName(kubeDNSService)
+	check(err)
+	cfg.KubeDNSService = svc
+	if msgs := validation.IsDNS1123Subdomain(cfg.ClusterDomain); len(msgs) > 0 {
+		check(fmt.Errorf("--cluster-domain %q: %s", cfg.ClusterDomain, strings.Join(msgs, "; ")))
+	}
+	for _, n := range []struct {
+		flag, option string
+		value        int
+	}{{"--ndots", optionNdots, ndots}, {"--timeout", optionTimeout, timeout}, {"--attempts", optionAttempts, attempts}} {
+		value := fmt.Sprint(n.value)
+		if reason := checkOptionValue(n.option, value); reason != "" {
+			check(fmt.Errorf("%s: %s", n.flag, reason))
+			continue
+		}
+		cfg.Options = append(cfg.Options, corev1.PodDNSConfigOption{Name: n.option, Value: &value})
+	}
+	extra, bad := parseOptions(options)
+	for _, b := range bad {
+		check(fmt.Errorf("--options %q: %s", b.item, b.reason))
+	}
+	cfg.Options = mergeOptions(cfg.Options, extra)
+	for _, v := range []struct{ flag, value string }{
+		{"--namespace", cfg.Namespace}, {"--service-name", cfg.ServiceName},
+		{"--secret-name", cfg.SecretName}, {"--webhook-config-name", cfg.WebhookConfigName},
+	} {
+		if msgs := validation.IsDNS1123Subdomain(v.value); len(msgs) > 0 {
+			check(fmt.Errorf("%s %q: %s", v.flag, v.value, strings.Join(msgs, "; ")))
+		}
+	}
+	if cfg.StubImage == "" {
+		check(errors.New("--stub-image must not be empty"))
+	}
+	cfg.MuslImagePatterns = splitList(muslPatterns)
+	switch cfg.NativeSidecars {
+	case NativeSidecarsAuto, NativeSidecarsTrue, NativeSidecarsFalse:
+	default:
+		check(fmt.Errorf("--native-sidecars %q: must be auto, true or false", cfg.NativeSidecars))
+	}
+	resources, err := stubResources(cpuRequest, memRequest, memLimit)
+	check(err)
+	cfg.StubResources = resources
+	if cfg.ShutdownTimeout <= 0 {
+		check(fmt.Errorf("--shutdown-timeout %s: must be positive", cfg.ShutdownTimeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid flags: %w", err)
+	}
+	return cfg, nil
+}
+
+func validatePort(port int) error {
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("--port %d: must be in 1..65535", port)
+	}
+	return nil
+}
+
+func validateIP(flagName, value string) error {
+	if _, err := netip.ParseAddr(value); err != nil {
+		return fmt.Errorf("%s %q: not an IP address: %w", flagName, value, err)
+	}
+	return nil
+}
+
+func parseNamespacedName(s string) (types.NamespacedName, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || validation.IsDNS1123Label(ns) != nil || validation.IsDNS1123Label(name) != nil {
+		return types.NamespacedName{}, fmt.Errorf("--kube-dns-service %q: want namespace/name", s)
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, nil
+}
+
+// stubResources builds the stub's requests and limit; the memory request may
+// not exceed the limit (the API server would reject every injected pod).
+func stubResources(cpuRequest, memRequest, memLimit string) (corev1.ResourceRequirements, error) {
+	var errs []error
+	parse := func(flagName, value string) resource.Quantity {
+		q, err := resource.ParseQuantity(value)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", flagName, value, err))
+		}
+		return q
+	}
+	cpu := parse("--stub-cpu-request", cpuRequest)
+	memReq := parse("--stub-memory-request", memRequest)
+	memLim := parse("--stub-memory-limit", memLimit)
+	if len(errs) == 0 && memReq.Cmp(memLim) > 0 {
+		errs = append(errs, fmt.Errorf("--stub-memory-request %s exceeds --stub-memory-limit %s", memRequest, memLimit))
+	}
+	if len(errs) > 0 {
+		return corev1.ResourceRequirements{}, errors.Join(errs...)
+	}
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memReq},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: memLim},
+	}, nil
+}

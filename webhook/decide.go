@@ -1,0 +1,364 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The API server's limits on dnsConfig (k8s.io/kubernetes
+// pkg/apis/core/validation, v1.37: MaxDNSNameservers, MaxDNSSearchPaths,
+// MaxDNSSearchListChars — the latter counts the separating spaces).
+const (
+	maxNameservers     = 3
+	maxSearches        = 32
+	maxSearchListChars = 2048
+)
+
+// The stub container: its name marks it, the rest is its fixed contract.
+const (
+	StubContainerName = "localdns-stub"
+	// StubBinary is where the stub image keeps the binary; the exec probe
+	// needs an absolute path.
+	StubBinary     = "/localdns-stub"
+	stubListen     = "127.0.0.1:53"
+	stubCacheSize  = "1000"
+	stubUser       = 65532
+	unprivPortName = "net.ipv4.ip_unprivileged_port_start"
+	unprivPortStub = 53
+	kubeSystem     = metav1.NamespaceSystem
+	dnsPort        = "53"
+	loopbackIPv4   = "127.0.0.1"
+)
+
+// SkipReason says why a pod is left untouched; it is a metric label value.
+type SkipReason string
+
+// Every reason a pod is left untouched.
+const (
+	SkipAlreadyInjected  SkipReason = "already-injected"
+	SkipSystemNamespace  SkipReason = "system-namespace"
+	SkipOwnNamespace     SkipReason = "own-namespace"
+	SkipNotOptedIn       SkipReason = "not-opted-in"
+	SkipOptedOut         SkipReason = "opted-out"
+	SkipDNSPolicy        SkipReason = "dns-policy"
+	SkipHostNetwork      SkipReason = "host-network"
+	SkipStubExists       SkipReason = "stub-container-exists"
+	SkipKubeDNSUnknown   SkipReason = "kube-dns-unknown"
+	SkipNotCreate        SkipReason = "not-create"
+)
+
+// Namespace is what Decide needs to know about the pod's namespace.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// Env is what the webhook learned from the cluster.
+type Env struct {
+	KubeDNSIP      string // empty when unknown
+	NativeSidecars bool
+}
+
+// Plan is the outcome of Decide: inject (with what) or skip (with why).
+type Plan struct {
+	Inject      bool
+	SkipReason  SkipReason
+	Mode        Mode // applied: ModeNodeCache or ModeStub
+	Nameservers []string
+	Searches    []string
+	Options     []corev1.PodDNSConfigOption
+	Warnings    []string
+	Stub        *StubPlan // set in ModeStub
+}
+
+// StubPlan is the stub container and where it goes.
+type StubPlan struct {
+	Container corev1.Container
+	// Native places it first among initContainers with restartPolicy
+	// Always; otherwise it is the first regular container.
+	Native bool
+	// Sysctls is the pod's complete sysctl list, with the one that lets the
+	// non-root stub bind port 53.
+	Sysctls []corev1.Sysctl
+}
+
+// Decide is the whole policy: from the pod, its namespace, the flags and the
+// cluster facts to a Plan. It is pure; the handler gathers its inputs and
+// applies its result.
+func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
+	var warnings []string
+	skip := func(reason SkipReason) Plan {
+		return Plan{SkipReason: reason, Warnings: warnings}
+	}
+	if _, marked := pod.Annotations[AnnotationInjected]; marked {
+		return skip(SkipAlreadyInjected)
+	}
+	switch ns.Name {
+	case kubeSystem:
+		return skip(SkipSystemNamespace)
+	case cfg.Namespace:
+		return skip(SkipOwnNamespace)
+	}
+	reason, optErr := optIn(pod.Labels, ns.Labels, cfg.ClusterWide)
+	warnings = append(warnings, warningsOf(optErr)...)
+	if reason != "" {
+		return skip(reason)
+	}
+	switch pod.Spec.DNSPolicy {
+	case corev1.DNSDefault, corev1.DNSNone:
+		return skip(SkipDNSPolicy)
+	case corev1.DNSClusterFirst, "":
+		if pod.Spec.HostNetwork {
+			return skip(SkipHostNetwork)
+		}
+	}
+	if hasContainer(pod, StubContainerName) {
+		warnings = append(warnings, fmt.Sprintf("localdns: pod already has a container named %s; left unchanged", StubContainerName))
+		return skip(SkipStubExists)
+	}
+
+	settings, annErr := ParseAnnotations(pod.Annotations)
+	warnings = append(warnings, warningsOf(annErr)...)
+	mode, modeWarning := resolveMode(pod, settings.Mode, cfg.MuslImagePatterns)
+	if modeWarning != "" {
+		warnings = append(warnings, modeWarning)
+	}
+	if settings.Fallback && env.KubeDNSIP == "" {
+		return skip(SkipKubeDNSUnknown)
+	}
+
+	var own corev1.PodDNSConfig
+	if pod.Spec.DNSConfig != nil {
+		own = *pod.Spec.DNSConfig
+	}
+	plan := Plan{Inject: true, Mode: mode}
+	var w []string
+	plan.Nameservers, w = nameservers(mode, cfg.LocalIP, env.KubeDNSIP, settings.Fallback, own.Nameservers)
+	warnings = append(warnings, w...)
+	plan.Searches, w = searches(ns.Name, cfg.ClusterDomain, own.Searches, settings.Searches)
+	warnings = append(warnings, w...)
+	plan.Options = mergeOptions(cfg.Options, own.Options, settings.Options)
+	if mode == ModeStub {
+		kubeDNS := env.KubeDNSIP
+		if !settings.Fallback {
+			kubeDNS = ""
+		}
+		plan.Stub, w = stubPlan(pod, cfg, kubeDNS, env.NativeSidecars)
+		warnings = append(warnings, w...)
+	}
+	plan.Warnings = warnings
+	return plan
+}
+
+// optIn returns "" when the pod is in, else why not. The pod label wins over
+// the namespace label in both directions.
+func optIn(podLabels, nsLabels map[string]string, clusterWide bool) (SkipReason, error) {
+	podLabel, podErr := podOptInLabel(podLabels)
+	nsLabel, nsErr := namespaceOptIn(nsLabels)
+	err := errors.Join(nsErr, podErr)
+	switch {
+	case podLabel == podOptOut:
+		return SkipOptedOut, err
+	case podLabel == podOptIn:
+		return "", err
+	case nsLabel == namespaceEnabled, clusterWide && nsLabel != namespaceDisabled:
+		return "", err
+	case nsLabel == namespaceDisabled:
+		return SkipOptedOut, err
+	}
+	return SkipNotOptedIn, err
+}
+
+// resolveMode turns the requested mode into the applied one: auto looks at
+// the images; the stub cannot serve a hostNetwork pod (127.0.0.1:53 would be
+// the node's, and net sysctls are forbidden there).
+func resolveMode(pod *corev1.Pod, requested Mode, patterns []string) (Mode, string) {
+	mode := requested
+	if mode == ModeAuto {
+		mode = ModeNodeCache
+		if usesMusl(pod, patterns) {
+			mode = ModeStub
+		}
+	}
+	if mode == ModeStub && pod.Spec.HostNetwork {
+		return ModeNodeCache, "localdns: mode stub is not possible with hostNetwork; using nodecache"
+	}
+	return mode, ""
+}
+
+// usesMusl reports whether any container or init container image contains
+// one of the patterns (case-insensitive).
+func usesMusl(pod *corev1.Pod, patterns []string) bool {
+	for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		image := strings.ToLower(c.Image)
+		for _, p := range patterns {
+			if strings.Contains(image, strings.ToLower(p)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasContainer(pod *corev1.Pod, name string) bool {
+	for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// nameservers lists ours first, then the pod's own, deduped and cut to the
+// API server's maximum.
+func nameservers(mode Mode, localIP, kubeDNSIP string, fallback bool, own []string) ([]string, []string) {
+	list := []string{localIP}
+	switch {
+	case mode == ModeStub:
+		list = []string{loopbackIPv4, localIP}
+	case fallback:
+		list = append(list, kubeDNSIP)
+	}
+	list = dedupe(append(list, own...), func(s string) string {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return a.String()
+		}
+		return s
+	})
+	if len(list) <= maxNameservers {
+		return list, nil
+	}
+	return list[:maxNameservers], []string{fmt.Sprintf(
+		"localdns: the API server allows %d nameservers; dropped %s", maxNameservers, strings.Join(list[maxNameservers:], ", "))}
+}
+
+// searches lists the cluster's search path for the namespace, then the pod's
+// own, then the annotation's, deduped and cut to the API server's limits.
+func searches(namespace, domain string, own, extra []string) ([]string, []string) {
+	list := slices.Concat([]string{namespace + ".svc." + domain, "svc." + domain, domain}, own, extra)
+	list = dedupe(list, func(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) })
+	var kept, dropped []string
+	chars := -1 // the first domain has no separating space
+	for _, d := range list {
+		if len(kept) < maxSearches && chars+1+len(d) <= maxSearchListChars {
+			kept = append(kept, d)
+			chars += 1 + len(d)
+			continue
+		}
+		dropped = append(dropped, d)
+	}
+	if len(dropped) == 0 {
+		return kept, nil
+	}
+	return kept, []string{fmt.Sprintf(
+		"localdns: the API server allows %d search domains and %d characters; dropped %s",
+		maxSearches, maxSearchListChars, strings.Join(dropped, ", "))}
+}
+
+// dedupe keeps the first of the entries that have the same key.
+func dedupe(list []string, key func(string) string) []string {
+	seen := make(map[string]bool, len(list))
+	out := make([]string, 0, len(list))
+	for _, s := range list {
+		if k := key(s); !seen[k] {
+			seen[k] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// mergeOptions merges option layers of increasing precedence: an option keeps
+// the position where its name first appeared and the value of the last layer
+// that sets it.
+func mergeOptions(layers ...[]corev1.PodDNSConfigOption) []corev1.PodDNSConfigOption {
+	var out []corev1.PodDNSConfigOption
+	index := map[string]int{}
+	for _, layer := range layers {
+		for _, o := range layer {
+			if i, ok := index[o.Name]; ok {
+				out[i] = o
+				continue
+			}
+			index[o.Name] = len(out)
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// stubPlan builds the stub container; kubeDNSIP is empty when the pod opted
+// out of the ClusterIP fallback.
+func stubPlan(pod *corev1.Pod, cfg Config, kubeDNSIP string, native bool) (*StubPlan, []string) {
+	args := []string{"--listen", stubListen, "--node-cache", net.JoinHostPort(cfg.LocalIP, dnsPort)}
+	if kubeDNSIP != "" {
+		args = append(args, "--fallback", net.JoinHostPort(kubeDNSIP, dnsPort))
+	}
+	args = append(args, "--cache-size", stubCacheSize)
+	c := corev1.Container{
+		Name:      StubContainerName,
+		Image:     cfg.StubImage,
+		Command:   []string{StubBinary},
+		Args:      args,
+		Resources: *cfg.StubResources.DeepCopy(),
+		// kubelet probes cannot reach the pod's 127.0.0.1; the stub probes itself.
+		StartupProbe: &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+				Command: []string{StubBinary, "probe", "--listen", stubListen},
+			}},
+			PeriodSeconds:    1,
+			TimeoutSeconds:   1,
+			FailureThreshold: 30,
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(int64(stubUser)),
+			RunAsGroup:               ptr(int64(stubUser)),
+			ReadOnlyRootFilesystem:   ptr(true),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities: &corev1.Capabilities{
+				Drop: []corev1.Capability{"ALL"},
+				Add:  []corev1.Capability{"NET_BIND_SERVICE"},
+			},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if native {
+		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
+	}
+	sysctls, warnings := unprivilegedPortSysctl(pod)
+	return &StubPlan{Container: c, Native: native, Sysctls: sysctls}, warnings
+}
+
+// unprivilegedPortSysctl returns the pod's sysctls with
+// ip_unprivileged_port_start at most 53: NET_BIND_SERVICE alone does not reach
+// a non-root process's effective set, this namespaced safe sysctl does.
+func unprivilegedPortSysctl(pod *corev1.Pod) ([]corev1.Sysctl, []string) {
+	var existing []corev1.Sysctl
+	if pod.Spec.SecurityContext != nil {
+		existing = pod.Spec.SecurityContext.Sysctls
+	}
+	out := slices.Clone(existing)
+	want := strconv.Itoa(unprivPortStub)
+	for i, s := range out {
+		if s.Name != unprivPortName {
+			continue
+		}
+		if n, err := strconv.Atoi(s.Value); err == nil && n <= unprivPortStub {
+			return out, nil
+		}
+		out[i].Value = want
+		return out, []string{fmt.Sprintf("localdns: sysctl %s=%q replaced by %s so the stub can bind port 53", unprivPortName, s.Value, want)}
+	}
+	return append(out, corev1.Sysctl{Name: unprivPortName, Value: want}), nil
+}
+
+func ptr[T any](v T) *T { return &v }

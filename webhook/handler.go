@@ -1,0 +1,155 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// Path is where the webhook serves pod admissions (AdmissionReview v1).
+const Path = "/mutate-pods"
+
+// Kinds of internal error, the reason label of result="error".
+const (
+	errDecode    = "decode"
+	errNamespace = "namespace-lookup"
+	errKubeDNS   = "kube-dns-lookup"
+	errMarshal   = "marshal"
+	errPatch     = "patch"
+	errPanic     = "panic"
+)
+
+// Handler mutates pods on admission: decode, decide, patch. It never denies:
+// every internal error admits the pod unchanged, logged and counted.
+type Handler struct {
+	cfg            Config
+	nativeSidecars bool
+	// cached reads the manager's informers; live reads the API server when
+	// the cache has not seen an object yet (a namespace created just now).
+	cached, live client.Reader
+	decoder      admission.Decoder
+	metrics      *Metrics
+}
+
+// NewHandler returns the admission handler. nativeSidecars is --native-sidecars
+// resolved against the API server.
+func NewHandler(cfg Config, nativeSidecars bool, cached, live client.Reader, scheme *runtime.Scheme, metrics *Metrics) *Handler {
+	return &Handler{
+		cfg:            cfg,
+		nativeSidecars: nativeSidecars,
+		cached:         cached,
+		live:           live,
+		decoder:        admission.NewDecoder(scheme),
+		metrics:        metrics,
+	}
+}
+
+var _ admission.Handler = (*Handler)(nil)
+
+// Handle implements admission.Handler.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
+	// controller-runtime recovers panics too, but answers with an error,
+	// which the API server treats as a denial whatever the failurePolicy.
+	defer func() {
+		if r := recover(); r != nil {
+			resp = h.allowOnError(ctx, errPanic, fmt.Errorf("panic: %v", r))
+		}
+	}()
+	if req.Operation != admissionv1.Create {
+		h.metrics.skipped(SkipNotCreate)
+		return admission.Allowed(string(SkipNotCreate))
+	}
+
+	pod := &corev1.Pod{}
+	if err := h.decoder.Decode(req, pod); err != nil {
+		return h.allowOnError(ctx, errDecode, fmt.Errorf("decode pod: %w", err))
+	}
+	ns, err := h.namespace(ctx, req.Namespace)
+	if err != nil {
+		return h.allowOnError(ctx, errNamespace, err)
+	}
+	kubeDNSIP, err := h.kubeDNSIP(ctx)
+	if err != nil {
+		return h.allowOnError(ctx, errKubeDNS, err)
+	}
+
+	plan := Decide(pod, ns, h.cfg, Env{KubeDNSIP: kubeDNSIP, NativeSidecars: h.nativeSidecars})
+
+	log := logf.FromContext(ctx).WithValues("namespace", req.Namespace, "pod", podName(pod))
+	if !plan.Inject {
+		h.metrics.skipped(plan.SkipReason)
+		log.V(1).Info("pod left unchanged", "reason", plan.SkipReason)
+		return admission.Allowed(string(plan.SkipReason)).WithWarnings(plan.Warnings...)
+	}
+	mutated, err := json.Marshal(Apply(pod, plan))
+	if err != nil {
+		return h.allowOnError(ctx, errMarshal, fmt.Errorf("marshal mutated pod: %w", err))
+	}
+	resp = admission.PatchResponseFromRaw(req.Object.Raw, mutated)
+	if !resp.Allowed {
+		return h.allowOnError(ctx, errPatch, fmt.Errorf("create patch: %s", resp.Result.Message))
+	}
+	h.metrics.injected(plan.Mode)
+	log.V(1).Info("pod injected", "mode", plan.Mode, "warnings", len(plan.Warnings))
+	return resp.WithWarnings(plan.Warnings...)
+}
+
+// allowOnError admits the pod unchanged: DNS rewriting is an optimisation,
+// never a reason to block a workload.
+func (h *Handler) allowOnError(ctx context.Context, kind string, err error) admission.Response {
+	h.metrics.failed(kind)
+	logf.FromContext(ctx).Error(err, "admitting pod unchanged", "kind", kind)
+	return admission.Allowed("localdns: internal error, pod admitted unchanged")
+}
+
+// namespace reads the namespace's labels: from the cache, or from the API
+// server when the cache has not caught up with a namespace created just now.
+func (h *Handler) namespace(ctx context.Context, name string) (Namespace, error) {
+	meta := &metav1.PartialObjectMetadata{}
+	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	key := client.ObjectKey{Name: name}
+	err := h.cached.Get(ctx, key, meta)
+	if apierrors.IsNotFound(err) {
+		err = h.live.Get(ctx, key, meta)
+	}
+	if err != nil {
+		return Namespace{}, fmt.Errorf("get namespace %q: %w", name, err)
+	}
+	return Namespace{Name: name, Labels: meta.Labels}, nil
+}
+
+// kubeDNSIP is --kube-dns-ip, else the watched Service's ClusterIP; "" when
+// the Service is absent or headless.
+func (h *Handler) kubeDNSIP(ctx context.Context) (string, error) {
+	if h.cfg.KubeDNSIP != "" {
+		return h.cfg.KubeDNSIP, nil
+	}
+	var svc corev1.Service
+	err := h.cached.Get(ctx, h.cfg.KubeDNSService, &svc)
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("get service %s: %w", h.cfg.KubeDNSService, err)
+	}
+	if ip := svc.Spec.ClusterIP; ip != corev1.ClusterIPNone {
+		return ip, nil
+	}
+	return "", nil
+}
+
+func podName(pod *corev1.Pod) string {
+	if pod.Name != "" {
+		return pod.Name
+	}
+	return pod.GenerateName
+}
