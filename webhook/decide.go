@@ -43,16 +43,16 @@ type SkipReason string
 
 // Every reason a pod is left untouched.
 const (
-	SkipAlreadyInjected  SkipReason = "already-injected"
-	SkipSystemNamespace  SkipReason = "system-namespace"
-	SkipOwnNamespace     SkipReason = "own-namespace"
-	SkipNotOptedIn       SkipReason = "not-opted-in"
-	SkipOptedOut         SkipReason = "opted-out"
-	SkipDNSPolicy        SkipReason = "dns-policy"
-	SkipHostNetwork      SkipReason = "host-network"
-	SkipStubExists       SkipReason = "stub-container-exists"
-	SkipKubeDNSUnknown   SkipReason = "kube-dns-unknown"
-	SkipNotCreate        SkipReason = "not-create"
+	SkipAlreadyInjected SkipReason = "already-injected"
+	SkipSystemNamespace SkipReason = "system-namespace"
+	SkipOwnNamespace    SkipReason = "own-namespace"
+	SkipNotOptedIn      SkipReason = "not-opted-in"
+	SkipOptedOut        SkipReason = "opted-out"
+	SkipDNSPolicy       SkipReason = "dns-policy"
+	SkipHostNetwork     SkipReason = "host-network"
+	SkipStubExists      SkipReason = "stub-container-exists"
+	SkipKubeDNSUnknown  SkipReason = "kube-dns-unknown"
+	SkipNotCreate       SkipReason = "not-create"
 )
 
 // Namespace is what Decide needs to know about the pod's namespace.
