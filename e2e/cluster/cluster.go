@@ -1,0 +1,241 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Cluster is a booted (or attached) single-node cluster.
+type Cluster struct {
+	cfg     Config
+	runDir  string // removed on Down
+	logsDir string // kept until the next Up, for post-mortems
+	prog    *progress
+	seq     int // start order of daemons, for stopping in reverse
+}
+
+func newCluster(cfg Config) (*Cluster, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{
+		cfg:     cfg,
+		runDir:  filepath.Join(cfg.BaseDir, cfg.Name),
+		logsDir: filepath.Join(cfg.BaseDir, cfg.Name+"-logs"),
+		prog:    newProgress(cfg.Progress),
+	}, nil
+}
+
+// Attach returns the cluster of that name that an earlier Up left running
+// (the CLI's `up`, then `kubectl` or `down` from other processes). Its Down
+// also cleans up after a crashed run.
+func Attach(cfg Config) (*Cluster, error) { return newCluster(cfg) }
+
+// Up removes whatever an earlier run of the same name left, then boots the
+// cluster and waits until the node is Ready and kube-dns serves. On failure
+// (or when ctx ends) it tears everything down before returning.
+func Up(ctx context.Context, cfg Config) (*Cluster, error) {
+	c, err := newCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.boot(ctx); err != nil {
+		c.prog.printf("boot failed; logs in %s", c.logsDir)
+		return nil, errors.Join(err, c.Down())
+	}
+	c.prog.printf("cluster %s up: node %s Ready, kube-dns %s serving; logs in %s",
+		c.cfg.Name, c.cfg.Name, KubeDNSIP, c.logsDir)
+	return c, nil
+}
+
+func (c *Cluster) boot(ctx context.Context) error {
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"check binaries", c.cfg.checkBinaries},
+		{"clean up leftovers of earlier runs", c.cleanup},
+		{"write PKI and configuration", c.writeConfig},
+		{"create node network namespace " + c.cfg.Name, c.createNode},
+		{"build images (pause, busybox, coredns)", c.buildImages},
+		{"start etcd, kube-apiserver, containerd", c.startCore},
+		{"import images into containerd", func() error { return c.importImages(ctx) }},
+		{"wait for kube-apiserver /readyz", func() error { return c.waitAPIServer(ctx) }},
+		{"start controller-manager, scheduler, kubelet, kube-proxy (" + c.cfg.ProxyMode + "), fake upstream", c.startNode},
+		{"apply CoreDNS as kube-dns", func() error { return c.applyKubeDNS(ctx) }},
+		{"wait for node Ready", func() error { return c.waitNodeReady(ctx) }},
+		{"wait for kube-dns (2 replicas) ready", func() error { return c.waitKubeDNS(ctx) }},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted before %s: %w", s.what, err)
+		}
+		if err := c.prog.step(s.what, s.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Down deletes the pods through the API (so the kubelet stops their
+// containers and CNI releases their addresses), then stops every process
+// and removes every trace of the cluster. It is safe to call twice.
+func (c *Cluster) Down() error {
+	var errs []error
+	if _, err := os.Stat(c.netnsPath()); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		errs = append(errs, c.prog.step("delete workloads and pods", func() error { return c.deletePods(ctx) }))
+		cancel()
+	}
+	errs = append(errs, c.prog.step("stop processes and remove namespace, mounts, files", c.cleanup))
+	return errors.Join(errs...)
+}
+
+// cleanup stops what a run (this one or a crashed earlier one of the same
+// name) left: recorded daemons in reverse start order, then anything else
+// in the node's or the pods' namespaces (shims, containers), then mounts,
+// pod and node namespaces, and the run directory.
+func (c *Cluster) cleanup() error {
+	var errs []error
+	recs, err := readDaemons(c.dir("pids"))
+	errs = append(errs, err)
+	for _, r := range recs {
+		errs = append(errs, r.stop(15*time.Second))
+	}
+	errs = append(errs, killNetns(c.netnsPath()), c.removePodNetns())
+	errs = append(errs, unmountAll(c.runDir), c.removeNode(), c.removeContainerLogLinks())
+	if err := os.RemoveAll(c.runDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", c.runDir, err))
+	}
+	return errors.Join(errs...)
+}
+
+// removeContainerLogLinks removes the kubelet's symlinks in
+// /var/log/containers (a fixed path) that point into this run.
+func (c *Cluster) removeContainerLogLinks() error {
+	const dir = "/var/log/containers"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // no kubelet ever wrote here
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, c.runDir+"/") {
+			if err := os.Remove(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Name is the cluster's name: its network namespace and its node.
+func (c *Cluster) Name() string { return c.cfg.Name }
+
+// NetnsPath is the node namespace, for `nsenter --net=`.
+func (c *Cluster) NetnsPath() string { return c.netnsPath() }
+
+// LogsDir holds every daemon's log; it outlives Down until the next Up.
+func (c *Cluster) LogsDir() string { return c.logsDir }
+
+// Kubeconfig is the admin kubeconfig; its server is reachable only inside
+// the node namespace.
+func (c *Cluster) Kubeconfig() string { return filepath.Join(c.runDir, "admin.kubeconfig") }
+
+// Step runs fn as one reported step of the cluster's progress output.
+func (c *Cluster) Step(what string, fn func() error) error { return c.prog.step(what, fn) }
+
+func (c *Cluster) netnsPath() string          { return filepath.Join("/var/run/netns", c.cfg.Name) }
+func (c *Cluster) dir(name string) string     { return filepath.Join(c.runDir, name) }
+func (c *Cluster) logPath(name string) string { return filepath.Join(c.logsDir, name+".log") }
+func (c *Cluster) containerdSocket() string {
+	return filepath.Join(c.runDir, "containerd", "containerd.sock")
+}
+func (c *Cluster) k8sBin(name string) string { return filepath.Join(c.cfg.K8sBinDir, name) }
+
+// writeConfig makes the run and log directories, the PKI, kubeconfigs and
+// every daemon's configuration.
+func (c *Cluster) writeConfig() error {
+	if err := os.RemoveAll(c.logsDir); err != nil {
+		return fmt.Errorf("clear old logs: %w", err)
+	}
+	for _, d := range []string{c.logsDir, c.dir("pids"), c.dir("pki"), c.dir("etcd"), c.dir("containerd"),
+		c.dir("runc"), c.dir("xdg"), c.dir("cni/net.d"), c.dir("cni/ipam"), c.dir("kubelet"),
+		c.dir("pod-logs"), c.dir("volume-plugins"), c.dir("images")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("make %s: %w", d, err)
+		}
+	}
+	pki := c.dir("pki")
+	ca, err := newAuthority(c.cfg.Name)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(pki, "ca.crt"), ca.pem, 0o644); err != nil {
+		return fmt.Errorf("write CA: %w", err)
+	}
+	if _, err := ca.issue(pki, "apiserver", certRequest{
+		commonName: "kube-apiserver",
+		server:     true,
+		ips:        []net.IP{net.IP(NodeIP.AsSlice()), net.IP(APIServiceIP.AsSlice()), net.IPv4(127, 0, 0, 1)},
+		dnsNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc." + ClusterDomain},
+	}); err != nil {
+		return err
+	}
+	if err := writeServiceAccountKeys(filepath.Join(pki, "sa.key"), filepath.Join(pki, "sa.pub")); err != nil {
+		return err
+	}
+	// Client identities the default RBAC roles and the Node authorizer know.
+	clients := []struct {
+		file, user string
+		orgs       []string
+	}{
+		{"admin", "localdns-e2e-admin", []string{"system:masters"}},
+		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}},
+		{"controller-manager", "system:kube-controller-manager", nil},
+		{"scheduler", "system:kube-scheduler", nil},
+		{"kube-proxy", "system:kube-proxy", nil},
+		{"kubelet", "system:node:" + c.cfg.Name, []string{"system:nodes"}},
+	}
+	for _, cl := range clients {
+		id, err := ca.issue(pki, cl.file, certRequest{commonName: cl.user, orgs: cl.orgs})
+		if err != nil {
+			return err
+		}
+		if cl.file == "apiserver-kubelet-client" {
+			continue // a client certificate of the API server itself, no kubeconfig
+		}
+		if err := renderFile("kubeconfig.tmpl", c.dir(cl.file+".kubeconfig"), kubeconfigData{
+			Name: c.cfg.Name, NodeIP: NodeIP.String(), User: cl.user,
+			CAPEM: ca.pem, CertPEM: id.certPEM, KeyPEM: id.keyPEM,
+		}); err != nil {
+			return err
+		}
+	}
+	data := c.templateData()
+	for tmpl, out := range map[string]string{
+		"containerd.toml.tmpl":   c.dir("containerd.toml"),
+		"cni.conflist.tmpl":      c.dir("cni/net.d/10-pods.conflist"),
+		"kubelet.yaml.tmpl":      c.dir("kubelet.yaml"),
+		"kube-proxy.yaml.tmpl":   c.dir("kube-proxy.yaml"),
+		"upstream.Corefile.tmpl": c.dir("upstream.Corefile"),
+	} {
+		if err := renderFile(tmpl, out, data); err != nil {
+			return err
+		}
+	}
+	resolv := fmt.Sprintf("# the e2e node's only resolver: the fake upstream inside the node\nnameserver %s\n", UpstreamIP)
+	if err := os.WriteFile(c.dir("resolv.conf"), []byte(resolv), 0o644); err != nil {
+		return fmt.Errorf("write resolv.conf: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+// Package cluster boots a real single-node Kubernetes cluster (etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler, containerd,
+// kubelet, kube-proxy and CoreDNS as kube-dns) inside one network namespace
+// with no route out, and tears it down again.
+//
+// Everything the cluster creates is named after Config.Name: the network
+// namespace, the run directory and the pid files. A later Up with the same
+// name first removes what a crashed earlier run left behind.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+)
+
+// Versions the harness is built and tested against.
+const (
+	KubernetesVersion = "v1.37.2"
+	CoreDNSVersion    = "v1.15.0"
+)
+
+// Fixed addresses of the node namespace. They only exist inside it, so they
+// cannot collide with the machine's own networks.
+var (
+	// NodeIP is the node's InternalIP, on the node bridge.
+	NodeIP = netip.MustParseAddr("10.100.0.2")
+	// UpstreamIP is where the fake upstream resolver listens; the kubelet's
+	// resolv.conf and CoreDNS's forward plugin name only this address.
+	UpstreamIP = netip.MustParseAddr("10.100.0.53")
+	// NodePrefix is the node bridge's subnet.
+	NodePrefix = netip.MustParsePrefix("10.100.0.0/24")
+	// PodCIDR is the CNI bridge's subnet; every pod gets an address from it.
+	PodCIDR = netip.MustParsePrefix("10.244.0.0/24")
+	// ServiceCIDR is the Service ClusterIP range, routed on the node bridge.
+	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	// APIServiceIP is the ClusterIP of default/kubernetes.
+	APIServiceIP = netip.MustParseAddr("10.96.0.1")
+	// KubeDNSIP is the ClusterIP of kube-system/kube-dns.
+	KubeDNSIP = netip.MustParseAddr("10.96.0.10")
+)
+
+// ClusterDomain is the cluster's DNS domain.
+const ClusterDomain = "cluster.local"
+
+// Proxy modes of kube-proxy the harness supports (ipvs is not in this kernel).
+const (
+	ProxyIPTables = "iptables"
+	ProxyNFTables = "nftables"
+)
+
+// Config describes one cluster. Zero fields take the defaults of
+// DefaultConfig.
+type Config struct {
+	// Name names the network namespace, the run directory and the node.
+	Name string
+	// BaseDir holds one run directory per cluster name.
+	BaseDir string
+	// K8sBinDir holds kube-apiserver, kubectl, kubelet, kube-proxy,
+	// kube-controller-manager and kube-scheduler of KubernetesVersion.
+	K8sBinDir string
+	// CoreDNSBinary is a static coredns of CoreDNSVersion.
+	CoreDNSBinary string
+	// BusyboxBinary is a static busybox; it makes the pause and client images.
+	BusyboxBinary string
+	// ProxyMode is kube-proxy's mode: ProxyIPTables or ProxyNFTables.
+	ProxyMode string
+	// Progress receives one line per boot or teardown step, with timings.
+	Progress io.Writer
+}
+
+// validName keeps names short enough for interface and socket paths and free
+// of characters that the tools parsing them would choke on.
+var validName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,19}$`)
+
+// DefaultConfig returns the configuration of the provisioning scripts' cache
+// layout (LOCALDNS_CACHE, else ~/.cache/localdns).
+func DefaultConfig() Config {
+	cache := os.Getenv("LOCALDNS_CACHE")
+	if cache == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			cache = filepath.Join(home, ".cache", "localdns")
+		}
+	}
+	return Config{
+		Name:          "localdns-e2e",
+		BaseDir:       filepath.Join(os.TempDir(), "localdns-e2e"),
+		K8sBinDir:     filepath.Join(cache, "k8s", KubernetesVersion, "bin"),
+		CoreDNSBinary: filepath.Join(cache, "coredns", CoreDNSVersion, "coredns"),
+		BusyboxBinary: "/bin/busybox",
+		ProxyMode:     ProxyIPTables,
+		Progress:      os.Stdout,
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig and validates the result.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	if c.Name == "" {
+		c.Name = d.Name
+	}
+	if c.BaseDir == "" {
+		c.BaseDir = d.BaseDir
+	}
+	if c.K8sBinDir == "" {
+		c.K8sBinDir = d.K8sBinDir
+	}
+	if c.CoreDNSBinary == "" {
+		c.CoreDNSBinary = d.CoreDNSBinary
+	}
+	if c.BusyboxBinary == "" {
+		c.BusyboxBinary = d.BusyboxBinary
+	}
+	if c.ProxyMode == "" {
+		c.ProxyMode = d.ProxyMode
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if !validName.MatchString(c.Name) {
+		return c, fmt.Errorf("cluster name %q: want %s", c.Name, validName)
+	}
+	if c.ProxyMode != ProxyIPTables && c.ProxyMode != ProxyNFTables {
+		return c, fmt.Errorf("proxy mode %q: want %s or %s", c.ProxyMode, ProxyIPTables, ProxyNFTables)
+	}
+	return c, nil
+}
+
+// ErrMissingBinaries means a binary the cluster needs is not provisioned.
+var ErrMissingBinaries = errors.New("cluster binaries missing (run hack/install-deps.sh, " +
+	"hack/provision-k8s.sh kubelet kube-proxy kube-controller-manager kube-scheduler, " +
+	"e2e/hack/provision-coredns.sh)")
+
+// checkBinaries reports every missing binary at once, wrapping ErrMissingBinaries.
+func (c Config) checkBinaries() error {
+	want := []string{c.CoreDNSBinary, c.BusyboxBinary}
+	for _, b := range k8sBinaries {
+		want = append(want, filepath.Join(c.K8sBinDir, b))
+	}
+	want = append(want, hostTools...)
+	var missing []error
+	for _, path := range want {
+		if st, err := os.Stat(path); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			missing = append(missing, fmt.Errorf("not executable: %s", path))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %w", ErrMissingBinaries, errors.Join(missing...))
+	}
+	return nil
+}
+
+var k8sBinaries = []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy",
+	"kube-controller-manager", "kube-scheduler"}
+
+// hostTools are the Debian binaries (hack/install-deps.sh) the node runs.
+var hostTools = []string{"/usr/bin/etcd", "/usr/bin/containerd", "/usr/bin/ctr",
+	"/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/bin/nsenter", "/usr/sbin/ip",
+	"/usr/sbin/iptables", "/usr/sbin/conntrack",
+	"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap", "/usr/lib/cni/loopback"}

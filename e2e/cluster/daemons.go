@@ -1,0 +1,150 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// startCore starts the daemons that need nothing else running: etcd, the
+// API server and containerd.
+func (c *Cluster) startCore() error {
+	pki := c.dir("pki")
+	local := "http://127.0.0.1:2379"
+	if err := c.startDaemon("etcd", true, nil, "/usr/bin/etcd",
+		"--name="+c.cfg.Name, "--data-dir="+c.dir("etcd"),
+		"--listen-client-urls="+local, "--advertise-client-urls="+local,
+		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+		"--initial-cluster="+c.cfg.Name+"=http://127.0.0.1:2380",
+		"--listen-metrics-urls=http://127.0.0.1:2381", "--log-level=warn"); err != nil {
+		return err
+	}
+	if err := c.startDaemon("kube-apiserver", true, nil, c.k8sBin("kube-apiserver"),
+		"--etcd-servers="+local,
+		"--advertise-address="+NodeIP.String(), "--bind-address=0.0.0.0", "--secure-port=6443",
+		"--service-cluster-ip-range="+ServiceCIDR.String(),
+		"--client-ca-file="+filepath.Join(pki, "ca.crt"),
+		"--tls-cert-file="+filepath.Join(pki, "apiserver.crt"),
+		"--tls-private-key-file="+filepath.Join(pki, "apiserver.key"),
+		"--kubelet-client-certificate="+filepath.Join(pki, "apiserver-kubelet-client.crt"),
+		"--kubelet-client-key="+filepath.Join(pki, "apiserver-kubelet-client.key"),
+		// Else it resolves the node's name through the machine's resolver.
+		"--kubelet-preferred-address-types=InternalIP",
+		"--service-account-issuer=https://kubernetes.default.svc."+ClusterDomain,
+		"--service-account-key-file="+filepath.Join(pki, "sa.pub"),
+		"--service-account-signing-key-file="+filepath.Join(pki, "sa.key"),
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true", "--profiling=false", "--v=1"); err != nil {
+		return err
+	}
+	// containerd makes pod network namespaces under $XDG_RUNTIME_DIR/netns:
+	// inside the run directory, so a crashed run's are found and removed.
+	return c.startDaemon("containerd", true, []string{"XDG_RUNTIME_DIR=" + c.dir("xdg")},
+		"/usr/bin/containerd", "--config="+c.dir("containerd.toml"))
+}
+
+// startNode starts the daemons that need the API server, and the fake
+// upstream resolver.
+func (c *Cluster) startNode() error {
+	pki := c.dir("pki")
+	daemons := []struct {
+		name string
+		argv []string
+	}{
+		{"kube-controller-manager", []string{c.k8sBin("kube-controller-manager"),
+			"--kubeconfig=" + c.dir("controller-manager.kubeconfig"),
+			"--authentication-kubeconfig=" + c.dir("controller-manager.kubeconfig"),
+			"--authorization-kubeconfig=" + c.dir("controller-manager.kubeconfig"),
+			"--use-service-account-credentials=true",
+			"--service-account-private-key-file=" + filepath.Join(pki, "sa.key"),
+			"--root-ca-file=" + filepath.Join(pki, "ca.crt"),
+			"--cluster-signing-cert-file=" + filepath.Join(pki, "ca.crt"),
+			"--cluster-signing-key-file=" + filepath.Join(pki, "ca.key"),
+			"--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"}},
+		{"kube-scheduler", []string{c.k8sBin("kube-scheduler"),
+			"--kubeconfig=" + c.dir("scheduler.kubeconfig"),
+			"--authentication-kubeconfig=" + c.dir("scheduler.kubeconfig"),
+			"--authorization-kubeconfig=" + c.dir("scheduler.kubeconfig"),
+			"--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"}},
+		{"kubelet", []string{c.k8sBin("kubelet"),
+			"--config=" + c.dir("kubelet.yaml"),
+			"--kubeconfig=" + c.dir("kubelet.kubeconfig"),
+			"--hostname-override=" + c.cfg.Name, "--node-ip=" + NodeIP.String(),
+			"--root-dir=" + c.dir("kubelet"), "--v=1"}},
+		{"kube-proxy", []string{c.k8sBin("kube-proxy"), "--config=" + c.dir("kube-proxy.yaml"), "--v=1"}},
+		{"upstream-dns", []string{c.cfg.CoreDNSBinary, "-conf", c.dir("upstream.Corefile")}},
+	}
+	for _, d := range daemons {
+		if err := c.startDaemon(d.name, true, nil, d.argv...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildImages writes the pause, busybox and CoreDNS image tarballs.
+func (c *Cluster) buildImages() error {
+	applets, err := exec.Command(c.cfg.BusyboxBinary, "--list").Output()
+	if err != nil {
+		return fmt.Errorf("list busybox applets: %w", err)
+	}
+	links := map[string]string{}
+	for _, a := range strings.Fields(string(applets)) {
+		if a != "busybox" {
+			links["/bin/"+a] = "busybox"
+		}
+	}
+	busybox := map[string]string{"/bin/busybox": c.cfg.BusyboxBinary}
+	specs := []imageSpec{
+		// The pod sandbox only holds the namespaces; the runtime stops it
+		// with SIGKILL, so a sleeping busybox does.
+		{ref: PauseImage, entrypoint: []string{"/bin/busybox", "sleep", "2147483647"}, files: busybox},
+		{ref: BusyboxImage, entrypoint: []string{"/bin/sh"}, files: busybox, symlinks: links},
+		{ref: CoreDNSImage, entrypoint: []string{"/coredns"}, files: map[string]string{"/coredns": c.cfg.CoreDNSBinary}},
+	}
+	for i, s := range specs {
+		if err := writeDockerArchive(s, filepath.Join(c.dir("images"), fmt.Sprintf("%d.tar", i))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ctr runs containerd's client against the node's containerd.
+func (c *Cluster) ctr(ctx context.Context, args ...string) (string, error) {
+	argv := append([]string{"--address", c.containerdSocket(), "--namespace", "k8s.io"}, args...)
+	out, err := exec.CommandContext(ctx, "/usr/bin/ctr", argv...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// importImages waits for containerd, then imports every built image and
+// any extra tarballs (the product's images, later).
+func (c *Cluster) importImages(ctx context.Context) error {
+	if err := poll(ctx, defaultTimeout, "containerd", func(ctx context.Context) error {
+		_, err := c.ctr(ctx, "version")
+		return err
+	}); err != nil {
+		return err
+	}
+	tars, err := filepath.Glob(filepath.Join(c.dir("images"), "*.tar"))
+	if err != nil {
+		return err
+	}
+	return c.ImportImages(ctx, tars...)
+}
+
+// ImportImages imports docker-archive or OCI tarballs into the node's
+// containerd (namespace k8s.io, where the kubelet looks).
+func (c *Cluster) ImportImages(ctx context.Context, tars ...string) error {
+	for _, t := range tars {
+		if _, err := c.ctr(ctx, "images", "import", t); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+// Command cluster boots, uses and tears down the e2e single-node cluster
+// (package e2e/cluster) from a shell:
+//
+//	go run ./e2e/cmd/cluster [flags] up        boot and leave it running
+//	go run ./e2e/cmd/cluster [flags] check     a pod resolves kubernetes.default via kube-dns
+//	go run ./e2e/cmd/cluster [flags] kubectl ARGS...
+//	go run ./e2e/cmd/cluster [flags] down      stop everything, remove every trace
+//	go run ./e2e/cmd/cluster [flags] smoke     up, check, down (also on failure or Ctrl-C)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/localdns/localdns/e2e/cluster"
+)
+
+type options struct {
+	cfg     cluster.Config
+	command string
+	args    []string
+}
+
+func parseOptions(args []string, stderr io.Writer) (options, error) {
+	cfg := cluster.DefaultConfig()
+	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "cluster name: the node's network namespace and run directory")
+	fs.StringVar(&cfg.BaseDir, "base-dir", cfg.BaseDir, "directory holding run and log directories")
+	fs.StringVar(&cfg.ProxyMode, "proxy-mode", cfg.ProxyMode, "kube-proxy mode: iptables or nftables")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|down|smoke|kubectl ARGS...")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return options{}, errors.New("missing command")
+	}
+	o := options{cfg: cfg, command: fs.Arg(0), args: fs.Args()[1:]}
+	switch o.command {
+	case "up", "check", "down", "smoke", "kubectl":
+	default:
+		return options{}, fmt.Errorf("unknown command %q", o.command)
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseOptions(os.Args[1:], os.Stderr)
+	if err != nil {
+		os.Exit(2)
+	}
+	// Ctrl-C cancels the boot or the check; teardown then still runs.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	switch o.command {
+	case "up":
+		c, err := cluster.Up(ctx, o.cfg)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("use: go run ./e2e/cmd/cluster -name %s kubectl get pods -A\n", c.Name())
+		fmt.Printf("     nsenter --net=%s -- kubectl --kubeconfig=%s ...\n", c.NetnsPath(), c.Kubeconfig())
+		fmt.Printf("stop: go run ./e2e/cmd/cluster -name %s down\n", c.Name())
+		return nil
+	case "smoke":
+		c, err := cluster.Up(ctx, o.cfg)
+		if err != nil {
+			return err
+		}
+		return errors.Join(check(ctx, c), c.Down())
+	}
+	c, err := cluster.Attach(o.cfg)
+	if err != nil {
+		return err
+	}
+	switch o.command {
+	case "check":
+		return check(ctx, c)
+	case "kubectl":
+		cmd := c.KubectlCommand(ctx, o.args...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		return cmd.Run()
+	default: // down
+		return c.Down()
+	}
+}
+
+func check(ctx context.Context, c *cluster.Cluster) error {
+	var out string
+	err := c.Step("pod resolves kubernetes.default through kube-dns "+cluster.KubeDNSIP.String(), func() error {
+		var err error
+		out, err = c.CheckDNS(ctx)
+		return err
+	})
+	fmt.Print(out)
+	return err
+}
