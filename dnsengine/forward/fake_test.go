@@ -1,0 +1,370 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// probeName is what test forwarders probe, so fakes can tell probes from queries.
+const probeName = "probe.test."
+
+// seen is one query as a fake received it.
+type seen struct {
+	transport string // "udp" or "tcp"
+	remote    string
+	id        uint16
+	name      string
+	probe     bool
+}
+
+// behaviour answers one query; it may write nothing, several replies, or close.
+type behaviour func(w dns.ResponseWriter, r *dns.Msg)
+
+// fake is an upstream DNS server on 127.0.0.1, UDP and TCP on the same port,
+// with its own ServeMux. Its behaviour can be swapped while it runs.
+type fake struct {
+	t        testing.TB
+	addr     string
+	accepted atomic.Int64 // TCP connections accepted
+	behave   atomic.Pointer[behaviour]
+
+	mu      sync.Mutex
+	queries []seen
+	servers []*dns.Server
+}
+
+// startFake starts a fake on a free port that answers every query.
+func startFake(t testing.TB) *fake {
+	t.Helper()
+	f := &fake{t: t}
+	f.setBehaviour(answer)
+	for range 20 { // the UDP port may be taken for TCP; pick another
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen udp: %v", err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			continue
+		}
+		f.addr = pc.LocalAddr().String()
+		f.serve(pc, l)
+		return f
+	}
+	t.Fatal("no port free on both UDP and TCP")
+	return nil
+}
+
+// restart listens again on the fake's address after stop.
+func (f *fake) restart() {
+	f.t.Helper()
+	pc, err := net.ListenPacket("udp", f.addr)
+	if err != nil {
+		f.t.Fatalf("restart udp %s: %v", f.addr, err)
+	}
+	l, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		pc.Close()
+		f.t.Fatalf("restart tcp %s: %v", f.addr, err)
+	}
+	f.serve(pc, l)
+}
+
+func (f *fake) serve(pc net.PacketConn, l net.Listener) {
+	f.t.Helper()
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", f.handle)
+	idle := func() time.Duration { return time.Hour }
+	udp := &dns.Server{PacketConn: pc, Handler: mux}
+	tcp := &dns.Server{Listener: countingListener{l, &f.accepted}, Handler: mux, MaxTCPQueries: -1, IdleTimeout: idle}
+	for _, s := range []*dns.Server{udp, tcp} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		failed := make(chan error, 1)
+		go func() { failed <- s.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-failed:
+			f.t.Fatalf("fake %s: %v", f.addr, err)
+		}
+	}
+	f.mu.Lock()
+	f.servers = []*dns.Server{udp, tcp}
+	f.mu.Unlock()
+	f.t.Cleanup(f.stop)
+}
+
+// stop shuts the fake down; its port then refuses (ICMP / RST). Idempotent.
+func (f *fake) stop() {
+	f.mu.Lock()
+	servers := f.servers
+	f.servers = nil
+	f.mu.Unlock()
+	for _, s := range servers {
+		if err := s.Shutdown(); err != nil {
+			f.t.Errorf("stop fake %s: %v", f.addr, err)
+		}
+	}
+}
+
+func (f *fake) setBehaviour(b behaviour) { f.behave.Store(&b) }
+
+func (f *fake) handle(w dns.ResponseWriter, r *dns.Msg) {
+	s := seen{transport: w.LocalAddr().Network(), remote: w.RemoteAddr().String(), id: r.Id}
+	if len(r.Question) > 0 {
+		s.name = r.Question[0].Name
+		s.probe = s.name == probeName
+	}
+	f.mu.Lock()
+	f.queries = append(f.queries, s)
+	f.mu.Unlock()
+	(*f.behave.Load())(w, r)
+}
+
+// seenQueries returns the non-probe queries received so far.
+func (f *fake) seenQueries() []seen {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []seen
+	for _, s := range f.queries {
+		if !s.probe {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// transports returns the transport of each non-probe query, in order.
+func (f *fake) transports() []string {
+	var out []string
+	for _, s := range f.seenQueries() {
+		out = append(out, s.transport)
+	}
+	return out
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// fakeAnswerIP is the A record every answering fake returns.
+var fakeAnswerIP = net.IPv4(192, 0, 2, 1)
+
+// answer replies with one A record for the question's name.
+func answer(w dns.ResponseWriter, r *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	if r.Question[0].Qtype == dns.TypeA {
+		m.Answer = append(m.Answer, &dns.A{
+			Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+			A:   fakeAnswerIP,
+		})
+	}
+	_ = w.WriteMsg(m)
+}
+
+// rcode returns a behaviour that replies with an empty message with that RCODE.
+func rcode(code int) behaviour {
+	return func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(r, code)
+		_ = w.WriteMsg(m)
+	}
+}
+
+// silent never replies.
+func silent(dns.ResponseWriter, *dns.Msg) {}
+
+// overTCP uses tcp for TCP queries and udp for UDP ones.
+func overTCP(tcp, udp behaviour) behaviour {
+	return func(w dns.ResponseWriter, r *dns.Msg) {
+		if w.LocalAddr().Network() == "tcp" {
+			tcp(w, r)
+			return
+		}
+		udp(w, r)
+	}
+}
+
+// truncated replies with TC set and no answer.
+func truncated(w dns.ResponseWriter, r *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Truncated = true
+	_ = w.WriteMsg(m)
+}
+
+// mismatchedFirst sends a reply with a wrong ID and one with a wrong
+// question before the right reply.
+func mismatchedFirst(w dns.ResponseWriter, r *dns.Msg) {
+	wrongID := new(dns.Msg)
+	wrongID.SetReply(r)
+	wrongID.Id = r.Id + 1
+	_ = w.WriteMsg(wrongID)
+
+	wrongQuestion := new(dns.Msg)
+	wrongQuestion.SetReply(r)
+	wrongQuestion.Question[0].Name = "other." + r.Question[0].Name
+	_ = w.WriteMsg(wrongQuestion)
+
+	answer(w, r)
+}
+
+// closedPort returns a 127.0.0.1 address where nothing listens on UDP or TCP.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	f := startFake(t)
+	f.stop()
+	return f.addr
+}
+
+// newTestForwarder builds a Forwarder with metrics on a fresh registry and
+// closes it at the end of the test.
+func newTestForwarder(t testing.TB, cfg Config) (*Forwarder, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	cfg.Namespace = "test"
+	if cfg.ProbeName == "" {
+		cfg.ProbeName = probeName
+	}
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return f, reg
+}
+
+// query builds an A query for name with a fixed ID, so tests can check that
+// replies carry the caller's ID.
+func query(name string) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.Id = 0xbeef
+	return m
+}
+
+// mustAnswer runs one query that must succeed with the fake's answer. It only
+// reports errors (t.Errorf), so it may run in other goroutines.
+func mustAnswer(t testing.TB, f *Forwarder, name string) {
+	t.Helper()
+	req := query(name)
+	resp, err := f.Exchange(context.Background(), req)
+	if err != nil {
+		t.Errorf("Exchange(%s): %v", name, err)
+		return
+	}
+	checkAnswer(t, req, resp)
+}
+
+// checkAnswer reports (t.Errorf) unless resp is the fake's answer to req.
+func checkAnswer(t testing.TB, req, resp *dns.Msg) {
+	t.Helper()
+	if resp.Id != req.Id {
+		t.Errorf("reply ID %#x, want the caller's %#x", resp.Id, req.Id)
+	}
+	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
+		t.Errorf("reply for %s: rcode %s, %d answers; want NOERROR with 1 answer", req.Question[0].Name, dns.RcodeToString[resp.Rcode], len(resp.Answer))
+		return
+	}
+	if got := resp.Answer[0].Header().Name; got != req.Question[0].Name {
+		t.Errorf("answer owner %q, want %q", got, req.Question[0].Name)
+	}
+}
+
+// metricValue returns the value of the counter or gauge name{labels}, 0 when absent.
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, fam := range families {
+		if fam.GetName() != name {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			if hasLabels(m, labels) {
+				if m.GetCounter() != nil {
+					return m.GetCounter().GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func hasLabels(m *dto.Metric, want map[string]string) bool {
+	matched := 0
+	for _, lp := range m.GetLabel() {
+		if v, ok := want[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			matched++
+		}
+	}
+	return matched == len(want)
+}
+
+func errorCount(t testing.TB, reg *prometheus.Registry, server string, r reason) float64 {
+	t.Helper()
+	return metricValue(t, reg, "test_upstream_errors_total", map[string]string{"server": server, "reason": r.String()})
+}
+
+// eventually polls cond until it holds or a generous deadline passes; it
+// synchronises with background work without sleeping a guessed time.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-poll.C:
+		}
+	}
+}
+
+// upstreamOf returns the forwarder's state for addr.
+func upstreamOf(t *testing.T, f *Forwarder, addr string) *upstream {
+	t.Helper()
+	for _, u := range f.upstreams {
+		if u.addr == addr {
+			return u
+		}
+	}
+	t.Fatalf("no upstream %s", addr)
+	return nil
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }

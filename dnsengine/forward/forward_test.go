@@ -1,0 +1,670 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestConfigValidation(t *testing.T) {
+	ok := []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53"}}}}
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string // substring; "" = valid
+	}{
+		{"valid", Config{Zones: ok}, ""},
+		{"no zones", Config{}, "no zones"},
+		{"empty zone name", Config{Zones: []Zone{{Name: "", Servers: ok[0].Servers}}}, "not a domain name"},
+		{"duplicate zone", Config{Zones: []Zone{ok[0], {Name: ".", Servers: ok[0].Servers}}}, "listed twice"},
+		{"duplicate zone differing in case", Config{Zones: []Zone{
+			{Name: "Cluster.Local", Servers: ok[0].Servers}, {Name: "cluster.local.", Servers: ok[0].Servers},
+		}}, "listed twice"},
+		{"zone without servers", Config{Zones: []Zone{{Name: "."}}}, "no servers"},
+		{"host name instead of ip", Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "kube-dns:53"}}}}}, "want ip:port"},
+		{"missing port", Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "10.0.0.10"}}}}}, "want ip:port"},
+		{"unknown transport", Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53", Transport: "quic"}}}}}, "unknown transport"},
+		{"negative timeout", Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53", Timeout: -1}}}}}, "negative timeout"},
+		{"negative max fails", Config{Zones: ok, MaxFails: -1}, "MaxFails"},
+		{"negative idle timeout", Config{Zones: ok, IdleTimeout: -time.Second}, "IdleTimeout"},
+		{"bad probe name", Config{Zones: ok, ProbeName: "a..b"}, "probe name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := New(tt.cfg)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				f.Close()
+				return
+			}
+			if err == nil {
+				f.Close()
+				t.Fatalf("New succeeded, want error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New error %q, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: "Cluster.Local", Servers: []Server{{Addr: "127.0.0.1:53"}}}}})
+	z := f.zones["cluster.local."]
+	if z == nil {
+		t.Fatalf("zone not stored under its canonical name; zones: %v", f.zones)
+	}
+	h := z.hops[0]
+	if h.transport != TCP || h.timeout != DefaultTimeout {
+		t.Errorf("server defaults: transport %q timeout %v, want %q %v", h.transport, h.timeout, TCP, DefaultTimeout)
+	}
+	c := f.cfg
+	if c.MaxFails != DefaultMaxFails || c.ProbeInterval != DefaultProbeInterval || c.MaxConnsPerServer != DefaultMaxConnsPerServer ||
+		c.IdleTimeout != DefaultIdleTimeout || c.PipelineDepth != DefaultPipelineDepth {
+		t.Errorf("config defaults not applied: %+v", c)
+	}
+}
+
+func TestMetricsRegisteredTwiceFails(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	cfg := Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53"}}}}, Registerer: reg, Namespace: "x"}
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatalf("first New: %v", err)
+	}
+	defer f.Close()
+	if g, err := New(cfg); err == nil {
+		g.Close()
+		t.Fatal("second New on the same registry and namespace succeeded")
+	}
+}
+
+func TestZoneRouting(t *testing.T) {
+	cluster, reverse, rest := startFake(t), startFake(t), startFake(t)
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{
+		{Name: "cluster.local.", Servers: []Server{{Addr: cluster.addr}}},
+		{Name: "in-addr.arpa.", Servers: []Server{{Addr: reverse.addr}}},
+		{Name: ".", Servers: []Server{{Addr: rest.addr}}},
+	}})
+	tests := []struct {
+		qname string
+		want  *fake
+	}{
+		{"kube-dns.kube-system.svc.cluster.local.", cluster},
+		{"Web.Default.SVC.Cluster.LOCAL.", cluster},
+		{"cluster.local.", cluster},
+		{"notcluster.local.", rest}, // suffix must be whole labels
+		{"local.", rest},
+		{"10.0.96.10.in-addr.arpa.", reverse},
+		{"example.com.", rest},
+		{".", rest},
+	}
+	fakes := map[*fake]string{cluster: "cluster", reverse: "reverse", rest: "rest"}
+	for _, tt := range tests {
+		t.Run(tt.qname, func(t *testing.T) {
+			before := map[*fake]int{}
+			for fk := range fakes {
+				before[fk] = len(fk.seenQueries())
+			}
+			mustAnswer(t, f, tt.qname)
+			for fk, name := range fakes {
+				got := len(fk.seenQueries()) - before[fk]
+				want := 0
+				if fk == tt.want {
+					want = 1
+				}
+				if got != want {
+					t.Errorf("fake %s saw %d queries, want %d", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestNoMatchingZone(t *testing.T) {
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: "cluster.local.", Servers: []Server{{Addr: "127.0.0.1:53"}}}}})
+	_, err := f.Exchange(context.Background(), query("example.com."))
+	if !errors.Is(err, ErrNoZone) {
+		t.Fatalf("Exchange outside every zone: %v, want ErrNoZone", err)
+	}
+	if _, err := f.Exchange(context.Background(), new(dns.Msg)); !errors.Is(err, ErrNoQuestion) {
+		t.Fatalf("Exchange without question: %v, want ErrNoQuestion", err)
+	}
+}
+
+// TestTCPPipelining sends many concurrent queries: they share one connection,
+// each under its own ID on the wire, and come back with the caller's ID.
+func TestTCPPipelining(t *testing.T) {
+	const n = 64
+	up := startFake(t)
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
+
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			req := query(fmt.Sprintf("q%d.example.", i))
+			req.Id = uint16(i) // every caller uses its own ID, all restored
+			resp, err := f.Exchange(context.Background(), req)
+			switch {
+			case err != nil:
+				errs <- err
+			case resp.Id != req.Id || len(resp.Answer) != 1 || resp.Answer[0].Header().Name != req.Question[0].Name:
+				errs <- fmt.Errorf("query %d: wrong reply %v", i, resp)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	if got := up.accepted.Load(); got != 1 {
+		t.Errorf("fake accepted %d TCP connections, want 1", got)
+	}
+	seen := up.seenQueries()
+	if len(seen) != n {
+		t.Fatalf("fake saw %d queries, want %d", len(seen), n)
+	}
+	ids := map[uint16]bool{}
+	for _, s := range seen {
+		if s.transport != "tcp" {
+			t.Errorf("query over %s, want tcp", s.transport)
+		}
+		ids[s.id] = true
+	}
+	if len(ids) != n {
+		t.Errorf("%d distinct IDs on the connection, want %d", len(ids), n)
+	}
+}
+
+func TestTCPConnectionReuse(t *testing.T) {
+	up := startFake(t)
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
+	for i := range 10 {
+		mustAnswer(t, f, fmt.Sprintf("seq%d.example.", i))
+	}
+	if got := up.accepted.Load(); got != 1 {
+		t.Errorf("fake accepted %d connections for 10 sequential queries, want 1", got)
+	}
+	if got := metricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}); got != 1 {
+		t.Errorf("tcp connections gauge %v, want 1", got)
+	}
+	if got := metricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": "tcp"}); got != 10 {
+		t.Errorf("requests counter %v, want 10", got)
+	}
+}
+
+func TestTCPIdleExpiry(t *testing.T) {
+	up := startFake(t)
+	f, reg := newTestForwarder(t, Config{
+		Zones:       []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}},
+		IdleTimeout: 20 * time.Millisecond,
+	})
+	pool := upstreamOf(t, f, up.addr).pool
+	mustAnswer(t, f, "first.example.")
+	eventually(t, "the idle connection to close", func() bool { return pool.size() == 0 })
+	if got := metricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}); got != 0 {
+		t.Errorf("tcp connections gauge %v after idle expiry, want 0", got)
+	}
+	mustAnswer(t, f, "second.example.")
+	if got := up.accepted.Load(); got != 2 {
+		t.Errorf("fake accepted %d connections, want 2 (one per idle period)", got)
+	}
+}
+
+// TestTCPBrokenConnectionRetried: the server closes the first connection
+// without answering while queries are pipelined on it; they fail fast and are
+// retried on a new connection, without marking the server down.
+func TestTCPBrokenConnectionRetried(t *testing.T) {
+	const n = 16
+	up := startFake(t)
+	var once sync.Once
+	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
+		closed := false
+		once.Do(func() { closed = true; w.Close() })
+		if !closed {
+			answer(w, r)
+		}
+	})
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Minute}}}}})
+
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { mustAnswer(t, f, fmt.Sprintf("b%d.example.", i)) })
+	}
+	wg.Wait()
+
+	if got := up.accepted.Load(); got != 2 {
+		t.Errorf("fake accepted %d connections, want 2 (the broken one and its replacement)", got)
+	}
+	if got := errorCount(t, reg, up.addr, reasonClosed); got < 1 {
+		t.Errorf("closed errors %v, want at least 1", got)
+	}
+	if u := upstreamOf(t, f, up.addr); u.health.fails.Load() != 0 || u.health.isDown() {
+		t.Errorf("server charged with the broken connection: fails %d down %v", u.health.fails.Load(), u.health.isDown())
+	}
+}
+
+// TestTCPBlackHoleClosesConnection: a query that times out on a connection
+// that has returned nothing since closes it, so the next query dials afresh.
+func TestTCPBlackHoleClosesConnection(t *testing.T) {
+	up := startFake(t)
+	up.setBehaviour(silent)
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: 50 * time.Millisecond}}}}})
+	if _, err := f.Exchange(context.Background(), query("hole.example.")); err == nil {
+		t.Fatal("Exchange with a silent server succeeded")
+	}
+	if got := upstreamOf(t, f, up.addr).pool.size(); got != 0 {
+		t.Errorf("%d connections pooled after a black-holed query, want 0", got)
+	}
+	if got := errorCount(t, reg, up.addr, reasonTimeout); got != 1 {
+		t.Errorf("timeout errors %v, want 1", got)
+	}
+	up.setBehaviour(answer)
+	mustAnswer(t, f, "after.example.")
+	if got := up.accepted.Load(); got != 2 {
+		t.Errorf("fake accepted %d connections, want 2", got)
+	}
+}
+
+// TestStubFailoverOrder is the stub's chain: the node cache over UDP, the node
+// cache over TCP, then kube-dns over TCP only.
+func TestStubFailoverOrder(t *testing.T) {
+	tests := []struct {
+		name       string
+		nodeCache  behaviour // nil = not running (port closed)
+		udpTimeout time.Duration
+		wantNode   []string // transports the node cache saw, in order
+		wantKube   []string
+		wantErrors map[reason]float64 // on the node cache
+	}{
+		{
+			name: "node cache answers over udp", nodeCache: answer, udpTimeout: time.Minute,
+			wantNode: []string{"udp"},
+		},
+		{
+			name: "truncated udp reply retried over tcp to the same server", nodeCache: overTCP(answer, truncated), udpTimeout: time.Minute,
+			wantNode: []string{"udp", "tcp"},
+		},
+		{
+			name: "node cache silent on udp: its tcp next", nodeCache: overTCP(answer, silent), udpTimeout: 50 * time.Millisecond,
+			wantNode: []string{"udp", "tcp"}, wantErrors: map[reason]float64{reasonTimeout: 1},
+		},
+		{
+			name: "node cache servfail: kube-dns over tcp", nodeCache: rcode(dns.RcodeServerFailure), udpTimeout: time.Minute,
+			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonServfail: 2},
+		},
+		{
+			// The UDP timeout is a minute: only ECONNREFUSED (ICMP port
+			// unreachable) can end that attempt before the test times out.
+			name: "node cache gone: refused at once, kube-dns over tcp", nodeCache: nil, udpTimeout: time.Minute,
+			wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonRefused: 2, reasonTimeout: 0},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			node, kube := startFake(t), startFake(t)
+			if tt.nodeCache == nil {
+				node.stop()
+			} else {
+				node.setBehaviour(tt.nodeCache)
+			}
+			f, reg := newTestForwarder(t, Config{
+				Zones: []Zone{{Name: ".", Servers: []Server{
+					{Addr: node.addr, Transport: UDP, Timeout: tt.udpTimeout},
+					{Addr: node.addr, Transport: TCP, Timeout: time.Minute},
+					{Addr: kube.addr, Transport: TCP, Timeout: time.Minute},
+				}}},
+				MaxFails:      10, // keep everything up: this test is about order
+				ProbeInterval: time.Hour,
+			})
+			mustAnswer(t, f, "svc.ns.svc.cluster.local.")
+			if got := node.transports(); !slices.Equal(got, tt.wantNode) {
+				t.Errorf("node cache saw %v, want %v", got, tt.wantNode)
+			}
+			if got := kube.transports(); !slices.Equal(got, tt.wantKube) {
+				t.Errorf("kube-dns saw %v, want %v", got, tt.wantKube)
+			}
+			for r, want := range tt.wantErrors {
+				if got := errorCount(t, reg, node.addr, r); got != want {
+					t.Errorf("node cache %s errors %v, want %v", r, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestMismatchedRepliesDropped(t *testing.T) {
+	for _, transport := range []Transport{UDP, TCP} {
+		t.Run(string(transport), func(t *testing.T) {
+			up := startFake(t)
+			up.setBehaviour(mismatchedFirst)
+			f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Transport: transport, Timeout: time.Minute}}}}})
+			mustAnswer(t, f, "mm.example.")
+			if got := errorCount(t, reg, up.addr, reasonMismatch); got != 2 {
+				t.Errorf("mismatch errors %v, want 2 (wrong ID, wrong question)", got)
+			}
+			if got := len(up.seenQueries()); got != 1 {
+				t.Errorf("fake saw %d queries, want 1: the right reply must be waited for, not re-asked", got)
+			}
+		})
+	}
+}
+
+func TestFailureRcodes(t *testing.T) {
+	tests := []struct {
+		name      string
+		first     behaviour
+		second    behaviour
+		wantRcode int
+		wantErrs  float64 // servfail-reason errors on the first server
+	}{
+		{"servfail then answer", rcode(dns.RcodeServerFailure), answer, dns.RcodeSuccess, 1},
+		{"refused then answer", rcode(dns.RcodeRefused), answer, dns.RcodeSuccess, 1},
+		{"nxdomain is an answer", rcode(dns.RcodeNameError), answer, dns.RcodeNameError, 0},
+		{"all servfail returns the reply", rcode(dns.RcodeServerFailure), rcode(dns.RcodeServerFailure), dns.RcodeServerFailure, 1},
+		{"servfail then refused returns the last", rcode(dns.RcodeServerFailure), rcode(dns.RcodeRefused), dns.RcodeRefused, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := startFake(t), startFake(t)
+			a.setBehaviour(tt.first)
+			b.setBehaviour(tt.second)
+			f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}}})
+			req := query("rc.example.")
+			resp, err := f.Exchange(context.Background(), req)
+			if err != nil {
+				t.Fatalf("Exchange: %v (a server reply must be returned, not an error)", err)
+			}
+			if resp.Rcode != tt.wantRcode {
+				t.Errorf("rcode %s, want %s", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tt.wantRcode])
+			}
+			if resp.Id != req.Id {
+				t.Errorf("reply ID %#x, want %#x", resp.Id, req.Id)
+			}
+			if got := errorCount(t, reg, a.addr, reasonServfail); got != tt.wantErrs {
+				t.Errorf("servfail errors on the first server %v, want %v", got, tt.wantErrs)
+			}
+		})
+	}
+}
+
+func TestAllServersUnreachable(t *testing.T) {
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{
+		{Addr: closedPort(t), Transport: UDP, Timeout: time.Minute},
+		{Addr: closedPort(t), Timeout: time.Minute},
+	}}}})
+	_, err := f.Exchange(context.Background(), query("x.example."))
+	if !isRefused(err) {
+		t.Fatalf("Exchange to closed ports: %v, want ECONNREFUSED", err)
+	}
+	if f.Answered() {
+		t.Error("Answered() true though no server ever replied")
+	}
+}
+
+func TestContextEndsExchange(t *testing.T) {
+	for _, transport := range []Transport{TCP, UDP} {
+		t.Run(string(transport), func(t *testing.T) {
+			up := startFake(t)
+			up.setBehaviour(silent)
+			f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Transport: transport, Timeout: time.Hour}}}}})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				_, err := f.Exchange(ctx, query("wait.example."))
+				done <- err
+			}()
+			eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Fatalf("Exchange after cancel: %v, want context.Canceled", err)
+			}
+			u := upstreamOf(t, f, up.addr)
+			if fails := u.health.fails.Load(); fails != 0 {
+				t.Errorf("server charged %d failures for the caller's cancellation", fails)
+			}
+			if transport == TCP && u.pool.size() != 1 {
+				t.Errorf("%d pooled connections after a cancelled query, want the connection kept", u.pool.size())
+			}
+		})
+	}
+}
+
+// TestHealth: a failing server is marked down after MaxFails, skipped, probed,
+// and used again once a probe succeeds.
+func TestHealth(t *testing.T) {
+	tests := []struct {
+		name    string
+		breakIt func(*fake)
+		heal    func(*fake)
+	}{
+		{"servfail until healed", func(f *fake) { f.setBehaviour(rcode(dns.RcodeServerFailure)) }, func(f *fake) { f.setBehaviour(answer) }},
+		{"stopped and restarted on the same port", (*fake).stop, (*fake).restart},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := startFake(t), startFake(t)
+			f, reg := newTestForwarder(t, Config{
+				Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+				MaxFails:      2,
+				ProbeInterval: 5 * time.Millisecond,
+			})
+			ua := upstreamOf(t, f, a.addr)
+			healthy := func() float64 {
+				return metricValue(t, reg, "test_upstream_healthy", map[string]string{"server": a.addr})
+			}
+			mustAnswer(t, f, "before.example.")
+			tt.breakIt(a)
+
+			mustAnswer(t, f, "fail1.example.")
+			if ua.health.isDown() {
+				t.Fatal("down after one failure, MaxFails is 2")
+			}
+			mustAnswer(t, f, "fail2.example.")
+			if !ua.health.isDown() || healthy() != 0 {
+				t.Fatalf("not marked down after 2 failures (down %v, gauge %v)", ua.health.isDown(), healthy())
+			}
+
+			seenByA := len(a.seenQueries())
+			seenByB := len(b.seenQueries())
+			mustAnswer(t, f, "skipped.example.")
+			if got := len(a.seenQueries()); got != seenByA {
+				t.Errorf("down server got %d queries, want it skipped", got-seenByA)
+			}
+			if got := len(b.seenQueries()); got != seenByB+1 {
+				t.Errorf("second server got %d queries, want 1", got-seenByB)
+			}
+
+			tt.heal(a)
+			eventually(t, "a probe to mark the server up", func() bool { return !ua.health.isDown() })
+			if healthy() != 1 {
+				t.Errorf("healthy gauge %v after recovery, want 1", healthy())
+			}
+			seenByA = len(a.seenQueries())
+			mustAnswer(t, f, "back.example.")
+			if got := len(a.seenQueries()); got != seenByA+1 {
+				t.Errorf("recovered server got %d queries, want 1", got-seenByA)
+			}
+		})
+	}
+}
+
+// TestAllDownPolicy: when every server is marked down they are still tried,
+// in order, and the first to answer is marked up.
+func TestAllDownPolicy(t *testing.T) {
+	a, b := startFake(t), startFake(t)
+	a.setBehaviour(rcode(dns.RcodeServerFailure))
+	b.setBehaviour(rcode(dns.RcodeServerFailure))
+	f, _ := newTestForwarder(t, Config{
+		Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+		MaxFails:      1,
+		ProbeInterval: time.Hour, // no probe in this test: only the policy can revive them
+	})
+	resp, err := f.Exchange(context.Background(), query("down.example."))
+	if err != nil || resp.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("all servfail: %v, %v; want the SERVFAIL reply", resp, err)
+	}
+	ua, ub := upstreamOf(t, f, a.addr), upstreamOf(t, f, b.addr)
+	if !ua.health.isDown() || !ub.health.isDown() {
+		t.Fatalf("want both down: a %v b %v", ua.health.isDown(), ub.health.isDown())
+	}
+
+	a.setBehaviour(answer)
+	b.setBehaviour(answer)
+	mustAnswer(t, f, "alldown.example.")
+	if got, want := len(a.seenQueries()), 2; got != want {
+		t.Errorf("first server saw %d queries, want %d (tried although down)", got, want)
+	}
+	if got, want := len(b.seenQueries()), 1; got != want {
+		t.Errorf("second server saw %d queries, want %d (not needed)", got, want)
+	}
+	if ua.health.isDown() || !ub.health.isDown() {
+		t.Errorf("after the answer: a down %v (want false), b down %v (want true)", ua.health.isDown(), ub.health.isDown())
+	}
+}
+
+// TestDownServerIsLastResort: a server marked down is tried after the healthy
+// ones failed.
+func TestDownServerIsLastResort(t *testing.T) {
+	a, b := startFake(t), startFake(t)
+	a.setBehaviour(rcode(dns.RcodeServerFailure))
+	f, _ := newTestForwarder(t, Config{
+		Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+		MaxFails:      1,
+		ProbeInterval: time.Hour,
+	})
+	mustAnswer(t, f, "one.example.") // a fails and is marked down, b answers
+	a.setBehaviour(answer)
+	b.setBehaviour(rcode(dns.RcodeServerFailure))
+	mustAnswer(t, f, "two.example.") // b fails; a, though down, answers
+	if got := len(a.seenQueries()); got != 2 {
+		t.Errorf("down server saw %d queries, want 2", got)
+	}
+}
+
+func TestAnswered(t *testing.T) {
+	t.Run("after a reply", func(t *testing.T) {
+		up := startFake(t)
+		up.setBehaviour(rcode(dns.RcodeServerFailure))
+		f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
+		if f.Answered() {
+			t.Fatal("Answered() before any query")
+		}
+		if _, err := f.Exchange(context.Background(), query("a.example.")); err != nil {
+			t.Fatalf("Exchange: %v", err)
+		}
+		if !f.Answered() {
+			t.Error("Answered() false after a SERVFAIL reply: the server did answer")
+		}
+	})
+	t.Run("probe at start", func(t *testing.T) {
+		dead, up := closedPort(t), startFake(t)
+		f, _ := newTestForwarder(t, Config{
+			Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: dead}, {Addr: up.addr}}}},
+			ProbeAtStart:  true,
+			ProbeInterval: 5 * time.Millisecond,
+		})
+		eventually(t, "Answered() from the start-up probes", f.Answered)
+		if len(up.seenQueries()) != 0 {
+			t.Errorf("start-up probes sent non-probe queries: %v", up.seenQueries())
+		}
+	})
+}
+
+func TestClose(t *testing.T) {
+	up := startFake(t)
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
+	mustAnswer(t, f, "open.example.")
+	if err := f.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if got := upstreamOf(t, f, up.addr).pool.size(); got != 0 {
+		t.Errorf("%d connections after Close", got)
+	}
+	if _, err := f.Exchange(context.Background(), query("closed.example.")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Exchange after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestConcurrentMixedLoad runs many goroutines over UDP and TCP zones while
+// one server keeps closing connections; every query must still be answered.
+// Run with -race.
+func TestConcurrentMixedLoad(t *testing.T) {
+	flaky, good, viaUDP := startFake(t), startFake(t), startFake(t)
+	var served sync.Mutex
+	count := 0
+	flaky.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
+		served.Lock()
+		count++
+		drop := count%7 == 0
+		served.Unlock()
+		if drop {
+			w.Close()
+			return
+		}
+		answer(w, r)
+	})
+	f, _ := newTestForwarder(t, Config{
+		Zones: []Zone{
+			{Name: "cluster.local.", Servers: []Server{{Addr: flaky.addr, Timeout: time.Minute}, {Addr: good.addr, Timeout: time.Minute}}},
+			{Name: ".", Servers: []Server{{Addr: viaUDP.addr, Transport: UDP, Timeout: time.Minute}}},
+		},
+		MaxConnsPerServer: 2,
+		PipelineDepth:     4,
+		IdleTimeout:       5 * time.Millisecond,
+		ProbeInterval:     time.Millisecond,
+	})
+	const workers, perWorker = 8, 100
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range perWorker {
+				name := fmt.Sprintf("n%d-%d.svc.cluster.local.", w, i)
+				if i%3 == 0 {
+					name = fmt.Sprintf("n%d-%d.example.", w, i)
+				}
+				req := query(name)
+				resp, err := f.Exchange(context.Background(), req)
+				if err != nil {
+					t.Errorf("Exchange(%s): %v", name, err)
+					return
+				}
+				checkAnswer(t, req, resp)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func BenchmarkExchangeTCP(b *testing.B) {
+	up := startFake(b)
+	reg := prometheus.NewRegistry()
+	f, err := New(Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}, Registerer: reg, Namespace: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	req := query("bench.example.")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := f.Exchange(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

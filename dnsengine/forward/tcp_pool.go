@@ -1,0 +1,413 @@
+package forward
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// tcpPool holds the persistent connections to one server (RFC 7766). Queries
+// go to the least loaded connection; another is dialed when that one has
+// PipelineDepth queries outstanding and the pool is not full. One dial runs
+// at a time: queries that find no connection wait for it.
+type tcpPool struct {
+	addr        string
+	maxConns    int
+	depth       int32
+	idleTimeout time.Duration
+	metrics     *serverMetrics
+	dialer      net.Dialer
+	readers     sync.WaitGroup // one reader goroutine per connection
+
+	mu      sync.Mutex
+	conns   []*pipeConn
+	dialing *dialCall // the dial in progress, if any
+	closed  bool
+}
+
+// dialCall is a dial other queries can wait for.
+type dialCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newTCPPool(addr string, cfg Config, m *serverMetrics) *tcpPool {
+	return &tcpPool{
+		addr:        addr,
+		maxConns:    cfg.MaxConnsPerServer,
+		depth:       int32(cfg.PipelineDepth),
+		idleTimeout: cfg.IdleTimeout,
+		metrics:     m,
+	}
+}
+
+// acquire returns a connection to send one query on, dialing when needed.
+func (p *tcpPool) acquire(ctx context.Context) (*pipeConn, error) {
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		c := p.leastLoaded()
+		if c != nil && (c.inflight.Load() < p.depth || len(p.conns) >= p.maxConns || p.dialing != nil) {
+			p.mu.Unlock()
+			return c, nil
+		}
+		if d := p.dialing; d != nil {
+			p.mu.Unlock()
+			select {
+			case <-d.done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("wait for tcp dial: %w", ctx.Err())
+			}
+			if d.err != nil {
+				return nil, d.err
+			}
+			p.mu.Lock()
+			continue
+		}
+		return p.dial(ctx)
+	}
+}
+
+// dial opens a connection and adds it to the pool. Called with p.mu held; returns with it released.
+func (p *tcpPool) dial(ctx context.Context) (*pipeConn, error) {
+	d := &dialCall{done: make(chan struct{})}
+	p.dialing = d
+	p.mu.Unlock()
+
+	nc, err := p.dialer.DialContext(ctx, "tcp", p.addr)
+	var c *pipeConn
+
+	p.mu.Lock()
+	p.dialing = nil
+	switch {
+	case err != nil:
+		err = fmt.Errorf("dial tcp: %w", err)
+	case p.closed:
+		err = ErrClosed
+	default:
+		c = newPipeConn(p, nc)
+		p.conns = append(p.conns, c)
+		p.metrics.tcpConns.Inc()
+		p.readers.Add(1)
+		go c.readLoop()
+	}
+	d.err = err
+	close(d.done)
+	p.mu.Unlock()
+
+	if nc != nil && c == nil {
+		nc.Close()
+	}
+	return c, err
+}
+
+// leastLoaded returns the connection with the fewest queries outstanding, or nil. Called with p.mu held.
+func (p *tcpPool) leastLoaded() *pipeConn {
+	var best *pipeConn
+	for _, c := range p.conns {
+		if best == nil || c.inflight.Load() < best.inflight.Load() {
+			best = c
+		}
+	}
+	return best
+}
+
+// remove drops c from the pool, once.
+func (p *tcpPool) remove(c *pipeConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, pc := range p.conns {
+		if pc == c {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			p.metrics.tcpConns.Dec()
+			return
+		}
+	}
+}
+
+// size returns the number of pooled connections.
+func (p *tcpPool) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// close closes every connection (outside the pool lock) and waits for their readers.
+func (p *tcpPool) close() {
+	p.mu.Lock()
+	p.closed = true
+	conns := append([]*pipeConn(nil), p.conns...)
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown(ErrClosed)
+	}
+	p.readers.Wait()
+}
+
+// pipeConn is one TCP connection carrying many outstanding queries, each under
+// an ID unique on the connection. A reader goroutine matches replies back.
+type pipeConn struct {
+	pool     *tcpPool
+	nc       net.Conn
+	inflight atomic.Int32 // queries waiting for a reply
+	lastRead atomic.Int64 // UnixNano of the last reply frame read
+
+	wmu sync.Mutex // one frame written at a time
+
+	mu        sync.Mutex
+	pending   map[uint16]*waiter
+	nextID    uint16
+	closed    bool
+	idleSince time.Time
+	idleTimer *time.Timer
+	idleArmed bool
+}
+
+type waiter struct {
+	q      *dns.Question
+	sentAt int64 // UnixNano
+	reply  chan tcpReply
+}
+
+type tcpReply struct {
+	msg *dns.Msg
+	err error
+}
+
+func newPipeConn(p *tcpPool, nc net.Conn) *pipeConn {
+	c := &pipeConn{
+		pool:    p,
+		nc:      nc,
+		pending: make(map[uint16]*waiter),
+		nextID:  uint16(rand.Uint32()),
+	}
+	c.mu.Lock()
+	c.becameIdleLocked()
+	c.mu.Unlock()
+	return c
+}
+
+// exchange sends one query on c and waits for its reply or ctx.
+func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
+	w := &waiter{q: q, sentAt: time.Now().UnixNano(), reply: make(chan tcpReply, 1)}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, errConnClosed
+	}
+	id, ok := c.allocIDLocked()
+	if !ok {
+		c.mu.Unlock()
+		return nil, errIDsExhausted
+	}
+	c.pending[id] = w
+	c.inflight.Add(1)
+	c.mu.Unlock()
+
+	if err := c.write(ctx, id, wire); err != nil {
+		c.shutdown(fmt.Errorf("write: %w", err)) // a partial frame leaves the stream unusable
+	}
+	select {
+	case r := <-w.reply:
+		return r.msg, r.err
+	case <-ctx.Done():
+		if c.forget(id, w) && errors.Is(ctx.Err(), context.DeadlineExceeded) && c.lastRead.Load() < w.sentAt {
+			// Nothing has come back on c since this query went out: the
+			// connection is probably black-holed, not just slow on one name.
+			c.shutdown(fmt.Errorf("no reply since a query timed out: %w", ctx.Err()))
+		}
+		return nil, fmt.Errorf("tcp: %w", ctx.Err())
+	}
+}
+
+// allocIDLocked picks the next ID not outstanding on c.
+func (c *pipeConn) allocIDLocked() (uint16, bool) {
+	for range 1 << 16 {
+		id := c.nextID
+		c.nextID++
+		if _, busy := c.pending[id]; !busy {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
+
+// write sends wire as one length-prefixed frame carrying message ID id.
+func (c *pipeConn) write(ctx context.Context, id uint16, wire []byte) error {
+	bp := framePool.Get().(*[]byte)
+	frame := append((*bp)[:0], 0, 0)
+	frame = append(frame, wire...)
+	binary.BigEndian.PutUint16(frame, uint16(len(wire)))
+	binary.BigEndian.PutUint16(frame[2:], id)
+
+	c.wmu.Lock()
+	deadline, _ := ctx.Deadline() // zero = none
+	err := c.nc.SetWriteDeadline(deadline)
+	if err == nil {
+		_, err = c.nc.Write(frame)
+	}
+	c.wmu.Unlock()
+
+	*bp = frame
+	framePool.Put(bp)
+	return err
+}
+
+// forget removes a waiter that gave up; a late reply for it is then dropped.
+// It reports whether the waiter was still pending.
+func (c *pipeConn) forget(id uint16, w *waiter) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending[id] != w {
+		return false
+	}
+	delete(c.pending, id)
+	if c.inflight.Add(-1) == 0 {
+		c.becameIdleLocked()
+	}
+	return true
+}
+
+// readLoop reads reply frames until the connection fails or is closed.
+func (c *pipeConn) readLoop() {
+	defer c.pool.readers.Done()
+	r := bufio.NewReader(c.nc)
+	var length [2]byte
+	var buf []byte
+	for {
+		if _, err := io.ReadFull(r, length[:]); err != nil {
+			c.shutdown(fmt.Errorf("read: %w", err))
+			return
+		}
+		n := int(binary.BigEndian.Uint16(length[:]))
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			c.shutdown(fmt.Errorf("read: %w", err))
+			return
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		c.deliver(buf) // Unpack copies; buf is reused
+	}
+}
+
+// deliver hands one reply frame to the query it answers, or drops it.
+func (c *pipeConn) deliver(frame []byte) {
+	m := new(dns.Msg)
+	unpackErr := m.Unpack(frame)
+	if unpackErr != nil && len(frame) < 2 {
+		c.pool.metrics.errors[reasonOther].Inc()
+		return
+	}
+	id := binary.BigEndian.Uint16(frame)
+
+	c.mu.Lock()
+	w := c.pending[id]
+	if w == nil || (unpackErr == nil && !matches(w.q, m)) {
+		c.mu.Unlock()
+		c.pool.metrics.errors[reasonMismatch].Inc()
+		return
+	}
+	delete(c.pending, id)
+	if c.inflight.Add(-1) == 0 {
+		c.becameIdleLocked()
+	}
+	c.mu.Unlock()
+
+	if unpackErr != nil {
+		w.reply <- tcpReply{err: fmt.Errorf("%w: %w", errMalformed, unpackErr)}
+		return
+	}
+	w.reply <- tcpReply{msg: m}
+}
+
+// becameIdleLocked notes that c has nothing in flight and makes sure the idle
+// timer will look at it. Called with c.mu held.
+func (c *pipeConn) becameIdleLocked() {
+	c.idleSince = time.Now()
+	if c.idleArmed || c.closed {
+		return
+	}
+	c.idleArmed = true
+	if c.idleTimer == nil {
+		c.idleTimer = time.AfterFunc(c.pool.idleTimeout, c.expireIfIdle)
+	} else {
+		c.idleTimer.Reset(c.pool.idleTimeout)
+	}
+}
+
+// expireIfIdle closes c when nothing has been in flight for IdleTimeout.
+func (c *pipeConn) expireIfIdle() {
+	c.mu.Lock()
+	c.idleArmed = false
+	if c.closed || c.inflight.Load() > 0 {
+		c.mu.Unlock()
+		return // busy again; the next idle moment re-arms the timer
+	}
+	if rest := c.pool.idleTimeout - time.Since(c.idleSince); rest > 0 {
+		c.idleArmed = true
+		c.idleTimer.Reset(rest)
+		c.mu.Unlock()
+		return
+	}
+	waiters := c.detachLocked()
+	c.mu.Unlock()
+	c.finish(waiters, errConnClosed)
+}
+
+// shutdown closes c and fails every query waiting on it. Idempotent.
+func (c *pipeConn) shutdown(cause error) {
+	c.mu.Lock()
+	waiters := c.detachLocked()
+	c.mu.Unlock()
+	c.finish(waiters, fmt.Errorf("%w: %w", errConnClosed, cause))
+}
+
+// detachLocked marks c closed and takes its waiters; nil when already closed.
+// Called with c.mu held.
+func (c *pipeConn) detachLocked() map[uint16]*waiter {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	waiters := c.pending
+	c.pending = nil
+	c.inflight.Store(0)
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	if waiters == nil {
+		waiters = map[uint16]*waiter{} // non-nil: this call closed c
+	}
+	return waiters
+}
+
+// finish completes closing after detachLocked, outside every lock: it drops c
+// from the pool, closes the socket (which ends the reader) and fails the waiters.
+func (c *pipeConn) finish(waiters map[uint16]*waiter, err error) {
+	if waiters == nil {
+		return
+	}
+	c.pool.remove(c)
+	c.nc.Close()
+	for _, w := range waiters {
+		w.reply <- tcpReply{err: err}
+	}
+}
