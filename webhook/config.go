@@ -80,7 +80,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9254", "address of the HTTP listener for /metrics, /healthz and /readyz; 0 disables it")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for running outside a cluster; empty: $KUBECONFIG or in-cluster")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long to drain in-flight admissions on SIGTERM before closing")
-	fs.StringVar(&cfg.Namespace, "namespace", defaultNamespace, "the webhook's own namespace (its pods are never mutated); default $POD_NAMESPACE")
+	fs.StringVar(&cfg.Namespace, "namespace", defaultNamespace, "the webhook's own namespace, whose pods are never mutated; defaults to $POD_NAMESPACE, else localdns-system")
 	fs.StringVar(&cfg.ServiceName, "service-name", "localdns-webhook", "Service in front of the webhook (name in the serving certificate)")
 	fs.StringVar(&cfg.SecretName, "secret-name", "localdns-webhook-tls", "Secret holding the self-managed CA and serving certificate")
 	fs.StringVar(&cfg.WebhookConfigName, "webhook-config-name", "localdns-webhook", "MutatingWebhookConfiguration whose caBundle the self-managed mode keeps current")

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -154,4 +155,16 @@ func resolveNativeSidecars(flag string, dc discovery.ServerVersionInterface) (bo
 		return false, fmt.Errorf("parse API server version %q for --native-sidecars=auto: %w", info.GitVersion, err)
 	}
 	return v.AtLeast(nativeSidecarsSince), nil
+}
+
+// RESTConfig loads the API server connection: the --kubeconfig file, else
+// $KUBECONFIG or ~/.kube/config, else the in-cluster service account.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	return cfg, nil
 }

@@ -1,12 +1,60 @@
-// Command localdns-webhook is filled in by its package; see README.md.
+// Command localdns-webhook is the mutating admission webhook that points
+// opted-in pods' DNS at the node cache (or an injected stub); see docs/webhook.md.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager/signals"
+
+	"github.com/localdns/localdns/certs"
+	"github.com/localdns/localdns/webhook"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "localdns-webhook: not built yet")
-	os.Exit(2)
+	cfg, err := webhook.ParseFlags("localdns-webhook", os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "localdns-webhook:", err)
+		os.Exit(2)
+	}
+	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, nil))
+	ctrllog.SetLogger(logger)
+	klog.SetLogger(logger)
+
+	if err := run(signals.SetupSignalHandler(), cfg, logger); err != nil {
+		logger.Error(err, "localdns-webhook failed")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg webhook.Config, logger logr.Logger) error {
+	restConfig, err := webhook.RESTConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	return webhook.Run(ctx, cfg, restConfig, func(ctx context.Context, clientset kubernetes.Interface) (webhook.CertSource, error) {
+		if cfg.CertDir != "" {
+			return certs.NewFromDir(cfg.CertDir)
+		}
+		return certs.NewSelfManaged(ctx, clientset, certs.SelfManagedConfig{
+			Namespace:         cfg.Namespace,
+			SecretName:        cfg.SecretName,
+			ServiceName:       cfg.ServiceName,
+			WebhookConfigName: cfg.WebhookConfigName,
+			ClusterDomain:     cfg.ClusterDomain,
+			Logger:            logger.WithName("certs"),
+		})
+	})
 }
