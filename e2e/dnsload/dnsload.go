@@ -1,0 +1,155 @@
+// Package dnsload is the seeds-style DNS load client: N goroutines look a
+// name up with net.Resolver.LookupIPAddr for a fixed time, and the result
+// counts errors and slow lookups and summarises the latencies.
+package dnsload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is one load run.
+type Config struct {
+	// Host is the name looked up (resolved with the resolver's search path).
+	Host string
+	// Concurrency is the number of goroutines looking up at once.
+	Concurrency int
+	// Duration is how long new lookups start; running ones finish.
+	Duration time.Duration
+	// MaxLookups bounds the run's lookups even when they are fast.
+	MaxLookups int64
+	// Slow is the latency at or above which a lookup counts as slow.
+	Slow time.Duration
+	// LookupTimeout abandons one lookup (counted as an error).
+	LookupTimeout time.Duration
+	// Resolver does the lookups; nil means the pure-Go resolver reading
+	// /etc/resolv.conf, the way a CGO_ENABLED=0 client in a pod does.
+	Resolver *net.Resolver
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.Host == "":
+		return errors.New("host is empty")
+	case c.Concurrency < 1:
+		return fmt.Errorf("concurrency %d: want >= 1", c.Concurrency)
+	case c.Duration <= 0:
+		return fmt.Errorf("duration %s: want > 0", c.Duration)
+	case c.MaxLookups < 1:
+		return fmt.Errorf("max lookups %d: want >= 1", c.MaxLookups)
+	case c.Slow <= 0:
+		return fmt.Errorf("slow threshold %s: want > 0", c.Slow)
+	case c.LookupTimeout <= 0:
+		return fmt.Errorf("lookup timeout %s: want > 0", c.LookupTimeout)
+	}
+	return nil
+}
+
+// Result summarises a run. Latencies cover every lookup, failed ones too:
+// a lookup that fails after 5 s is as bad for the user as a slow answer.
+type Result struct {
+	Host        string        `json:"host"`
+	Concurrency int           `json:"concurrency"`
+	Elapsed     time.Duration `json:"elapsed_ns"`
+	Lookups     int64         `json:"lookups"`
+	Errors      int64         `json:"errors"`
+	// FirstError is one error's text, to say what kind they were.
+	FirstError string        `json:"first_error,omitempty"`
+	Min        time.Duration `json:"min_ns"`
+	Mean       time.Duration `json:"mean_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	Max        time.Duration `json:"max_ns"`
+	Slow       time.Duration `json:"slow_threshold_ns"`
+	SlowCount  int64         `json:"slow"`
+	Over1s     int64         `json:"over_1s"`
+	Over5s     int64         `json:"over_5s"`
+}
+
+// String is the one-line summary the seeds' tool printed.
+func (r Result) String() string {
+	return fmt.Sprintf("host=%s c=%d elapsed=%s lookups=%d errors=%d min=%s avg=%s p99=%s max=%s >=%s:%d >=1s:%d >=5s:%d",
+		r.Host, r.Concurrency, r.Elapsed.Round(time.Millisecond), r.Lookups, r.Errors,
+		r.Min.Round(time.Microsecond), r.Mean.Round(time.Microsecond), r.P99.Round(time.Microsecond),
+		r.Max.Round(time.Microsecond), r.Slow, r.SlowCount, r.Over1s, r.Over5s)
+}
+
+// Run runs the load until cfg.Duration passes, cfg.MaxLookups have started
+// or ctx ends.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
+	}
+	resolver := cfg.Resolver
+	if resolver == nil {
+		resolver = &net.Resolver{PreferGo: true}
+	}
+	var (
+		started    atomic.Int64
+		errCount   atomic.Int64
+		firstError atomic.Pointer[string]
+		wg         sync.WaitGroup
+	)
+	perWorker := make([][]time.Duration, cfg.Concurrency)
+	begin := time.Now()
+	deadline := begin.Add(cfg.Duration)
+	for w := range cfg.Concurrency {
+		wg.Go(func() {
+			for ctx.Err() == nil && time.Now().Before(deadline) && started.Add(1) <= cfg.MaxLookups {
+				lctx, cancel := context.WithTimeout(ctx, cfg.LookupTimeout)
+				t0 := time.Now()
+				_, err := resolver.LookupIPAddr(lctx, cfg.Host)
+				perWorker[w] = append(perWorker[w], time.Since(t0))
+				cancel()
+				if err != nil {
+					errCount.Add(1)
+					msg := err.Error()
+					firstError.CompareAndSwap(nil, &msg)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	res := Result{Host: cfg.Host, Concurrency: cfg.Concurrency, Elapsed: time.Since(begin),
+		Errors: errCount.Load(), Slow: cfg.Slow}
+	if p := firstError.Load(); p != nil {
+		res.FirstError = *p
+	}
+	all := slices.Concat(perWorker...)
+	res.summarise(all)
+	return res, ctx.Err()
+}
+
+// summarise fills the latency fields from every lookup's latency.
+func (r *Result) summarise(latencies []time.Duration) {
+	r.Lookups = int64(len(latencies))
+	if len(latencies) == 0 {
+		return
+	}
+	slices.Sort(latencies)
+	var sum time.Duration
+	for _, l := range latencies {
+		sum += l
+		if l >= r.Slow {
+			r.SlowCount++
+		}
+		if l >= time.Second {
+			r.Over1s++
+		}
+		if l >= 5*time.Second {
+			r.Over5s++
+		}
+	}
+	r.Min, r.Max = latencies[0], latencies[len(latencies)-1]
+	r.Mean = sum / time.Duration(len(latencies))
+	// Nearest-rank p99: the smallest latency at or above 99% of lookups.
+	rank := (len(latencies)*99 + 99) / 100
+	r.P99 = latencies[rank-1]
+}

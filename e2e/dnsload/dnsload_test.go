@@ -1,0 +1,130 @@
+package dnsload
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// startServer serves on 127.0.0.1:0: fast.test answers at once, slow.test
+// after delay, anything else NXDOMAIN. It returns a resolver that sends
+// every query there.
+func startServer(t *testing.T, delay time.Duration) *net.Resolver {
+	t.Helper()
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		switch name := q.Question[0].Name; name {
+		case "fast.test.", "slow.test.":
+			if name == "slow.test." {
+				time.Sleep(delay)
+			}
+			if q.Question[0].Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{
+					Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+					A:   net.IPv4(10, 0, 0, 1),
+				})
+			}
+		default:
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", addr)
+	}}
+}
+
+func TestRunCounts(t *testing.T) {
+	const delay = 30 * time.Millisecond
+	resolver := startServer(t, delay)
+	tests := []struct {
+		name       string
+		host       string
+		maxLookups int64
+		wantErrors bool
+		wantSlow   bool
+	}{
+		{"fast answers", "fast.test.", 40, false, false},
+		{"every lookup at or over the threshold is slow", "slow.test.", 8, false, true},
+		{"NXDOMAIN counts as an error", "missing.test.", 12, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := Run(context.Background(), Config{
+				Host: tt.host, Concurrency: 4, Duration: time.Minute, MaxLookups: tt.maxLookups,
+				Slow: delay, LookupTimeout: 5 * time.Second, Resolver: resolver,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The count bound stops the run long before the minute.
+			if res.Lookups != tt.maxLookups {
+				t.Errorf("lookups = %d, want %d", res.Lookups, tt.maxLookups)
+			}
+			if wantErr := map[bool]int64{true: tt.maxLookups}[tt.wantErrors]; res.Errors != wantErr {
+				t.Errorf("errors = %d, want %d (%s)", res.Errors, wantErr, res.FirstError)
+			}
+			if wantSlow := map[bool]int64{true: tt.maxLookups}[tt.wantSlow]; res.SlowCount != wantSlow {
+				t.Errorf("slow = %d, want %d", res.SlowCount, wantSlow)
+			}
+			if res.Min > res.Mean || res.Mean > res.Max || res.P99 > res.Max || res.P99 < res.Min {
+				t.Errorf("latencies out of order: %s", res)
+			}
+			if !strings.Contains(res.String(), "lookups=") {
+				t.Errorf("summary %q", res)
+			}
+		})
+	}
+}
+
+func TestSummarise(t *testing.T) {
+	var lat []time.Duration
+	for i := 1; i <= 100; i++ {
+		lat = append(lat, time.Duration(i)*100*time.Millisecond) // 0.1 s .. 10 s
+	}
+	r := Result{Slow: 2 * time.Second}
+	r.summarise(lat)
+	want := Result{Slow: 2 * time.Second, Lookups: 100, Min: 100 * time.Millisecond, Max: 10 * time.Second,
+		Mean: 5050 * time.Millisecond, P99: 9900 * time.Millisecond, SlowCount: 81, Over1s: 91, Over5s: 51}
+	if r != want {
+		t.Errorf("summarise =\n%+v\nwant\n%+v", r, want)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := Config{Host: "a", Concurrency: 1, Duration: time.Second, MaxLookups: 1, Slow: time.Second, LookupTimeout: time.Second}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"no host":        func(c *Config) { c.Host = "" },
+		"no concurrency": func(c *Config) { c.Concurrency = 0 },
+		"no duration":    func(c *Config) { c.Duration = 0 },
+		"unbounded":      func(c *Config) { c.MaxLookups = 0 },
+		"no threshold":   func(c *Config) { c.Slow = 0 },
+		"no timeout":     func(c *Config) { c.LookupTimeout = 0 },
+	} {
+		c := ok
+		mutate(&c)
+		if c.Validate() == nil {
+			t.Errorf("%s: Validate() = nil, want an error", name)
+		}
+	}
+}
