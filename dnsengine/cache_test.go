@@ -1,0 +1,182 @@
+package dnsengine
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestTTLCountdown(t *testing.T) {
+	te := startEngine(t, func(c *Config) { c.PrefetchHits = -1 })
+	steps := []struct {
+		advance   time.Duration
+		wantTTL   uint32
+		wantCalls int
+	}{
+		{0, 20, 1}, // miss: min(CNAME 25, A 20)
+		{500 * time.Millisecond, 20, 1},
+		{7 * time.Second, 13, 1}, // 12.5s left, rounded up
+		{12 * time.Second, 1, 1}, // 0.5s left
+		{500 * time.Millisecond, 20, 2},
+	}
+	for i, s := range steps {
+		te.clock.Advance(s.advance)
+		resp := te.query(t, "udp", question("www.example.", dns.TypeA))
+		for _, rr := range resp.Answer {
+			if rr.Header().Ttl != s.wantTTL {
+				t.Errorf("step %d: %s TTL %d, want %d", i, dns.TypeToString[rr.Header().Rrtype], rr.Header().Ttl, s.wantTTL)
+			}
+		}
+		if got := te.up.Calls("www.example.", dns.TypeA, false); got != s.wantCalls {
+			t.Errorf("step %d: upstream calls %d, want %d", i, got, s.wantCalls)
+		}
+	}
+}
+
+func TestMaxTTLCaps(t *testing.T) {
+	te := startEngine(t, func(c *Config) { c.MaxTTL = 10 * time.Second })
+	resp := te.query(t, "udp", question("v6.example.", dns.TypeAAAA)) // TTL 3600 upstream
+	if got := resp.Answer[0].Header().Ttl; got != 10 {
+		t.Fatalf("TTL %d, want the 10s cap", got)
+	}
+}
+
+func TestNegativeAndUncacheable(t *testing.T) {
+	tests := []struct {
+		name      string
+		qtype     uint16
+		wantRcode int
+		wantTTL   uint32 // of the SOA in the reply; cached for this long
+		cached    bool
+	}{
+		{"nx.example.", dns.TypeA, dns.RcodeNameError, 3, true},        // min(SOA TTL 60, MINIMUM 3)
+		{"nx-long.example.", dns.TypeA, dns.RcodeNameError, 5, true},   // capped at MaxNegativeTTL
+		{"nodata.example.", dns.TypeAAAA, dns.RcodeSuccess, 2, true},   // NODATA: min(SOA TTL 2, MINIMUM 100)
+		{"nx-nosoa.example.", dns.TypeA, dns.RcodeNameError, 0, false}, // RFC 2308: no SOA, no caching
+		{"zero.example.", dns.TypeA, dns.RcodeSuccess, 0, false},       // TTL 0
+		{"servfail.example.", dns.TypeA, dns.RcodeServerFailure, 0, false},
+		{"mismatch.example.", dns.TypeA, dns.RcodeServerFailure, 0, false}, // wrong question: rejected
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			te := startEngine(t, nil)
+			for range 2 {
+				resp := te.query(t, "udp", question(tt.name, tt.qtype))
+				if resp.Rcode != tt.wantRcode {
+					t.Fatalf("rcode %s, want %s", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tt.wantRcode])
+				}
+				if tt.wantTTL != 0 && (len(resp.Ns) != 1 || resp.Ns[0].Header().Ttl != tt.wantTTL) {
+					t.Fatalf("authority %v, want one SOA with TTL %d", resp.Ns, tt.wantTTL)
+				}
+			}
+			wantCalls := 2
+			if tt.cached {
+				wantCalls = 1
+			}
+			if got := te.up.Calls(tt.name, tt.qtype, false); got != wantCalls {
+				t.Fatalf("upstream calls %d, want %d", got, wantCalls)
+			}
+			if tt.cached {
+				te.clock.Advance(time.Duration(tt.wantTTL) * time.Second)
+				te.query(t, "udp", question(tt.name, tt.qtype))
+				if got := te.up.Calls(tt.name, tt.qtype, false); got != 2 {
+					t.Fatalf("after %ds: upstream calls %d, want 2 (expired)", tt.wantTTL, got)
+				}
+			}
+		})
+	}
+	t.Run("mismatch counted", func(t *testing.T) {
+		te := startEngine(t, nil)
+		te.query(t, "udp", question("mismatch.example.", dns.TypeA))
+		if got := te.metricValue(t, "upstream_invalid_total", nil); got != 1 {
+			t.Fatalf("upstream_invalid_total = %v, want 1", got)
+		}
+	})
+}
+
+func TestCapacityEvicts(t *testing.T) {
+	const size = 16
+	te := startEngine(t, func(c *Config) { c.CacheSize = size })
+	for i := range 10 * size {
+		te.query(t, "udp", question(fmt.Sprintf("host%d.example.", i), dns.TypeA))
+	}
+	if n := te.cache.len(); n > size || n == 0 {
+		t.Fatalf("cache holds %d entries, want 1..%d", n, size)
+	}
+	if g := te.metricValue(t, "cache_entries", nil); int(g) != te.cache.len() {
+		t.Fatalf("cache_entries = %v, want %d", g, te.cache.len())
+	}
+	// Entries past their stale window are evicted before live ones.
+	c := newCache(1, time.Minute)
+	now := time.Now().UnixNano()
+	c.put([]byte("old"), newEntry(answer{}, 1, now-int64(2*time.Minute)), now)
+	c.put([]byte("new"), newEntry(answer{}, 1, now), now)
+	if c.get([]byte("old")) != nil || c.get([]byte("new")) == nil || c.len() != 1 {
+		t.Fatal("put into a full one-entry cache did not replace the dead entry")
+	}
+}
+
+func TestCaseInsensitiveKeyCasePreservingReply(t *testing.T) {
+	te := startEngine(t, nil)
+	for _, name := range []string{"www.example.", "WWW.Example.", "wWw.eXaMpLe."} {
+		for _, network := range []string{"udp", "tcp"} {
+			resp := te.query(t, network, question(name, dns.TypeA))
+			if got := resp.Question[0].Name; got != name {
+				t.Errorf("%s: question name %q, want the query's case %q", network, got, name)
+			}
+			if got := resp.Answer[0].Header().Name; got != name {
+				t.Errorf("%s: answer owner %q, want the query's case %q", network, got, name)
+			}
+		}
+	}
+	if got := te.up.Total(); got != 1 {
+		t.Fatalf("upstream calls %d, want 1 for every case of one name", got)
+	}
+	if got := te.up.lastReq.Question[0].Name; got != "www.example." {
+		t.Fatalf("upstream asked for %q, want the lowercase name", got)
+	}
+}
+
+func TestPrefetch(t *testing.T) {
+	te := startEngine(t, nil) // PrefetchHits 2
+	called := make(chan string, 4)
+	te.up.Hold(nil, called)
+	ask := func() *dns.Msg { return te.query(t, "udp", question("hot.example.", dns.TypeA)) }
+	ask() // miss
+	<-called
+	ask()                                      // hit 1, outside the prefetch window
+	te.clock.Advance(18500 * time.Millisecond) // 1.5s left of 20: inside the last 10% (at least 1s)
+	if got := ask().Answer[0].Header().Ttl; got != 2 {
+		t.Fatalf("TTL %d, want 2", got)
+	}
+	<-called // hit 2 started the refresh
+	te.waitFlight(keyOf(t, "hot.example.", dns.TypeA, false))
+	te.clock.Advance(2 * time.Second) // the first entry has expired; its refresh has not
+	if got := ask().Answer[0].Header().Ttl; got != 18 {
+		t.Fatalf("TTL %d after refresh, want 18 (20 from the refresh, 2s ago)", got)
+	}
+	if got := te.up.Total(); got != 2 {
+		t.Fatalf("upstream calls %d, want 2 (miss + prefetch, no miss after expiry)", got)
+	}
+	if got := te.metricValue(t, "cache_prefetch_total", nil); got != 1 {
+		t.Fatalf("cache_prefetch_total = %v, want 1", got)
+	}
+
+	// A name hit once in its life is not prefetched: it expires and misses.
+	ask2 := func() { te.query(t, "udp", question("cold.example.", dns.TypeA)) }
+	ask2()
+	<-called
+	te.clock.Advance(19500 * time.Millisecond)
+	ask2()
+	if got := te.metricValue(t, "cache_prefetch_total", nil); got != 1 {
+		t.Fatalf("cache_prefetch_total = %v after a single hit, want still 1", got)
+	}
+	te.clock.Advance(time.Second)
+	ask2()
+	<-called
+	if got := te.up.Calls("cold.example.", dns.TypeA, false); got != 2 {
+		t.Fatalf("cold name upstream calls %d, want 2", got)
+	}
+}

@@ -1,0 +1,124 @@
+package dnsengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Upstream answers queries the cache cannot. *forward.Forwarder implements it.
+type Upstream interface {
+	Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error)
+}
+
+// Defaults applied by New to zero-valued Config fields. Exported so that
+// command-line flags can show the same values.
+const (
+	DefaultCacheSize       = 10000
+	DefaultMaxTTL          = 30 * time.Second
+	DefaultMaxNegativeTTL  = 5 * time.Second
+	DefaultStaleMax        = time.Hour // StaleMax has no implicit default: 0 switches serve-stale off.
+	DefaultUpstreamTimeout = 2 * time.Second
+	DefaultPrefetchHits    = 2
+	DefaultTCPIdleTimeout  = 10 * time.Second
+	DefaultTCPWriteTimeout = 2 * time.Second
+)
+
+// Config configures an Engine. Zero values mean the documented default.
+type Config struct {
+	// Listen holds "host:port" addresses; each is served on UDP and TCP.
+	// Port 0 is allowed (tests): UDP is bound first, TCP on the same port.
+	Listen []string
+	// Upstream resolves cache misses. Required.
+	Upstream Upstream
+	// CacheSize is the maximum number of cached answers, default 10000.
+	CacheSize int
+	// MaxTTL caps the TTL of positive answers, default 30s.
+	MaxTTL time.Duration
+	// MaxNegativeTTL caps the TTL of NXDOMAIN/NODATA answers (SOA minimum), default 5s.
+	MaxNegativeTTL time.Duration
+	// StaleMax is how long past expiry an entry may be served when the upstream
+	// fails (RFC 8767). 0 = off; callers usually pass DefaultStaleMax (1h).
+	StaleMax time.Duration
+	// UpstreamTimeout bounds one upstream resolution, default 2s.
+	UpstreamTimeout time.Duration
+	// UDPSockets is the number of SO_REUSEPORT sockets per UDP listen address,
+	// default GOMAXPROCS.
+	UDPSockets int
+	// PrefetchHits is how many hits in its life make an entry refreshed in the
+	// background shortly before it expires, default 2; negative = no prefetch.
+	PrefetchHits int
+	// TCPIdleTimeout closes a TCP connection that sends no query for this long, default 10s.
+	TCPIdleTimeout time.Duration
+	// TCPWriteTimeout bounds writing one reply on a TCP connection, default 2s.
+	TCPWriteTimeout time.Duration
+	// Registerer receives the engine's metrics; nil = no metrics.
+	Registerer prometheus.Registerer
+	// Namespace prefixes every metric name, e.g. "localdns_nodecache".
+	Namespace string
+	// Logger receives one line per event (never per query); nil = discard.
+	Logger *slog.Logger
+	// Now is the clock; nil = time.Now.
+	Now func() time.Time
+}
+
+// withDefaults validates cfg and returns a copy with defaults applied.
+func (cfg Config) withDefaults() (Config, error) {
+	var errs []error
+	if len(cfg.Listen) == 0 {
+		errs = append(errs, errors.New("no listen address"))
+	}
+	for _, addr := range cfg.Listen {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("listen address %q: %w", addr, err))
+		}
+	}
+	if cfg.Upstream == nil {
+		errs = append(errs, errors.New("no upstream"))
+	}
+	for name, v := range map[string]int64{
+		"cache size":        int64(cfg.CacheSize),
+		"max TTL":           int64(cfg.MaxTTL),
+		"max negative TTL":  int64(cfg.MaxNegativeTTL),
+		"stale max":         int64(cfg.StaleMax),
+		"upstream timeout":  int64(cfg.UpstreamTimeout),
+		"UDP sockets":       int64(cfg.UDPSockets),
+		"TCP idle timeout":  int64(cfg.TCPIdleTimeout),
+		"TCP write timeout": int64(cfg.TCPWriteTimeout),
+	} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cfg, fmt.Errorf("dnsengine config: %w", err)
+	}
+	setDefault(&cfg.CacheSize, DefaultCacheSize)
+	setDefault(&cfg.MaxTTL, DefaultMaxTTL)
+	setDefault(&cfg.MaxNegativeTTL, DefaultMaxNegativeTTL)
+	setDefault(&cfg.UpstreamTimeout, DefaultUpstreamTimeout)
+	setDefault(&cfg.UDPSockets, runtime.GOMAXPROCS(0))
+	setDefault(&cfg.PrefetchHits, DefaultPrefetchHits)
+	setDefault(&cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)
+	setDefault(&cfg.TCPWriteTimeout, DefaultTCPWriteTimeout)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return cfg, nil
+}
+
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}

@@ -1,0 +1,233 @@
+// Package dnsengine is a caching DNS forwarder: UDP and TCP listeners, a sharded
+// cache of answers in wire format, coalesced upstream requests, prefetch and
+// serve-stale. Cache hits are answered without parsing into a dns.Msg and
+// without allocating; everything else is done with github.com/miekg/dns.
+package dnsengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Engine serves DNS on its listen addresses. Create it with New, then Start;
+// stop it with Shutdown.
+type Engine struct {
+	cfg          Config
+	log          *slog.Logger
+	cache        *cache
+	metrics      *metrics
+	shared       *counters // TCP and background work; each UDP socket has its own
+	prefetchHits uint32    // 0 = no prefetch
+
+	// ctx is cancelled when Shutdown gives up waiting; it bounds upstream requests.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	flightMu sync.Mutex
+	flights  map[string]*flight
+
+	// wg counts every goroutine started by Start and, transitively, by them:
+	// UDP readers, TCP accept loops and connections, misses, prefetches.
+	wg        sync.WaitGroup
+	stopping  atomic.Bool
+	listening atomic.Bool
+
+	mu      sync.Mutex // guards the fields below
+	started bool
+	stopped bool
+	udp     []*udpListener
+	tcp     []net.Listener
+	conns   map[net.Conn]struct{}
+
+	// testHookCoalesced, when set, runs each time a miss joins a flight.
+	testHookCoalesced func()
+}
+
+// New validates cfg, applies defaults and registers the metrics. It does not listen.
+func New(cfg Config) (*Engine, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		cache:   newCache(cfg.CacheSize, cfg.StaleMax),
+		flights: make(map[string]*flight),
+		conns:   make(map[net.Conn]struct{}),
+	}
+	if cfg.PrefetchHits > 0 {
+		e.prefetchHits = uint32(cfg.PrefetchHits)
+	}
+	e.metrics = newMetrics(cfg.Namespace, e.cache)
+	e.shared = e.metrics.newCounters()
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(e.metrics); err != nil {
+			return nil, fmt.Errorf("dnsengine: register metrics: %w", err)
+		}
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	return e, nil
+}
+
+func (e *Engine) nowNanos() int64 {
+	return e.cfg.Now().UnixNano()
+}
+
+// Start binds every listener (SO_REUSEPORT) and starts serving. It returns once
+// all are listening, or the first bind error (with nothing left bound).
+func (e *Engine) Start() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return errors.New("dnsengine: already started")
+	}
+	for _, addr := range e.cfg.Listen {
+		udp, tcp, err := e.bind(addr)
+		if err != nil {
+			e.closeListeners()
+			return err
+		}
+		e.udp = append(e.udp, udp...)
+		e.tcp = append(e.tcp, tcp)
+	}
+	e.started = true
+	for _, u := range e.udp {
+		e.wg.Add(1)
+		go e.serveUDP(u)
+	}
+	for _, ln := range e.tcp {
+		e.wg.Add(1)
+		go e.acceptTCP(ln)
+	}
+	e.listening.Store(true)
+	e.log.Info("dns engine listening", "udp", e.udpAddrsLocked(), "tcp", e.tcpAddrsLocked(),
+		"udp_sockets_per_address", e.cfg.UDPSockets)
+	return nil
+}
+
+// closeListeners closes every socket (e.mu held).
+func (e *Engine) closeListeners() {
+	for _, u := range e.udp {
+		u.conn.Close()
+	}
+	for _, ln := range e.tcp {
+		ln.Close()
+	}
+}
+
+// UDPAddrs returns the bound UDP addresses, one per listen address.
+func (e *Engine) UDPAddrs() []net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.udpAddrsLocked()
+}
+
+func (e *Engine) udpAddrsLocked() []net.Addr {
+	var addrs []net.Addr
+	for _, u := range e.udp {
+		if u.first {
+			addrs = append(addrs, u.conn.LocalAddr())
+		}
+	}
+	return addrs
+}
+
+// TCPAddrs returns the bound TCP addresses, one per listen address.
+func (e *Engine) TCPAddrs() []net.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tcpAddrsLocked()
+}
+
+func (e *Engine) tcpAddrsLocked() []net.Addr {
+	addrs := make([]net.Addr, 0, len(e.tcp))
+	for _, ln := range e.tcp {
+		addrs = append(addrs, ln.Addr())
+	}
+	return addrs
+}
+
+// Listening reports whether the engine is serving (for /readyz).
+func (e *Engine) Listening() bool {
+	return e.listening.Load()
+}
+
+// Shutdown stops reading new queries, waits for the queries in flight to be
+// answered, and closes every socket. When ctx ends first it aborts the
+// upstream requests, force-closes the connections and returns ctx's error.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.started || e.stopped {
+		e.mu.Unlock()
+		return nil
+	}
+	e.stopped = true
+	e.listening.Store(false)
+	e.stopping.Store(true)
+	past := time.Unix(1, 0)
+	for _, u := range e.udp {
+		u.conn.SetReadDeadline(past) // unblocks the reader; replies in flight can still be written
+	}
+	for _, ln := range e.tcp {
+		ln.Close()
+	}
+	for c := range e.conns {
+		c.SetReadDeadline(past) // handlers stop reading, answer what they have, then close
+	}
+	e.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		e.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("dnsengine: shutdown forced: %w", ctx.Err())
+		e.cancel()
+		e.mu.Lock()
+		for c := range e.conns {
+			c.Close()
+		}
+		for _, u := range e.udp {
+			u.conn.Close()
+		}
+		e.mu.Unlock()
+		<-done
+	}
+	e.cancel()
+	e.mu.Lock()
+	for _, u := range e.udp {
+		u.conn.Close()
+	}
+	e.mu.Unlock()
+	e.log.Info("dns engine stopped", "forced", err != nil)
+	return err
+}
+
+// trackConn registers a TCP connection for Shutdown; false when shutting down.
+func (e *Engine) trackConn(c net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopping.Load() {
+		return false
+	}
+	e.conns[c] = struct{}{}
+	return true
+}
+
+func (e *Engine) untrackConn(c net.Conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+	c.Close()
+}

@@ -1,0 +1,111 @@
+package dnsengine
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestNewValidates(t *testing.T) {
+	up := newFakeUpstream()
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"ok", Config{Listen: []string{"127.0.0.1:0"}, Upstream: up}, ""},
+		{"no listen", Config{Upstream: up}, "no listen address"},
+		{"bad listen", Config{Listen: []string{"127.0.0.1"}, Upstream: up}, "missing port"},
+		{"no upstream", Config{Listen: []string{"127.0.0.1:0"}}, "no upstream"},
+		{"negative TTL", Config{Listen: []string{"127.0.0.1:0"}, Upstream: up, MaxTTL: -time.Second}, "max TTL must not be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.cfg)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("New: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New error = %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestServesUDPAndTCP(t *testing.T) {
+	te := startEngine(t, nil)
+	if !te.Listening() {
+		t.Fatal("Listening() = false after Start")
+	}
+	for _, network := range []string{"udp", "tcp", "udp"} {
+		resp := te.query(t, network, question("www.example.", dns.TypeA))
+		if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 2 {
+			t.Fatalf("%s: reply %v", network, resp)
+		}
+		if a, ok := resp.Answer[1].(*dns.A); !ok || a.A.String() != "192.0.2.1" {
+			t.Fatalf("%s: answer %v", network, resp.Answer)
+		}
+		if !resp.Response || !resp.RecursionAvailable || !resp.RecursionDesired {
+			t.Fatalf("%s: flags QR=%v RA=%v RD=%v", network, resp.Response, resp.RecursionAvailable, resp.RecursionDesired)
+		}
+	}
+	if got := te.up.Calls("www.example.", dns.TypeA, false); got != 1 {
+		t.Fatalf("upstream calls = %d, want 1 (then cached for UDP and TCP alike)", got)
+	}
+	if hits := te.metricValue(t, "cache_hits_total", nil); hits != 2 {
+		t.Fatalf("cache_hits_total = %v, want 2", hits)
+	}
+	if n := te.metricValue(t, "requests_total", map[string]string{"proto": "tcp", "qtype": "A", "rcode": "NOERROR"}); n != 1 {
+		t.Fatalf("requests_total{tcp,A,NOERROR} = %v, want 1", n)
+	}
+}
+
+func TestShutdownDrainsInflight(t *testing.T) {
+	te := startEngine(t, nil)
+	gate, called := make(chan struct{}), make(chan string, 1)
+	te.up.Hold(gate, called)
+	answered := make(chan *dns.Msg)
+	go func() {
+		c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+		resp, _, err := c.Exchange(question("slow.example.", dns.TypeA), te.udp)
+		if err != nil {
+			t.Errorf("exchange: %v", err)
+		}
+		answered <- resp
+	}()
+	<-called // the miss is in flight
+	stopped := make(chan error)
+	go func() { stopped <- te.Shutdown(context.Background()) }()
+	close(gate)
+	if resp := <-answered; resp == nil || resp.Rcode != dns.RcodeSuccess {
+		t.Fatalf("query in flight during shutdown: %v", resp)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if te.Listening() {
+		t.Fatal("Listening() = true after Shutdown")
+	}
+}
+
+func TestShutdownForcedWhenContextEnds(t *testing.T) {
+	te := startEngine(t, nil)
+	called := make(chan string, 1)
+	te.up.Hold(make(chan struct{}), called) // never opened: the upstream hangs until its ctx ends
+	go func() {
+		c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+		_, _, _ = c.Exchange(question("hang.example.", dns.TypeA), te.tcp)
+	}()
+	<-called
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := te.Shutdown(ctx); err == nil || !strings.Contains(err.Error(), "forced") {
+		t.Fatalf("Shutdown with ended ctx = %v, want a forced-shutdown error", err)
+	}
+}

@@ -1,0 +1,216 @@
+package dnsengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// flight is one upstream resolution that identical misses wait for.
+type flight struct {
+	done chan struct{}
+	res  resolution
+}
+
+// resolution is what a miss resolved to. With neither en nor ans set the
+// answer is SERVFAIL.
+type resolution struct {
+	en    *entry  // a cached entry: TTLs are patched from its expiry (or staleTTL)
+	stale bool    // en expired and is served because the upstream failed
+	ans   *answer // an answer not to cache, TTLs as received
+}
+
+// resolve answers r's key through the upstream, sharing one request among all
+// identical misses in flight (singleflight keyed by the cache key).
+func (e *Engine) resolve(r *request, c *counters) resolution {
+	key := string(r.key)
+	e.flightMu.Lock()
+	if f, ok := e.flights[key]; ok {
+		e.flightMu.Unlock()
+		c.coalesced.Add(1)
+		if e.testHookCoalesced != nil {
+			e.testHookCoalesced()
+		}
+		<-f.done
+		return f.res
+	}
+	f := &flight{done: make(chan struct{})}
+	e.flights[key] = f
+	e.flightMu.Unlock()
+
+	f.res = e.exchange(r, c)
+
+	e.flightMu.Lock()
+	delete(e.flights, key)
+	e.flightMu.Unlock()
+	close(f.done)
+	return f.res
+}
+
+// prefetch refreshes en in the background; en.refreshing is already set.
+func (e *Engine) prefetch(r *request, en *entry, c *counters) {
+	c.prefetch.Add(1)
+	d := r.detach()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.resolve(d, c)
+		en.refreshing.Store(false) // a failed refresh may be retried by a later hit
+	}()
+}
+
+// exchange asks the upstream, validates and caches the reply. When the upstream
+// fails it falls back to a stale entry.
+func (e *Engine) exchange(r *request, c *counters) resolution {
+	name, _, err := dns.UnpackDomainName(r.key, 0) // the lowercase name: one upstream request for every case
+	if err != nil {
+		return resolution{} // cannot happen: the name was parsed before
+	}
+	q := new(dns.Msg)
+	q.Id = dns.Id()
+	q.RecursionDesired = true
+	q.Question = []dns.Question{{Name: name, Qtype: r.qtype, Qclass: r.qclass}}
+	q.SetEdns0(ednsPayload, r.do)
+
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.UpstreamTimeout)
+	resp, err := e.cfg.Upstream.Exchange(ctx, q)
+	cancel()
+	now := e.nowNanos()
+	if err == nil && resp == nil {
+		err = errors.New("no reply")
+	}
+	if err == nil && resp.Rcode == dns.RcodeServerFailure {
+		err = errors.New("SERVFAIL")
+	}
+	if err != nil {
+		e.log.Debug("upstream failed", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
+		return e.staleOr(r.key, now)
+	}
+	if err := validateReply(q, resp); err != nil {
+		c.invalid.Add(1)
+		e.log.Debug("upstream reply rejected", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
+		return resolution{}
+	}
+	a, ttl, err := e.prepare(resp, name)
+	if err != nil {
+		c.invalid.Add(1)
+		e.log.Debug("upstream reply unusable", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
+		return resolution{}
+	}
+	if ttl == 0 {
+		return resolution{ans: &a}
+	}
+	en := newEntry(a, ttl, now)
+	e.cache.put(r.key, en, now)
+	return resolution{en: en}
+}
+
+// staleOr returns the entry for key when it may still be served (fresh, or
+// expired less than StaleMax ago), else SERVFAIL.
+func (e *Engine) staleOr(key []byte, now int64) resolution {
+	en := e.cache.get(key)
+	switch {
+	case en == nil:
+		return resolution{}
+	case now < en.expires:
+		return resolution{en: en}
+	case now < en.expires+int64(e.cfg.StaleMax):
+		return resolution{en: en, stale: true}
+	}
+	return resolution{}
+}
+
+// validateReply checks that resp answers q: same ID, a response, the same single question.
+func validateReply(q, resp *dns.Msg) error {
+	switch {
+	case resp.Id != q.Id:
+		return fmt.Errorf("ID %d, want %d", resp.Id, q.Id)
+	case !resp.Response:
+		return errors.New("not a response")
+	case len(resp.Question) != 1:
+		return fmt.Errorf("%d questions", len(resp.Question))
+	}
+	got, want := resp.Question[0], q.Question[0]
+	if got.Qtype != want.Qtype || got.Qclass != want.Qclass || !strings.EqualFold(got.Name, want.Name) {
+		return fmt.Errorf("question %s, want %s", got.String(), want.String())
+	}
+	return nil
+}
+
+// prepare turns a validated upstream reply into an answer (see answer) and the
+// TTL to cache it for, 0 when it must not be cached.
+func (e *Engine) prepare(resp *dns.Msg, name string) (answer, uint32, error) {
+	if resp.Rcode > maskRcode {
+		return answer{}, 0, fmt.Errorf("extended rcode %d", resp.Rcode)
+	}
+	resp.Id = 0
+	resp.Opcode = dns.OpcodeQuery
+	resp.Authoritative = false
+	resp.RecursionAvailable = true
+	resp.Compress = true
+	resp.Question[0].Name = name
+	extra := resp.Extra[:0]
+	for _, rr := range resp.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	resp.Extra = extra
+	// Owner names equal to the question's become compression pointers to it, so
+	// that patching the question's case patches theirs too.
+	for _, section := range [][]dns.RR{resp.Answer, resp.Ns, resp.Extra} {
+		for _, rr := range section {
+			if h := rr.Header(); strings.EqualFold(h.Name, name) {
+				h.Name = name
+			}
+		}
+	}
+	wire, err := resp.Pack()
+	if err != nil {
+		return answer{}, 0, fmt.Errorf("pack: %w", err)
+	}
+	ttl := e.cacheTTL(resp)
+	a := answer{wire: wire}
+	if ttl > 0 {
+		if a.ttlOffs, err = ttlOffsets(wire); err != nil {
+			return answer{}, 0, fmt.Errorf("walk packed reply: %w", err)
+		}
+	}
+	return a, ttl, nil
+}
+
+// cacheTTL is how long resp may be cached, in seconds; 0 = not at all.
+// Positive answers: the smallest TTL, at most MaxTTL. NXDOMAIN and NODATA
+// (RFC 2308): min(SOA TTL, SOA MINIMUM), at most MaxNegativeTTL; without an
+// SOA they are not cached. Truncated replies and other rcodes are not cached.
+func (e *Engine) cacheTTL(resp *dns.Msg) uint32 {
+	if resp.Truncated {
+		return 0
+	}
+	switch {
+	case resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0:
+		ttl := durationSeconds(e.cfg.MaxTTL)
+		for _, section := range [][]dns.RR{resp.Answer, resp.Ns, resp.Extra} {
+			for _, rr := range section {
+				ttl = min(ttl, rr.Header().Ttl)
+			}
+		}
+		return ttl
+	case resp.Rcode == dns.RcodeNameError || resp.Rcode == dns.RcodeSuccess:
+		for _, rr := range resp.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				return min(soa.Hdr.Ttl, soa.Minttl, durationSeconds(e.cfg.MaxNegativeTTL))
+			}
+		}
+	}
+	return 0
+}
+
+// durationSeconds rounds d up to whole seconds.
+func durationSeconds(d time.Duration) uint32 {
+	return uint32((d + time.Second - 1) / time.Second)
+}

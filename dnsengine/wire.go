@@ -1,0 +1,274 @@
+package dnsengine
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/miekg/dns"
+)
+
+// Wire-format constants for the hand-written hit path (RFC 1035 4.1, RFC 6891 6.1).
+const (
+	headerLen  = 12
+	maxNameLen = 255
+	// keyMaxLen is the longest cache key: qname, qtype, qclass, DO flag.
+	keyMaxLen = maxNameLen + 5
+	// maxUDPReply caps UDP replies whatever the client advertises; larger answers
+	// are truncated so that the client retries over TCP.
+	maxUDPReply = 4096
+	minUDPReply = 512
+	// ednsPayload is the UDP payload size we advertise, the DNS flag day 2020 value.
+	ednsPayload = 1232
+	maxTCPReply = dns.MaxMsgSize
+	// staleTTL is the TTL of answers served stale, RFC 8767 section 4's recommendation.
+	staleTTL = 30
+	optRRLen = 11
+
+	// Header flag bits, high byte (byte 2) and low byte (byte 3).
+	flagQR     = 0x80
+	maskOpcode = 0x78
+	flagTC     = 0x02
+	flagRD     = 0x01
+	flagRA     = 0x80
+	flagCD     = 0x10
+	maskRcode  = 0x0f
+	ednsFlagDO = 0x8000
+)
+
+// request is one parsed query. Byte slices point into the packet or into the
+// request's own arrays, so a request is reused per socket without allocating.
+type request struct {
+	id      uint16
+	flags   uint16 // the query's header flags; RD and CD are echoed in the reply
+	qname   []byte // wire form, case as sent
+	qtype   uint16
+	qclass  uint16
+	edns    bool
+	do      bool
+	udpSize int    // largest UDP reply the client accepts
+	key     []byte // cache key: lowercase qname, qtype, qclass, DO flag
+
+	keyBuf  [keyMaxLen]byte
+	nameBuf [maxNameLen]byte // qname storage when parsed by the slow path
+}
+
+// parseResult tells the caller which path a packet takes.
+type parseResult int
+
+const (
+	parsedFast parseResult = iota // r holds a plain query
+	parseSlow                     // the header is readable but something is unusual: use dns.Msg
+	parseDrop                     // not a query to answer: too short, or a response
+)
+
+// parseQuery parses the common query by hand: one question and at most an OPT RR
+// without options. Everything else is left to the slow path.
+func parseQuery(pkt []byte, r *request) parseResult {
+	if len(pkt) < headerLen {
+		return parseDrop
+	}
+	flags := binary.BigEndian.Uint16(pkt[2:])
+	if flags>>8&flagQR != 0 {
+		return parseDrop // never answer a response: that is how reflection loops start
+	}
+	if flags>>8&maskOpcode != 0 || binary.BigEndian.Uint16(pkt[4:]) != 1 ||
+		binary.BigEndian.Uint16(pkt[6:]) != 0 || binary.BigEndian.Uint16(pkt[8:]) != 0 {
+		return parseSlow
+	}
+	arcount := binary.BigEndian.Uint16(pkt[10:])
+	if arcount > 1 {
+		return parseSlow
+	}
+	off := headerLen
+	for {
+		if off >= len(pkt) {
+			return parseSlow
+		}
+		l := int(pkt[off])
+		off += 1 + l
+		if l == 0 {
+			break
+		}
+		if l > 63 || off-headerLen >= maxNameLen {
+			return parseSlow // compression pointer, reserved label type, or too long
+		}
+	}
+	if off+4 > len(pkt) {
+		return parseSlow
+	}
+	r.id = binary.BigEndian.Uint16(pkt)
+	r.flags = flags
+	r.qname = pkt[headerLen:off]
+	r.qtype = binary.BigEndian.Uint16(pkt[off:])
+	r.qclass = binary.BigEndian.Uint16(pkt[off+2:])
+	off += 4
+	r.edns, r.do, r.udpSize = false, false, minUDPReply
+	if arcount == 1 {
+		// OPT: root owner, TYPE 41, CLASS = payload size, TTL = ext-rcode|version|flags, RDLENGTH.
+		if off+optRRLen > len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != dns.TypeOPT ||
+			pkt[off+6] != 0 || binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
+			return parseSlow // not OPT, EDNS version other than 0, or options
+		}
+		r.setEDNS(binary.BigEndian.Uint16(pkt[off+3:]), binary.BigEndian.Uint16(pkt[off+7:])&ednsFlagDO != 0)
+		off += optRRLen
+	}
+	if off != len(pkt) || unsupportedType(r.qtype) {
+		return parseSlow
+	}
+	r.buildKey()
+	return parsedFast
+}
+
+func (r *request) setEDNS(payload uint16, do bool) {
+	r.edns, r.do = true, do
+	r.udpSize = min(max(int(payload), minUDPReply), maxUDPReply)
+}
+
+// unsupportedType reports query types a forwarding cache refuses: zone transfers,
+// transaction signatures and the other meta types (RFC 6895 3.1), except ANY.
+func unsupportedType(t uint16) bool {
+	return t == dns.TypeOPT || (t >= dns.TypeTKEY && t < dns.TypeANY)
+}
+
+// buildKey fills r.key from r.qname (ASCII-lowercased; length octets are at
+// most 63 and so never change), r.qtype, r.qclass and the DO flag.
+func (r *request) buildKey() {
+	k := r.keyBuf[:0]
+	for _, b := range r.qname {
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		k = append(k, b)
+	}
+	do := byte(0)
+	if r.do {
+		do = 1
+	}
+	r.key = append(k, byte(r.qtype>>8), byte(r.qtype), byte(r.qclass>>8), byte(r.qclass), do)
+}
+
+// answer is a reply in wire format as the upstream gave it, prepared for patching:
+// ID 0, no OPT RR, the question name lowercase.
+type answer struct {
+	wire    []byte
+	ttlOffs []uint16 // every RR's TTL field; nil when TTLs are passed through unchanged
+}
+
+// writeAnswer builds in dst the reply to r from a: the query's ID, flags and
+// name case, every TTL set to ttl (when a.ttlOffs is set), an OPT RR when the
+// query had one. A reply longer than limit becomes a truncated one.
+func writeAnswer(dst []byte, a *answer, r *request, ttl uint32, limit int) []byte {
+	size := len(a.wire)
+	if r.edns {
+		size += optRRLen
+	}
+	if size > limit {
+		return writeQuestionReply(dst, r, int(a.wire[3]&maskRcode), true)
+	}
+	dst = append(dst[:0], a.wire...)
+	binary.BigEndian.PutUint16(dst, r.id)
+	dst[2] = dst[2]&^flagRD | byte(r.flags>>8)&flagRD
+	dst[3] = dst[3]&^flagCD | byte(r.flags)&flagCD
+	copy(dst[headerLen:], r.qname)
+	for _, off := range a.ttlOffs {
+		binary.BigEndian.PutUint32(dst[off:], ttl)
+	}
+	if r.edns {
+		dst = appendOPT(dst, r.do)
+		binary.BigEndian.PutUint16(dst[10:], binary.BigEndian.Uint16(dst[10:])+1)
+	}
+	return dst
+}
+
+// writeQuestionReply builds in dst a reply holding only r's question: SERVFAIL,
+// REFUSED, or a truncated answer (TC set) that sends the client to TCP.
+func writeQuestionReply(dst []byte, r *request, rcode int, truncated bool) []byte {
+	b2 := byte(flagQR) | byte(r.flags>>8)&flagRD
+	if truncated {
+		b2 |= flagTC
+	}
+	arcount := byte(0)
+	if r.edns {
+		arcount = 1
+	}
+	dst = binary.BigEndian.AppendUint16(dst[:0], r.id)
+	dst = append(dst, b2, flagRA|byte(r.flags)&flagCD|byte(rcode)&maskRcode, 0, 1, 0, 0, 0, 0, 0, arcount)
+	dst = append(dst, r.qname...)
+	dst = binary.BigEndian.AppendUint16(dst, r.qtype)
+	dst = binary.BigEndian.AppendUint16(dst, r.qclass)
+	if r.edns {
+		dst = appendOPT(dst, r.do)
+	}
+	return dst
+}
+
+// writeFormErr builds in dst a header-only FORMERR reply to a packet whose
+// header is readable but whose body is not.
+func writeFormErr(dst, pkt []byte) []byte {
+	return append(dst[:0], pkt[0], pkt[1], flagQR|pkt[2]&(maskOpcode|flagRD), dns.RcodeFormatError,
+		0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+// appendOPT appends our OPT RR: version 0, no options, the DO flag echoed (RFC 3225).
+func appendOPT(dst []byte, do bool) []byte {
+	flags := byte(0)
+	if do {
+		flags = ednsFlagDO >> 8
+	}
+	return append(dst, 0, byte(dns.TypeOPT>>8), byte(dns.TypeOPT), byte(ednsPayload>>8), byte(ednsPayload&0xff),
+		0, 0, flags, 0, 0, 0)
+}
+
+var errBadWire = errors.New("malformed message")
+
+// ttlOffsets returns the offset of the TTL field of every resource record in
+// msg, a message packed by miekg/dns (so its structure is already known good).
+func ttlOffsets(msg []byte) ([]uint16, error) {
+	if len(msg) < headerLen {
+		return nil, errBadWire
+	}
+	qd := int(binary.BigEndian.Uint16(msg[4:]))
+	rrs := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+	offs := make([]uint16, 0, rrs)
+	off := headerLen
+	var err error
+	for range qd {
+		if off, err = skipName(msg, off); err != nil {
+			return nil, err
+		}
+		off += 4
+	}
+	for range rrs {
+		if off, err = skipName(msg, off); err != nil {
+			return nil, err
+		}
+		if off+10 > len(msg) {
+			return nil, errBadWire
+		}
+		offs = append(offs, uint16(off+4))
+		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+	}
+	if off != len(msg) {
+		return nil, errBadWire
+	}
+	return offs, nil
+}
+
+// skipName returns the offset just past the (possibly compressed) name at off.
+func skipName(msg []byte, off int) (int, error) {
+	for off < len(msg) {
+		l := int(msg[off])
+		switch l & 0xc0 {
+		case 0x00:
+			off += 1 + l
+			if l == 0 {
+				return off, nil
+			}
+		case 0xc0:
+			return off + 2, nil
+		default:
+			return 0, errBadWire
+		}
+	}
+	return 0, errBadWire
+}
