@@ -14,8 +14,10 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 )
 
 // Versions the harness is built and tested against.
@@ -67,6 +69,9 @@ type Config struct {
 	CoreDNSBinary string
 	// BusyboxBinary is a static busybox; it makes the pause and client images.
 	BusyboxBinary string
+	// RepoDir is the localdns module's root; its hack/imagebuild builds the
+	// test images.
+	RepoDir string
 	// ProxyMode is kube-proxy's mode: ProxyIPTables or ProxyNFTables.
 	ProxyMode string
 	// Progress receives one line per boot or teardown step, with timings.
@@ -92,6 +97,7 @@ func DefaultConfig() Config {
 		K8sBinDir:     filepath.Join(cache, "k8s", KubernetesVersion, "bin"),
 		CoreDNSBinary: filepath.Join(cache, "coredns", CoreDNSVersion, "coredns"),
 		BusyboxBinary: "/bin/busybox",
+		RepoDir:       moduleRoot(),
 		ProxyMode:     ProxyIPTables,
 		Progress:      os.Stdout,
 	}
@@ -118,6 +124,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ProxyMode == "" {
 		c.ProxyMode = d.ProxyMode
 	}
+	if c.RepoDir == "" {
+		c.RepoDir = d.RepoDir
+	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
@@ -127,7 +136,21 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ProxyMode != ProxyIPTables && c.ProxyMode != ProxyNFTables {
 		return c, fmt.Errorf("proxy mode %q: want %s or %s", c.ProxyMode, ProxyIPTables, ProxyNFTables)
 	}
+	if c.RepoDir == "" {
+		return c, errors.New("localdns repository not found: run from inside it or set RepoDir")
+	}
 	return c, nil
+}
+
+// moduleRoot is the directory of the go.mod governing the working
+// directory, or "" outside a module.
+func moduleRoot() string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return ""
+	}
+	return filepath.Dir(gomod)
 }
 
 // ErrMissingBinaries means a binary the cluster needs is not provisioned.
@@ -143,6 +166,9 @@ func (c Config) checkBinaries() error {
 	}
 	want = append(want, hostTools...)
 	var missing []error
+	if c.ProxyMode == ProxyNFTables {
+		want = append(want, "/usr/sbin/nft")
+	}
 	for _, path := range want {
 		if st, err := os.Stat(path); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
 			missing = append(missing, fmt.Errorf("not executable: %s", path))

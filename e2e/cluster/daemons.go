@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,8 @@ func (c *Cluster) startNode() error {
 	return nil
 }
 
-// buildImages writes the pause, busybox and CoreDNS image tarballs.
+// buildImages builds (or takes from the cache) the pause, busybox and
+// CoreDNS images and links them into the run directory for import.
 func (c *Cluster) buildImages() error {
 	applets, err := exec.Command(c.cfg.BusyboxBinary, "--list").Output()
 	if err != nil {
@@ -104,9 +106,32 @@ func (c *Cluster) buildImages() error {
 		{ref: BusyboxImage, entrypoint: []string{"/bin/sh"}, files: busybox, symlinks: links},
 		{ref: CoreDNSImage, entrypoint: []string{"/coredns"}, files: map[string]string{"/coredns": c.cfg.CoreDNSBinary}},
 	}
+	cacheDir := filepath.Join(c.cfg.BaseDir, "image-cache")
+	b, err := newImageBuilder(c.cfg.RepoDir, c.runDir, cacheDir)
+	if err != nil {
+		return err
+	}
+	used := map[string]bool{}
 	for i, s := range specs {
-		if err := writeDockerArchive(s, filepath.Join(c.dir("images"), fmt.Sprintf("%d.tar", i))); err != nil {
+		tarball, err := b.build(s)
+		if err != nil {
 			return err
+		}
+		used[tarball] = true
+		if err := os.Symlink(tarball, filepath.Join(c.dir("images"), fmt.Sprintf("%d.tar", i))); err != nil {
+			return fmt.Errorf("link image %s: %w", s.ref, err)
+		}
+	}
+	// Drop images of older inputs, so the cache does not grow run by run.
+	stale, err := filepath.Glob(filepath.Join(cacheDir, "*.tar"))
+	if err != nil {
+		return err
+	}
+	for _, f := range stale {
+		if !used[f] {
+			if err := os.Remove(f); err != nil {
+				return fmt.Errorf("prune image cache: %w", err)
+			}
 		}
 	}
 	return nil

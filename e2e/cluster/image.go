@@ -1,24 +1,19 @@
 package cluster
 
 import (
-	"archive/tar"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"path"
-	"sort"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
-	"time"
 )
 
-// imageSpec is a one-layer image made of host files: the pause, busybox
-// client and CoreDNS images of the e2e node. No registry is reachable, so
-// they are written as docker-archive tarballs for `ctr images import`.
-//
-// TODO(e2e): switch to hack/imagebuild once it lands (deploy owns it).
+// imageSpec is a one-layer test image made of host files, built by the
+// repository's hack/imagebuild (no registry is reachable).
 type imageSpec struct {
 	ref        string
 	entrypoint []string
@@ -28,143 +23,91 @@ type imageSpec struct {
 	symlinks map[string]string
 }
 
-// imageEpoch keeps the tarballs reproducible.
-var imageEpoch = time.Unix(0, 0)
-
-// writeDockerArchive writes spec as a docker-archive tarball at out.
-func writeDockerArchive(spec imageSpec, out string) error {
-	layer, err := os.CreateTemp(path.Dir(out), ".layer-*")
-	if err != nil {
-		return fmt.Errorf("create layer: %w", err)
+// args are imagebuild's flags for spec, in a stable order.
+func (s imageSpec) args() []string {
+	args := []string{"-ref", s.ref}
+	for _, e := range s.entrypoint {
+		args = append(args, "-entrypoint", e)
 	}
-	defer os.Remove(layer.Name())
-	defer layer.Close()
-	layerSum := sha256.New()
-	if err := writeLayer(io.MultiWriter(layer, layerSum), spec); err != nil {
-		return fmt.Errorf("write layer of %s: %w", spec.ref, err)
+	for _, dst := range sortedKeys(s.files) {
+		args = append(args, "-add", s.files[dst]+":"+dst)
 	}
-	layerSize, err := layer.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return fmt.Errorf("size layer: %w", err)
+	for _, dst := range sortedKeys(s.symlinks) {
+		args = append(args, "-symlink", dst+"="+s.symlinks[dst])
 	}
-	if _, err := layer.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("rewind layer: %w", err)
-	}
-	layerHex := hex.EncodeToString(layerSum.Sum(nil))
-
-	config, err := json.Marshal(map[string]any{
-		"architecture": "amd64",
-		"os":           "linux",
-		"created":      imageEpoch.UTC().Format(time.RFC3339),
-		"config":       map[string]any{"Entrypoint": spec.entrypoint, "Env": []string{"PATH=/bin"}},
-		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + layerHex}},
-	})
-	if err != nil {
-		return fmt.Errorf("encode config: %w", err)
-	}
-	configSum := sha256.Sum256(config)
-	configName := hex.EncodeToString(configSum[:]) + ".json"
-	layerName := layerHex + "/layer.tar"
-	manifest, err := json.Marshal([]map[string]any{{
-		"Config": configName, "RepoTags": []string{spec.ref}, "Layers": []string{layerName},
-	}})
-	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
-	}
-
-	f, err := os.Create(out)
-	if err != nil {
-		return fmt.Errorf("create image: %w", err)
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	entries := []struct {
-		name string
-		size int64
-		body io.Reader
-	}{
-		{configName, int64(len(config)), strings.NewReader(string(config))},
-		{layerName, layerSize, layer},
-		{"manifest.json", int64(len(manifest)), strings.NewReader(string(manifest))},
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: layerHex + "/", Mode: 0o755, ModTime: imageEpoch}); err != nil {
-		return fmt.Errorf("write image: %w", err)
-	}
-	for _, e := range entries {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.name, Size: e.size, Mode: 0o644, ModTime: imageEpoch}); err != nil {
-			return fmt.Errorf("write %s: %w", e.name, err)
-		}
-		if _, err := io.Copy(tw, e.body); err != nil {
-			return fmt.Errorf("write %s: %w", e.name, err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("finish image: %w", err)
-	}
-	return f.Close()
+	return args
 }
 
-// writeLayer writes the layer tar: parent directories first, then files and
-// symlinks in name order.
-func writeLayer(w io.Writer, spec imageSpec) error {
-	tw := tar.NewWriter(w)
-	dirs := map[string]bool{"tmp": true}
-	var names []string
-	for name := range spec.files {
-		names = append(names, name)
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	for name := range spec.symlinks {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		for d := path.Dir(strings.TrimPrefix(name, "/")); d != "." && d != "/"; d = path.Dir(d) {
-			dirs[d] = true
-		}
-	}
-	var dirNames []string
-	for d := range dirs {
-		dirNames = append(dirNames, d)
-	}
-	sort.Strings(dirNames)
-	for _, d := range dirNames {
-		mode := int64(0o755)
-		if d == "tmp" {
-			mode = 0o1777
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: mode, ModTime: imageEpoch}); err != nil {
-			return err
-		}
-	}
-	for _, name := range names {
-		rel := strings.TrimPrefix(name, "/")
-		if target, ok := spec.symlinks[name]; ok {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: rel, Linkname: target, Mode: 0o777, ModTime: imageEpoch}); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := addFile(tw, rel, spec.files[name]); err != nil {
-			return err
-		}
-	}
-	return tw.Close()
+	slices.Sort(keys)
+	return keys
 }
 
-func addFile(tw *tar.Writer, name, src string) error {
-	f, err := os.Open(src)
+// imageBuilder builds images with hack/imagebuild and keeps them in a
+// cache keyed by the builder binary, the flags and the input files' size
+// and modification time: gzipping CoreDNS takes seconds, and a warm boot
+// should not pay them again.
+type imageBuilder struct {
+	tool     string
+	cacheDir string
+}
+
+// newImageBuilder compiles hack/imagebuild of the repository at repoDir into dir.
+func newImageBuilder(repoDir, dir, cacheDir string) (*imageBuilder, error) {
+	tool := filepath.Join(dir, "imagebuild")
+	cmd := exec.Command("go", "build", "-o", tool, "./hack/imagebuild")
+	cmd.Dir = repoDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build hack/imagebuild in %s: %w: %s", repoDir, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return nil, fmt.Errorf("make image cache: %w", err)
+	}
+	return &imageBuilder{tool: tool, cacheDir: cacheDir}, nil
+}
+
+// build returns the path of spec's tarball, building it unless cached.
+func (b *imageBuilder) build(spec imageSpec) (string, error) {
+	key, err := b.key(spec)
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer f.Close()
-	st, err := f.Stat()
+	out := filepath.Join(b.cacheDir, key+".tar")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	tmp := out + ".tmp"
+	args := append([]string{"-o", tmp}, spec.args()...)
+	if res, err := exec.Command(b.tool, args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("imagebuild %s: %w: %s", spec.ref, err, strings.TrimSpace(string(res)))
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return "", fmt.Errorf("cache image %s: %w", spec.ref, err)
+	}
+	return out, nil
+}
+
+func (b *imageBuilder) key(spec imageSpec) (string, error) {
+	h := sha256.New()
+	tool, err := os.Open(b.tool)
 	if err != nil {
-		return err
+		return "", fmt.Errorf("hash imagebuild: %w", err)
 	}
-	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: st.Size(), Mode: int64(st.Mode().Perm()), ModTime: imageEpoch}
-	if err := tw.WriteHeader(hdr); err != nil {
-		return err
+	defer tool.Close()
+	if _, err := io.Copy(h, tool); err != nil {
+		return "", fmt.Errorf("hash imagebuild: %w", err)
 	}
-	_, err = io.Copy(tw, f)
-	return err
+	fmt.Fprintln(h, strings.Join(spec.args(), "\x00"))
+	for _, dst := range sortedKeys(spec.files) {
+		st, err := os.Stat(spec.files[dst])
+		if err != nil {
+			return "", fmt.Errorf("image %s: %w", spec.ref, err)
+		}
+		fmt.Fprintln(h, dst, st.Size(), st.ModTime().UnixNano())
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
 }
