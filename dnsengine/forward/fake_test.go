@@ -1,8 +1,11 @@
 package forward
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -368,3 +371,81 @@ func upstreamOf(t *testing.T, f *Forwarder, addr string) *upstream {
 }
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// startEchoResponder serves UDP and TCP on one 127.0.0.1 port and answers
+// every query with itself marked as a response: a NOERROR reply with no
+// records, built without parsing or allocating, so benchmarks measure the client.
+func startEchoResponder(t testing.TB) string {
+	t.Helper()
+	var pc net.PacketConn
+	var l net.Listener
+	for range 20 {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatalf("listen udp: %v", err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+		pc = nil
+	}
+	if pc == nil {
+		t.Fatal("no port free on both UDP and TCP")
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		l.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, dns.MaxMsgSize)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n >= 12 {
+				buf[2] |= 0x80 // QR
+				_, _ = pc.WriteTo(buf[:n], from)
+			}
+		}
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { echoTCP(c) })
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+// echoTCP answers length-prefixed queries on c until it closes.
+func echoTCP(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	w := bufio.NewWriter(c)
+	frame := make([]byte, 2+dns.MaxMsgSize)
+	for {
+		if _, err := io.ReadFull(r, frame[:2]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(frame))
+		if _, err := io.ReadFull(r, frame[2:2+n]); err != nil || n < 12 {
+			return
+		}
+		frame[4] |= 0x80 // QR
+		if _, err := w.Write(frame[:2+n]); err != nil {
+			return
+		}
+		if r.Buffered() == 0 { // flush once the pipelined batch is answered
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}

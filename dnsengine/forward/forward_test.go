@@ -22,6 +22,7 @@ func TestConfigValidation(t *testing.T) {
 		wantErr string // substring; "" = valid
 	}{
 		{"valid", Config{Zones: ok}, ""},
+		{"valid ipv6 udp", Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "[::1]:53", Transport: UDP}}}}}, ""},
 		{"no zones", Config{}, "no zones"},
 		{"empty zone name", Config{Zones: []Zone{{Name: "", Servers: ok[0].Servers}}}, "not a domain name"},
 		{"duplicate zone", Config{Zones: []Zone{ok[0], {Name: ".", Servers: ok[0].Servers}}}, "listed twice"},
@@ -346,6 +347,56 @@ func TestStubFailoverOrder(t *testing.T) {
 	}
 }
 
+// TestStubReturnsToNodeCache: when the node cache dies, its UDP and TCP
+// entries (one address, one health state) are marked down together and
+// queries go straight to kube-dns over TCP; when it comes back, a probe over
+// UDP (its first entry) marks it up and queries return to it over UDP.
+func TestStubReturnsToNodeCache(t *testing.T) {
+	node, kube := startFake(t), startFake(t)
+	f, _ := newTestForwarder(t, Config{
+		Zones: []Zone{{Name: ".", Servers: []Server{
+			{Addr: node.addr, Transport: UDP, Timeout: time.Minute},
+			{Addr: node.addr, Transport: TCP, Timeout: time.Minute},
+			{Addr: kube.addr, Transport: TCP, Timeout: time.Minute},
+		}}},
+		MaxFails:      2,
+		ProbeInterval: 5 * time.Millisecond,
+	})
+	nodeUp := upstreamOf(t, f, node.addr)
+
+	mustAnswer(t, f, "one.example.")
+	node.stop()
+	mustAnswer(t, f, "two.example.") // UDP refused, TCP refused: down after one query
+	if !nodeUp.health.isDown() {
+		t.Fatal("node cache not marked down after its UDP and TCP attempts failed")
+	}
+	mustAnswer(t, f, "three.example.")
+	if got, want := kube.transports(), []string{"tcp", "tcp"}; !slices.Equal(got, want) {
+		t.Errorf("kube-dns saw %v, want %v", got, want)
+	}
+
+	node.restart()
+	eventually(t, "the node cache to be probed back up", func() bool { return !nodeUp.health.isDown() })
+	mustAnswer(t, f, "four.example.")
+	if got, want := node.transports(), []string{"udp", "udp"}; !slices.Equal(got, want) {
+		t.Errorf("node cache saw %v over its two lives, want %v", got, want)
+	}
+	var probes []string
+	node.mu.Lock()
+	for _, s := range node.queries {
+		if s.probe {
+			probes = append(probes, s.transport)
+		}
+	}
+	node.mu.Unlock()
+	if len(probes) == 0 || probes[0] != "udp" {
+		t.Errorf("probes reached the node cache over %v, want udp", probes)
+	}
+	if got := len(kube.seenQueries()); got != 2 {
+		t.Errorf("kube-dns saw %d queries, want 2 (none after the node cache returned)", got)
+	}
+}
+
 func TestMismatchedRepliesDropped(t *testing.T) {
 	for _, transport := range []Transport{UDP, TCP} {
 		t.Run(string(transport), func(t *testing.T) {
@@ -649,22 +700,49 @@ func TestConcurrentMixedLoad(t *testing.T) {
 	wg.Wait()
 }
 
-func BenchmarkExchangeTCP(b *testing.B) {
-	up := startFake(b)
-	reg := prometheus.NewRegistry()
-	f, err := New(Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}, Registerer: reg, Namespace: "bench"})
-	if err != nil {
-		b.Fatal(err)
+// BenchmarkExchange measures the client side: the upstream is a raw echo
+// responder (no parsing, no allocation) on loopback.
+func BenchmarkExchange(b *testing.B) {
+	addr := startEchoResponder(b)
+	tests := []struct {
+		name        string
+		transport   Transport
+		parallelism int // goroutines per GOMAXPROCS; 0 = sequential
+	}{
+		{"tcp/sequential", TCP, 0},
+		{"tcp/pipelined-32", TCP, 16},
+		{"udp/sequential", UDP, 0},
+		{"udp/parallel-32", UDP, 16},
 	}
-	defer f.Close()
-	req := query("bench.example.")
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := f.Exchange(context.Background(), req); err != nil {
-				b.Error(err)
+	for _, tt := range tests {
+		b.Run(tt.name, func(b *testing.B) {
+			f, err := New(Config{
+				Zones:      []Zone{{Name: ".", Servers: []Server{{Addr: addr, Transport: tt.transport}}}},
+				Registerer: prometheus.NewRegistry(), Namespace: "bench",
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			req := query("bench.example.")
+			b.ReportAllocs()
+			if tt.parallelism == 0 {
+				for b.Loop() {
+					if _, err := f.Exchange(context.Background(), req); err != nil {
+						b.Fatal(err)
+					}
+				}
 				return
 			}
-		}
-	})
+			b.SetParallelism(tt.parallelism)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := f.Exchange(context.Background(), req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }
