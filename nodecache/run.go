@@ -1,0 +1,168 @@
+package nodecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/localdns/localdns/dnsengine"
+	"github.com/localdns/localdns/dnsengine/forward"
+	"github.com/localdns/localdns/internal/ops"
+)
+
+// MetricsNamespace prefixes every metric of the node cache.
+const MetricsNamespace = "localdns_nodecache"
+
+// Reverse zones forwarded to kube-dns with the cluster domain (PTR records
+// of Services and Pods).
+var reverseZones = []string{"in-addr.arpa.", "ip6.arpa."}
+
+// Execute runs what cfg.Command selects until ctx ends (serve) or the work
+// is done (cleanup).
+func Execute(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	if cfg.Command == CommandCleanup {
+		return cleanup(ctx, cfg, logger)
+	}
+	return serve(ctx, cfg, logger)
+}
+
+// serve prepares the node, serves DNS and, when ctx ends (SIGTERM), drains
+// and returns, leaving the interface and rules for the next instance.
+func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// Setup comes first: once the listen IPs exist, a client reaching them
+	// while nothing listens gets a port-unreachable and moves on to its
+	// fallback nameserver at once.
+	setup, err := NewSetup(cfg.Setup, cfg.Listen, reg, MetricsNamespace, logger)
+	if err != nil {
+		return err
+	}
+	if err := setup.Apply(ctx); err != nil {
+		return err
+	}
+
+	upstream := cfg.Upstream
+	if len(upstream) == 0 {
+		if upstream, err = DiscoverUpstream(ctx, cfg.UpstreamTransport, logger); err != nil {
+			if ctx.Err() != nil {
+				logger.Info("stopped before kube-dns was found")
+				return nil
+			}
+			return err
+		}
+	}
+	fwd, err := forward.New(forwardConfig(cfg, upstream, reg, logger))
+	if err != nil {
+		return fmt.Errorf("upstream forwarder: %w", err)
+	}
+	defer fwd.Close()
+
+	listen := make([]string, len(cfg.Listen))
+	for i, ap := range cfg.Listen {
+		listen[i] = ap.String()
+	}
+	engine, err := dnsengine.New(dnsengine.Config{
+		Listen:     listen,
+		Upstream:   fwd,
+		CacheSize:  cfg.CacheSize,
+		StaleMax:   cfg.StaleMax,
+		Registerer: reg,
+		Namespace:  MetricsNamespace,
+		Logger:     logger,
+	})
+	if err != nil {
+		return fmt.Errorf("dns engine: %w", err)
+	}
+
+	opsServer, err := ops.Start(ops.Config{
+		Addr:     cfg.MetricsAddr,
+		Gatherer: reg,
+		Ready: func() error {
+			switch {
+			case !engine.Listening():
+				return errors.New("not listening")
+			case !fwd.Answered():
+				return errors.New("no upstream has answered yet")
+			}
+			return nil
+		},
+		Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	if err := engine.Start(); err != nil {
+		return errors.Join(fmt.Errorf("listen: %w", err), opsServer.Shutdown(context.Background()))
+	}
+	logger.Info("serving DNS", "listen", listen, "upstream", fmt.Sprint(upstream),
+		"upstream_external", fmt.Sprint(cfg.UpstreamExternal), "metrics", opsServer.Addr().String())
+
+	var reconciling sync.WaitGroup
+	reconcileCtx, stopReconcile := context.WithCancel(ctx)
+	reconciling.Go(func() { setup.Run(reconcileCtx, cfg.ReconcileInterval) })
+
+	<-ctx.Done()
+	logger.Info("stopping: draining in-flight queries", "timeout", cfg.ShutdownTimeout)
+	stopReconcile()
+	reconciling.Wait()
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	err = errors.Join(engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
+	if cfg.Setup.Interface || cfg.Setup.Rules {
+		logger.Info("stopped; node setup left in place for the next instance (`localdns-nodecache cleanup` removes it)")
+	} else {
+		logger.Info("stopped")
+	}
+	return err
+}
+
+// forwardConfig routes the cluster domain and the reverse zones to kube-dns,
+// and "." to the external servers when given, else to kube-dns too.
+func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registerer, logger *slog.Logger) forward.Config {
+	servers := func(aps []netip.AddrPort) []forward.Server {
+		out := make([]forward.Server, len(aps))
+		for i, ap := range aps {
+			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport)}
+		}
+		return out
+	}
+	cluster := servers(upstream)
+	root := cluster
+	if len(cfg.UpstreamExternal) > 0 {
+		root = servers(cfg.UpstreamExternal)
+	}
+	zones := []forward.Zone{{Name: cfg.ClusterDomain, Servers: cluster}}
+	for _, z := range reverseZones {
+		zones = append(zones, forward.Zone{Name: z, Servers: cluster})
+	}
+	zones = append(zones, forward.Zone{Name: ".", Servers: root})
+	return forward.Config{
+		Zones:        zones,
+		ProbeName:    cfg.ClusterDomain,
+		ProbeAtStart: true, // readiness without waiting for client traffic
+		Registerer:   reg,
+		Namespace:    MetricsNamespace,
+		Logger:       logger,
+	}
+}
+
+// cleanup removes the interface and rules (uninstall).
+func cleanup(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	setup, err := NewSetup(cfg.Setup, cfg.Listen, nil, MetricsNamespace, logger)
+	if err != nil {
+		return err
+	}
+	if err := setup.Remove(ctx); err != nil {
+		return err
+	}
+	logger.Info("node setup removed")
+	return nil
+}
