@@ -1,0 +1,143 @@
+package clients
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+)
+
+// listenUDPInNetns opens a UDP socket inside the network namespace bound at
+// nsPath. The socket stays there after the thread moves on; the thread
+// itself is never unlocked, so the runtime discards it with its namespace.
+func listenUDPInNetns(nsPath, addr string) (net.PacketConn, error) {
+	type result struct {
+		pc  net.PacketConn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		ns, err := os.Open(nsPath)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("setns %s: %w", nsPath, err)}
+			return
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ch <- result{pc, err}
+	}()
+	r := <-ch
+	return r.pc, r.err
+}
+
+// TestGailoadAgainstLocalServer runs the glibc and the musl client in a
+// network namespace of its own (no route out) whose /etc/resolv.conf (bind
+// mounted in a private mount namespace) names only a DNS server this test
+// serves inside it.
+func TestGailoadAgainstLocalServer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network and mount namespaces")
+	}
+	bins, err := Build(t.TempDir())
+	if err != nil {
+		t.Fatalf("build (needs gcc and musl-tools): %v", err)
+	}
+
+	ns := fmt.Sprintf("ldns-gai-%d", os.Getpid())
+	nsPath := "/var/run/netns/" + ns
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete: %v: %s", err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	pc, err := listenUDPInNetns(nsPath, "127.0.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := dns.NewServeMux()
+	mux.HandleFunc(".", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		switch {
+		case q.Question[0].Name != "svc.test.":
+			m.Rcode = dns.RcodeNameError
+		case q.Question[0].Qtype == dns.TypeA:
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: "svc.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+				A:   net.IPv4(10, 1, 2, 3),
+			})
+		}
+		_ = w.WriteMsg(m)
+	})
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { close(started) }}
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	const lookups = 200
+	tests := []struct {
+		libc, bin, host string
+		wantErrors      int64
+	}{
+		{"glibc", bins.Glibc, "svc.test", 0},
+		{"musl", bins.Musl, "svc.test", 0},
+		{"glibc", bins.Glibc, "missing.test", lookups},
+		{"musl", bins.Musl, "missing.test", lookups},
+	}
+	for _, tt := range tests {
+		t.Run(tt.libc+"/"+tt.host, func(t *testing.T) {
+			// -d 60 is only a ceiling: -m stops the run after 200 lookups.
+			cmd := exec.Command("nsenter", "--net="+nsPath, "--", "unshare", "--mount", "--",
+				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv,
+				tt.bin, "-h", tt.host, "-c", "4", "-d", "60", "-m", fmt.Sprint(lookups), "-l", "1000")
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("gaiload: %v: %s", err, exitStderr(err))
+			}
+			res, err := ParseResult(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Lookups != lookups || res.Errors != tt.wantErrors {
+				t.Errorf("lookups=%d errors=%d (%s), want %d and %d", res.Lookups, res.Errors, res.FirstError, lookups, tt.wantErrors)
+			}
+			if res.Min > res.Mean || res.Mean > res.Max || res.P99 > res.Max {
+				t.Errorf("latencies out of order: %s", res)
+			}
+			if res.Host != tt.host || res.Concurrency != 4 {
+				t.Errorf("result names host %q concurrency %d", res.Host, res.Concurrency)
+			}
+		})
+	}
+}
+
+func exitStderr(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return strings.TrimSpace(string(ee.Stderr))
+	}
+	return ""
+}

@@ -1,0 +1,206 @@
+/*
+ * gaiload: the seeds' DNS load test with the C library's own resolver.
+ * N threads call getaddrinfo(host) in a loop for D seconds; built against
+ * glibc and against musl, it shows how each libc's stub resolver behaves
+ * (parallel A/AAAA from one socket, timeouts, retries) through the same
+ * network path as real workloads.
+ *
+ *   gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]
+ *
+ * Prints one JSON object with the keys of e2e/dnsload's Result, so the
+ * harness reads both clients the same way. Exit status 0 unless the
+ * arguments are bad or the run could not start.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct config {
+	const char *host;
+	long threads;
+	long seconds;
+	long slow_ms;
+	long max_lookups;
+};
+
+struct worker {
+	const struct config *cfg;
+	int64_t *latencies; /* ns, one per lookup */
+	long count;
+	long cap;
+	long errors;
+	int first_error;    /* getaddrinfo's code, 0 if none */
+};
+
+static struct config cfg = {.threads = 50, .seconds = 15, .slow_ms = 1000, .max_lookups = 10000000};
+static atomic_long started;
+static int64_t deadline_ns;
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *run_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	while (now_ns() < deadline_ns && atomic_fetch_add(&started, 1) < w->cfg->max_lookups) {
+		struct addrinfo *res = NULL;
+		int64_t t0 = now_ns();
+		int rc = getaddrinfo(w->cfg->host, NULL, &hints, &res);
+		int64_t took = now_ns() - t0;
+		if (rc == 0)
+			freeaddrinfo(res);
+		else {
+			w->errors++;
+			if (!w->first_error)
+				w->first_error = rc;
+		}
+		if (w->count == w->cap) {
+			long cap = w->cap ? w->cap * 2 : 4096;
+			int64_t *grown = realloc(w->latencies, cap * sizeof(*grown));
+			if (!grown) {
+				fprintf(stderr, "gaiload: out of memory\n");
+				exit(1);
+			}
+			w->latencies = grown;
+			w->cap = cap;
+		}
+		w->latencies[w->count++] = took;
+	}
+	return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static long parse_positive(const char *s, char flag)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || *end || v < 1) {
+		fprintf(stderr, "gaiload: -%c %s: want a positive integer\n", flag, s);
+		exit(2);
+	}
+	return v;
+}
+
+/* print_json_string writes s as a JSON string (the error texts are ASCII). */
+static void print_json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			putchar('\\');
+		if ((unsigned char)*s >= 0x20)
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+int main(int argc, char **argv)
+{
+	int opt;
+	while ((opt = getopt(argc, argv, "h:c:d:l:m:")) != -1) {
+		switch (opt) {
+		case 'h': cfg.host = optarg; break;
+		case 'c': cfg.threads = parse_positive(optarg, 'c'); break;
+		case 'd': cfg.seconds = parse_positive(optarg, 'd'); break;
+		case 'l': cfg.slow_ms = parse_positive(optarg, 'l'); break;
+		case 'm': cfg.max_lookups = parse_positive(optarg, 'm'); break;
+		default:
+			fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]\n");
+			return 2;
+		}
+	}
+	if (!cfg.host || optind != argc) {
+		fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]\n");
+		return 2;
+	}
+
+	struct worker *workers = calloc(cfg.threads, sizeof(*workers));
+	pthread_t *tids = calloc(cfg.threads, sizeof(*tids));
+	if (!workers || !tids) {
+		fprintf(stderr, "gaiload: out of memory\n");
+		return 1;
+	}
+	int64_t begin = now_ns();
+	deadline_ns = begin + (int64_t)cfg.seconds * 1000000000;
+	long running = 0;
+	for (long i = 0; i < cfg.threads; i++) {
+		workers[i].cfg = &cfg;
+		int rc = pthread_create(&tids[i], NULL, run_worker, &workers[i]);
+		if (rc) {
+			fprintf(stderr, "gaiload: start thread %ld: %s\n", i, strerror(rc));
+			deadline_ns = 0; /* stop the ones already running */
+			break;
+		}
+		running++;
+	}
+	for (long i = 0; i < running; i++)
+		pthread_join(tids[i], NULL);
+	int64_t elapsed = now_ns() - begin;
+	if (running < cfg.threads)
+		return 1;
+
+	long total = 0, errors = 0;
+	int first_error = 0;
+	for (long i = 0; i < cfg.threads; i++) {
+		total += workers[i].count;
+		errors += workers[i].errors;
+		if (!first_error)
+			first_error = workers[i].first_error;
+	}
+	int64_t *all = malloc((total ? total : 1) * sizeof(*all));
+	if (!all) {
+		fprintf(stderr, "gaiload: out of memory\n");
+		return 1;
+	}
+	long n = 0;
+	for (long i = 0; i < cfg.threads; i++) {
+		memcpy(all + n, workers[i].latencies, workers[i].count * sizeof(*all));
+		n += workers[i].count;
+	}
+	qsort(all, total, sizeof(*all), cmp_i64);
+
+	int64_t slow_ns = (int64_t)cfg.slow_ms * 1000000, sum = 0;
+	long slow = 0, over1 = 0, over5 = 0;
+	for (long i = 0; i < total; i++) {
+		sum += all[i];
+		slow += all[i] >= slow_ns;
+		over1 += all[i] >= 1000000000LL;
+		over5 += all[i] >= 5000000000LL;
+	}
+	/* Nearest-rank p99, as e2e/dnsload computes it. */
+	long rank = (total * 99 + 99) / 100;
+	printf("{\"host\":");
+	print_json_string(cfg.host);
+	printf(",\"concurrency\":%ld,\"elapsed_ns\":%lld,\"lookups\":%ld,\"errors\":%ld", cfg.threads,
+	       (long long)elapsed, total, errors);
+	if (first_error) {
+		printf(",\"first_error\":");
+		print_json_string(gai_strerror(first_error));
+	}
+	printf(",\"min_ns\":%lld,\"mean_ns\":%lld,\"p99_ns\":%lld,\"max_ns\":%lld",
+	       (long long)(total ? all[0] : 0), (long long)(total ? sum / total : 0),
+	       (long long)(total ? all[rank - 1] : 0), (long long)(total ? all[total - 1] : 0));
+	printf(",\"slow_threshold_ns\":%lld,\"slow\":%ld,\"over_1s\":%ld,\"over_5s\":%ld}\n",
+	       (long long)slow_ns, slow, over1, over5);
+	return 0;
+}
