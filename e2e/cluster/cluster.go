@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -111,6 +112,7 @@ func (c *Cluster) cleanup() error {
 	}
 	errs = append(errs, killNetns(c.netnsPath()), c.removePodNetns())
 	errs = append(errs, unmountAll(c.runDir), c.removeNode(), c.removeContainerLogLinks())
+	removeEmptyContainerCgroups()
 	if err := os.RemoveAll(c.runDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.runDir, err))
 	}
@@ -135,6 +137,17 @@ func (c *Cluster) removeContainerLogLinks() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeEmptyContainerCgroups removes the k8s.io cgroups containerd makes
+// as the parent of containers (the kubelet runs with cgroupsPerQOS off).
+// rmdir removes a cgroup only when no process and no child is left in it,
+// so a cgroup still in use by another containerd is never touched.
+func removeEmptyContainerCgroups() {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io")
+	for _, d := range dirs {
+		_ = syscall.Rmdir(d)
+	}
 }
 
 // Name is the cluster's name: its network namespace and its node.
