@@ -15,12 +15,16 @@ import (
 // CoreDNS pods) takes about 25 s on this machine.
 const defaultTimeout = 3 * time.Minute
 
+// NodeCommand returns argv run inside the node's network namespace (the
+// node's iptables, conntrack, ip, curl to a ClusterIP...).
+func (c *Cluster) NodeCommand(ctx context.Context, argv ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "/usr/bin/nsenter", append([]string{"--net=" + c.netnsPath(), "--"}, argv...)...)
+}
+
 // KubectlCommand returns kubectl of the cluster's version, run inside the
 // node namespace (the API server is reachable only there) as cluster admin.
 func (c *Cluster) KubectlCommand(ctx context.Context, args ...string) *exec.Cmd {
-	argv := append([]string{"--net=" + c.netnsPath(), "--", c.k8sBin("kubectl"),
-		"--kubeconfig=" + c.Kubeconfig()}, args...)
-	return exec.CommandContext(ctx, "/usr/bin/nsenter", argv...)
+	return c.NodeCommand(ctx, append([]string{c.k8sBin("kubectl"), "--kubeconfig=" + c.Kubeconfig()}, args...)...)
 }
 
 // Kubectl runs kubectl with stdin (may be nil) and returns its stdout; the
