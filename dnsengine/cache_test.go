@@ -134,7 +134,7 @@ func TestCaseInsensitiveKeyCasePreservingReply(t *testing.T) {
 	if got := te.up.Total(); got != 1 {
 		t.Fatalf("upstream calls %d, want 1 for every case of one name", got)
 	}
-	if got := te.up.lastReq.Question[0].Name; got != "www.example." {
+	if got := te.up.LastRequest().Question[0].Name; got != "www.example." {
 		t.Fatalf("upstream asked for %q, want the lowercase name", got)
 	}
 }

@@ -45,7 +45,7 @@ type Engine struct {
 	tcp     []net.Listener
 	conns   map[net.Conn]struct{}
 
-	// testHookCoalesced, when set, runs each time a miss joins a flight.
+	// testHookCoalesced, when set, runs (under flightMu) each time a miss joins a flight.
 	testHookCoalesced func()
 }
 

@@ -87,6 +87,12 @@ func (f *fakeUpstream) Calls(name string, qtype uint16, do bool) int {
 	return f.calls[callKey(name, qtype, do)]
 }
 
+func (f *fakeUpstream) LastRequest() *dns.Msg {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastReq
+}
+
 func (f *fakeUpstream) Total() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

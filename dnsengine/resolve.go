@@ -30,11 +30,11 @@ func (e *Engine) resolve(r *request, c *counters) resolution {
 	key := string(r.key)
 	e.flightMu.Lock()
 	if f, ok := e.flights[key]; ok {
-		e.flightMu.Unlock()
-		c.coalesced.Add(1)
 		if e.testHookCoalesced != nil {
 			e.testHookCoalesced()
 		}
+		e.flightMu.Unlock()
+		c.coalesced.Add(1)
 		<-f.done
 		return f.res
 	}

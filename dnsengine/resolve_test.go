@@ -1,0 +1,111 @@
+package dnsengine
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestCoalescing(t *testing.T) {
+	const clients = 10
+	te := startEngine(t, nil)
+	gate, called := make(chan struct{}), make(chan string, clients)
+	te.up.Hold(gate, called)
+	joined := make(chan struct{}, clients)
+	te.flightMu.Lock()
+	te.testHookCoalesced = func() { joined <- struct{}{} }
+	te.flightMu.Unlock()
+
+	var wg sync.WaitGroup
+	replies := make(chan *dns.Msg, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			network := []string{"udp", "tcp"}[i%2]
+			c := &dns.Client{Net: network, Timeout: 5 * time.Second}
+			addr := map[string]string{"udp": te.udp, "tcp": te.tcp}[network]
+			resp, _, err := c.Exchange(question("same.example.", dns.TypeA), addr)
+			if err != nil {
+				t.Errorf("client %d: %v", i, err)
+				return
+			}
+			replies <- resp
+		}()
+	}
+	<-called // the first miss is at the upstream...
+	for range clients - 1 {
+		<-joined // ...and every other one waits for it
+	}
+	close(gate)
+	wg.Wait()
+	close(replies)
+	for resp := range replies {
+		if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 2 {
+			t.Fatalf("reply %v", resp)
+		}
+	}
+	if got := te.up.Total(); got != 1 {
+		t.Fatalf("upstream calls %d, want 1", got)
+	}
+	if got := te.metricValue(t, "coalesced_total", nil); got != clients-1 {
+		t.Fatalf("coalesced_total = %v, want %d", got, clients-1)
+	}
+}
+
+func TestServeStale(t *testing.T) {
+	tests := []struct {
+		name      string
+		staleMax  time.Duration
+		after     time.Duration // past the entry's expiry
+		wantRcode int
+	}{
+		{"within stale max", time.Hour, 5 * time.Second, dns.RcodeSuccess},
+		{"at the end of stale max", time.Hour, time.Hour - time.Second, dns.RcodeSuccess},
+		{"beyond stale max", time.Hour, time.Hour, dns.RcodeServerFailure},
+		{"serve-stale off", 0, time.Second, dns.RcodeServerFailure},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			te := startEngine(t, func(c *Config) { c.StaleMax = tt.staleMax })
+			te.query(t, "udp", question("www.example.", dns.TypeA)) // cached for 20s
+			te.up.SetFail(true)
+			te.clock.Advance(20*time.Second + tt.after)
+			resp := te.query(t, "udp", question("www.example.", dns.TypeA))
+			if resp.Rcode != tt.wantRcode {
+				t.Fatalf("rcode %s, want %s", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tt.wantRcode])
+			}
+			wantStale := 0.0
+			if tt.wantRcode == dns.RcodeSuccess {
+				wantStale = 1
+				for _, rr := range resp.Answer {
+					if rr.Header().Ttl != staleTTL {
+						t.Fatalf("stale TTL %d, want %d", rr.Header().Ttl, staleTTL)
+					}
+				}
+			}
+			if got := te.metricValue(t, "cache_stale_total", nil); got != wantStale {
+				t.Fatalf("cache_stale_total = %v, want %v", got, wantStale)
+			}
+			if got := te.up.Total(); got != 2 {
+				t.Fatalf("upstream calls %d, want 2 (the expired entry is always retried first)", got)
+			}
+		})
+	}
+}
+
+func TestUpstreamFailureWithoutCacheIsServfail(t *testing.T) {
+	te := startEngine(t, nil)
+	te.up.SetFail(true)
+	for _, network := range []string{"udp", "tcp"} {
+		if resp := te.query(t, network, question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeServerFailure ||
+			len(resp.Question) != 1 || resp.Question[0].Name != "www.example." {
+			t.Fatalf("%s: reply %v, want SERVFAIL with the question", network, resp)
+		}
+	}
+	if got := te.metricValue(t, "requests_total", map[string]string{"rcode": "SERVFAIL"}); got != 2 {
+		t.Fatalf("requests_total{rcode=SERVFAIL} = %v, want 2", got)
+	}
+}

@@ -1,0 +1,335 @@
+package dnsengine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestEDNS(t *testing.T) {
+	te := startEngine(t, nil)
+	withEDNS := func(m *dns.Msg, do bool, opts ...dns.EDNS0) *dns.Msg {
+		m.SetEdns0(1232, do)
+		opt := m.IsEdns0()
+		opt.Option = append(opt.Option, opts...)
+		return m
+	}
+	cookie := &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0123456789abcdef"}
+	tests := []struct {
+		name    string
+		query   *dns.Msg
+		wantOPT bool
+		wantDO  bool
+	}{
+		{"no EDNS", question("www.example.", dns.TypeA), false, false},
+		{"EDNS", withEDNS(question("www.example.", dns.TypeA), false), true, false},
+		{"EDNS with DO", withEDNS(question("www.example.", dns.TypeA), true), true, true},
+		{"EDNS with a cookie (slow path)", withEDNS(question("www.example.", dns.TypeA), false, cookie), true, false},
+	}
+	for _, tt := range tests {
+		for _, network := range []string{"udp", "tcp"} {
+			resp := te.query(t, network, tt.query)
+			opt := resp.IsEdns0()
+			if (opt != nil) != tt.wantOPT {
+				t.Fatalf("%s over %s: OPT in reply = %v, want %v", tt.name, network, opt != nil, tt.wantOPT)
+			}
+			if opt != nil && (opt.Do() != tt.wantDO || opt.Version() != 0 || opt.UDPSize() != ednsPayload) {
+				t.Fatalf("%s over %s: OPT %v, want version 0, DO %v, size %d", tt.name, network, opt, tt.wantDO, ednsPayload)
+			}
+			if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 2 {
+				t.Fatalf("%s over %s: reply %v", tt.name, network, resp)
+			}
+		}
+	}
+	// The DO bit is part of the key: one upstream request with it, one without.
+	if got := te.up.Calls("www.example.", dns.TypeA, false); got != 1 {
+		t.Fatalf("upstream calls without DO %d, want 1", got)
+	}
+	if got := te.up.Calls("www.example.", dns.TypeA, true); got != 1 {
+		t.Fatalf("upstream calls with DO %d, want 1", got)
+	}
+
+	t.Run("version 1 is BADVERS", func(t *testing.T) {
+		m := withEDNS(question("www.example.", dns.TypeA), false)
+		m.IsEdns0().SetVersion(1)
+		if resp := te.query(t, "udp", m); resp.Rcode != dns.RcodeBadVers || resp.IsEdns0() == nil {
+			t.Fatalf("reply %v, want BADVERS with an OPT", resp)
+		}
+	})
+}
+
+// rawUDP is a client socket that sends hand-made packets.
+func rawUDP(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func packQuery(t testing.TB, id uint16, name string, qtype uint16) []byte {
+	t.Helper()
+	m := question(name, qtype)
+	m.Id = id
+	pkt, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pkt
+}
+
+func TestIDPreservedPerQuery(t *testing.T) {
+	te := startEngine(t, nil)
+	te.query(t, "udp", question("www.example.", dns.TypeA)) // cache it
+	c := rawUDP(t, te.udp)
+	ids := []uint16{0, 1, 0xbeef, 0xffff, 42}
+	for _, id := range ids { // written back to back: they arrive in one batch
+		if _, err := c.Write(packQuery(t, id, "www.example.", dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 512)
+	for _, want := range ids {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m dns.Msg
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatalf("reply does not parse: %v", err)
+		}
+		if m.Id != want {
+			t.Fatalf("reply ID %#x, want %#x (replies in order of the queries)", m.Id, want)
+		}
+	}
+}
+
+func TestTruncation(t *testing.T) {
+	te := startEngine(t, nil)
+	big := func(udpSize uint16) *dns.Msg {
+		m := question("big.example.", dns.TypeTXT)
+		if udpSize != 0 {
+			m.SetEdns0(udpSize, false)
+		}
+		return m
+	}
+	steps := []struct {
+		name    string
+		network string
+		query   *dns.Msg
+		wantTC  bool
+	}{
+		{"udp miss, no EDNS", "udp", big(0), true},
+		{"udp hit, no EDNS", "udp", big(0), true},
+		{"udp hit, EDNS 1232", "udp", big(1232), true},
+		{"tcp hit", "tcp", big(0), false},
+		{"udp hit, EDNS 4096", "udp", big(4096), false},
+	}
+	for _, s := range steps {
+		resp := te.query(t, s.network, s.query)
+		if resp.Truncated != s.wantTC {
+			t.Fatalf("%s: TC = %v, want %v", s.name, resp.Truncated, s.wantTC)
+		}
+		wantAnswers := 20
+		if s.wantTC {
+			wantAnswers = 0
+		}
+		if len(resp.Answer) != wantAnswers || len(resp.Question) != 1 {
+			t.Fatalf("%s: %d answers and %d questions, want %d and 1", s.name, len(resp.Answer), len(resp.Question), wantAnswers)
+		}
+	}
+	if got := te.up.Total(); got != 1 {
+		t.Fatalf("upstream calls %d, want 1", got)
+	}
+}
+
+func TestTCPPipelining(t *testing.T) {
+	te := startEngine(t, nil)
+	te.query(t, "tcp", question("www.example.", dns.TypeA)) // cached
+	conn, err := net.Dial("tcp", te.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	gate, called := make(chan struct{}), make(chan string, 2)
+	te.up.Hold(gate, called)
+	var out []byte
+	for _, q := range []struct {
+		id    uint16
+		name  string
+		qtype uint16
+	}{{1, "v6.example.", dns.TypeAAAA}, {2, "nx.example.", dns.TypeA}, {3, "www.example.", dns.TypeA}} {
+		pkt := packQuery(t, q.id, q.name, q.qtype)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(pkt)))
+		out = append(out, pkt...)
+	}
+	if _, err := conn.Write(out); err != nil { // three queries before reading anything
+		t.Fatal(err)
+	}
+	co := &dns.Conn{Conn: conn}
+	first, err := co.ReadMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Id != 3 {
+		t.Fatalf("first reply has ID %d, want 3: the cached answer overtakes the two misses", first.Id)
+	}
+	<-called
+	<-called
+	close(gate)
+	got := map[uint16]int{}
+	for range 2 {
+		m, err := co.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[m.Id] = m.Rcode
+	}
+	if got[1] != dns.RcodeSuccess || got[2] != dns.RcodeNameError || len(got) != 2 {
+		t.Fatalf("replies by ID %v, want 1: NOERROR, 2: NXDOMAIN", got)
+	}
+}
+
+func TestMalformedAndUnusualQueries(t *testing.T) {
+	header := func(id, flags, qd, an, ns, ar uint16) []byte {
+		var h []byte
+		for _, v := range []uint16{id, flags, qd, an, ns, ar} {
+			h = binary.BigEndian.AppendUint16(h, v)
+		}
+		return h
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	typeA := []byte{0, 1, 0, 1}
+	notify := question("example.", dns.TypeSOA)
+	notify.Opcode = dns.OpcodeNotify
+	notify.Id = 0x1111
+	notifyPkt, _ := notify.Pack()
+	twoQ := question("www.example.", dns.TypeA)
+	twoQ.Id = 0x2222
+	twoQ.Question = append(twoQ.Question, dns.Question{Name: "x.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+	twoQPkt, _ := twoQ.Pack()
+	tests := []struct {
+		name      string
+		pkt       []byte
+		wantRcode int // -1: no reply
+		malformed bool
+	}{
+		{"short packet", []byte{1, 2, 3, 4, 5}, -1, true},
+		{"response bit set", cat(header(0x0101, 0x8000, 1, 0, 0, 0), []byte{3, 'w', 'w', 'w', 0}, typeA), -1, true},
+		{"bad label length", cat(header(0x0202, 0x0100, 1, 0, 0, 0), []byte{0x41, 'x', 0}, typeA), dns.RcodeFormatError, true},
+		{"compression loop", cat(header(0x0303, 0x0100, 1, 0, 0, 0), []byte{0xc0, 12}, typeA), dns.RcodeFormatError, true},
+		{"label past the end", cat(header(0x0404, 0x0100, 1, 0, 0, 0), []byte{20, 'a', 'b'}), dns.RcodeFormatError, true},
+		{"question cut short", cat(header(0x0505, 0x0100, 1, 0, 0, 0), []byte{1, 'a', 0, 0}), dns.RcodeFormatError, true},
+		{"zero questions", header(0x0606, 0x0100, 0, 0, 0, 0), dns.RcodeFormatError, true},
+		{"two questions", twoQPkt, dns.RcodeFormatError, true},
+		{"NOTIFY opcode", notifyPkt, dns.RcodeNotImplemented, false},
+		{"AXFR", packQuery(t, 0x0707, "example.", dns.TypeAXFR), dns.RcodeRefused, false},
+	}
+	te := startEngine(t, nil)
+	te.query(t, "udp", question("www.example.", dns.TypeA)) // cached: its reply comes inline, in order
+	good := packQuery(t, 0x7777, "www.example.", dns.TypeA)
+	wantMalformed := 0.0
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := rawUDP(t, te.udp)
+			for _, pkt := range [][]byte{tt.pkt, good} {
+				if _, err := c.Write(pkt); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var replies []*dns.Msg
+			buf := make([]byte, 4096)
+			for len(replies) == 0 || replies[len(replies)-1].Id != 0x7777 {
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("read: %v (replies so far %v)", err, replies)
+				}
+				m := new(dns.Msg)
+				if err := m.Unpack(buf[:n]); err != nil {
+					t.Fatalf("reply does not parse: %v", err)
+				}
+				replies = append(replies, m)
+			}
+			switch {
+			case tt.wantRcode < 0 && len(replies) != 1:
+				t.Fatalf("got a reply %v, want none", replies[0])
+			case tt.wantRcode >= 0 && len(replies) != 2:
+				t.Fatalf("got no reply, want %s", dns.RcodeToString[tt.wantRcode])
+			case tt.wantRcode >= 0:
+				r := replies[0]
+				if r.Rcode != tt.wantRcode || r.Id != binary.BigEndian.Uint16(tt.pkt) || !r.Response {
+					t.Fatalf("reply rcode %s ID %#x, want %s ID %#x", dns.RcodeToString[r.Rcode], r.Id,
+						dns.RcodeToString[tt.wantRcode], binary.BigEndian.Uint16(tt.pkt))
+				}
+			}
+			if tt.malformed {
+				wantMalformed++
+			}
+			if got := te.metricValue(t, "malformed_total", nil); got != wantMalformed {
+				t.Fatalf("malformed_total = %v, want %v", got, wantMalformed)
+			}
+		})
+	}
+	if got := te.up.Total(); got != 1 {
+		t.Fatalf("upstream calls %d, want only the first one", got)
+	}
+}
+
+// FuzzServeRequest feeds arbitrary bytes to the request path (a hit or, through
+// the fake upstream, a miss) and checks that it never panics, that any reply
+// parses, carries the query's ID and fits the UDP limit.
+func FuzzServeRequest(f *testing.F) {
+	for _, seed := range [][]byte{
+		packQuery(f, 1, "www.example.", dns.TypeA),
+		packQuery(f, 2, "NX.example.", dns.TypeA),
+		packQuery(f, 3, "big.example.", dns.TypeTXT),
+		{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 41, 16, 0, 0, 0, 0x80, 0, 0, 0},
+		{0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1},
+		{0, 1, 0x80},
+	} {
+		f.Add(seed)
+	}
+	e, err := New(Config{Listen: []string{"127.0.0.1:0"}, Upstream: newFakeUpstream(), StaleMax: time.Hour})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		r := new(request)
+		reply, o := e.serve(pkt, nil, r, protoUDP, e.shared, e.nowNanos())
+		switch o {
+		case noReply:
+			if len(pkt) >= headerLen && pkt[2]&flagQR == 0 {
+				t.Fatalf("query %x dropped", pkt)
+			}
+			return
+		case needsUpstream:
+			reply = e.answerMiss(r.detach(), protoUDP, e.shared)
+		}
+		var m dns.Msg
+		if err := m.Unpack(reply); err != nil {
+			t.Fatalf("reply %x to %x does not parse: %v", reply, pkt, err)
+		}
+		if m.Id != binary.BigEndian.Uint16(pkt) || !m.Response {
+			t.Fatalf("reply ID %#x QR %v, want ID %#x and QR", m.Id, m.Response, binary.BigEndian.Uint16(pkt))
+		}
+		if len(reply) > maxUDPReply {
+			t.Fatalf("UDP reply of %d bytes", len(reply))
+		}
+	})
+}
