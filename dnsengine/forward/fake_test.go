@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,27 +48,42 @@ type fake struct {
 	servers []*dns.Server
 }
 
-// startFake starts a fake on a free port that answers every query.
+// startFake starts a fake that answers every query, on a port of its own
+// (see listenBoth).
 func startFake(t testing.TB) *fake {
 	t.Helper()
 	f := &fake{t: t}
 	f.setBehaviour(answer)
-	for range 20 { // the UDP port may be taken for TCP; pick another
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, l := listenBoth(t)
+	f.addr = pc.LocalAddr().String()
+	f.serve(pc, l)
+	return f
+}
+
+// listenBoth listens on UDP and TCP at one address that no other socket will
+// take once this one is closed: a random 127/8 address and a port below the
+// kernel's ephemeral range. Tests stop fakes to get ICMP port unreachable /
+// RST and restart them on the same address; a port from the ephemeral range
+// could meanwhile become some other program's client socket and swallow the
+// packets instead.
+func listenBoth(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for range 100 {
+		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
+		addr := netip.AddrPortFrom(ip, uint16(10000+rand.IntN(20000))).String()
+		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
-			t.Fatalf("listen udp: %v", err)
+			continue
 		}
-		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			pc.Close()
 			continue
 		}
-		f.addr = pc.LocalAddr().String()
-		f.serve(pc, l)
-		return f
+		return pc, l
 	}
-	t.Fatal("no port free on both UDP and TCP")
-	return nil
+	t.Fatal("no free address on 127/8 for UDP and TCP")
+	return nil, nil
 }
 
 // restart listens again on the fake's address after stop.
@@ -233,12 +250,13 @@ func mismatchedFirst(w dns.ResponseWriter, r *dns.Msg) {
 	answer(w, r)
 }
 
-// closedPort returns a 127.0.0.1 address where nothing listens on UDP or TCP.
+// closedPort returns a loopback address where nothing listens on UDP or TCP.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	f := startFake(t)
-	f.stop()
-	return f.addr
+	pc, l := listenBoth(t)
+	pc.Close()
+	l.Close()
+	return pc.LocalAddr().String()
 }
 
 // newTestForwarder builds a Forwarder with metrics on a fresh registry and
@@ -377,22 +395,7 @@ func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 // records, built without parsing or allocating, so benchmarks measure the client.
 func startEchoResponder(t testing.TB) string {
 	t.Helper()
-	var pc net.PacketConn
-	var l net.Listener
-	for range 20 {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatalf("listen udp: %v", err)
-		}
-		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		pc = nil
-	}
-	if pc == nil {
-		t.Fatal("no port free on both UDP and TCP")
-	}
+	pc, l := listenBoth(t)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		pc.Close()

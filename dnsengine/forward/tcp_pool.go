@@ -165,7 +165,10 @@ type pipeConn struct {
 	inflight atomic.Int32 // queries waiting for a reply
 	lastRead atomic.Int64 // UnixNano of the last reply frame read
 
-	wmu sync.Mutex // one frame written at a time
+	wmu     sync.Mutex // guards the write queue
+	wqueue  []byte     // frames waiting to be written
+	wspare  []byte     // the previous batch's buffer, reused
+	writing bool       // a goroutine is writing the queue
 
 	mu        sync.Mutex
 	pending   map[uint16]*waiter
@@ -245,26 +248,38 @@ func (c *pipeConn) allocIDLocked() (uint16, bool) {
 	return 0, false
 }
 
-var framePool = sync.Pool{New: func() any { return new([]byte) }}
-
-// write sends wire as one length-prefixed frame carrying message ID id.
+// write queues query wire as one length-prefixed frame carrying message ID id
+// and makes sure it is written. Concurrent writers coalesce: the first one to
+// find no write in progress writes everything queued, in as few syscalls as
+// the load allows, under its own deadline. A failed write is returned to that
+// writer, which shuts the connection down, failing every waiter.
 func (c *pipeConn) write(ctx context.Context, id uint16, wire []byte) error {
-	bp := framePool.Get().(*[]byte)
-	frame := append((*bp)[:0], 0, 0)
-	frame = append(frame, wire...)
-	binary.BigEndian.PutUint16(frame, uint16(len(wire)))
-	binary.BigEndian.PutUint16(frame[2:], id)
-
 	c.wmu.Lock()
-	deadline, _ := ctx.Deadline() // zero = none
-	err := c.nc.SetWriteDeadline(deadline)
-	if err == nil {
-		_, err = c.nc.Write(frame)
+	start := len(c.wqueue)
+	c.wqueue = append(c.wqueue, 0, 0)
+	c.wqueue = append(c.wqueue, wire...)
+	binary.BigEndian.PutUint16(c.wqueue[start:], uint16(len(wire)))
+	binary.BigEndian.PutUint16(c.wqueue[start+2:], id)
+	if c.writing {
+		c.wmu.Unlock()
+		return nil // the writer in progress takes this frame along
 	}
+	c.writing = true
+	deadline, _ := ctx.Deadline() // zero = none
+	var err error
+	for len(c.wqueue) > 0 && err == nil {
+		batch := c.wqueue
+		c.wqueue = c.wspare[:0]
+		c.wmu.Unlock()
+		if err = c.nc.SetWriteDeadline(deadline); err == nil {
+			_, err = c.nc.Write(batch)
+		}
+		c.wmu.Lock()
+		c.wspare = batch[:0]
+	}
+	c.wqueue = c.wqueue[:0]
+	c.writing = false
 	c.wmu.Unlock()
-
-	*bp = frame
-	framePool.Put(bp)
 	return err
 }
 
