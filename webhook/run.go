@@ -69,10 +69,10 @@ func Run(ctx context.Context, cfg Config, restConfig *rest.Config, newCerts NewC
 		Scheme: scheme,
 		Metrics: metricsserver.Options{
 			BindAddress: cfg.MetricsAddr,
-			ExtraHandlers: map[string]http.Handler{
-				"/healthz": &healthz.Handler{Checks: map[string]healthz.Checker{"ping": healthz.Ping}},
+			ExtraHandlers: healthEndpoints(map[string]*healthz.Handler{
+				"/healthz": {Checks: map[string]healthz.Checker{"ping": healthz.Ping}},
 				"/readyz":  readyz,
-			},
+			}),
 		},
 		HealthProbeBindAddress: "0", // served on the metrics listener instead
 		WebhookServer:          server,
@@ -105,7 +105,8 @@ func Run(ctx context.Context, cfg Config, restConfig *rest.Config, newCerts NewC
 		return err
 	}
 	handler := NewHandler(cfg, native, mgr.GetCache(), mgr.GetAPIReader(), scheme, metrics)
-	server.Register(Path, &admission.Webhook{Handler: handler})
+	// GetWebhookServer is what adds the server to the manager's runnables.
+	mgr.GetWebhookServer().Register(Path, &admission.Webhook{Handler: handler})
 	readyz.Checks["webhook"] = server.StartedChecker()
 	readyz.Checks["informers"] = informersSynced(mgr.GetCache())
 
@@ -123,6 +124,17 @@ func namespaceMetadata() *metav1.PartialObjectMetadata {
 	meta := &metav1.PartialObjectMetadata{}
 	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 	return meta
+}
+
+// healthEndpoints serves each check set at its path, the aggregate at /path
+// and one check at /path/<name>, as the manager's own probe listener does.
+func healthEndpoints(byPath map[string]*healthz.Handler) map[string]http.Handler {
+	out := make(map[string]http.Handler, 2*len(byPath))
+	for path, h := range byPath {
+		out[path] = http.StripPrefix(path, h)
+		out[path+"/"] = http.StripPrefix(path, h)
+	}
+	return out
 }
 
 // informersSynced fails until the namespace (and kube-dns) informers synced.

@@ -1,0 +1,321 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/yaml"
+
+	"github.com/localdns/localdns/certs"
+	"github.com/localdns/localdns/internal/testenv"
+)
+
+// One kube-apiserver + etcd for the package. Several webhook instances (one
+// per "profile": a flag set and the matching MutatingWebhookConfiguration)
+// run in-process against it; each profile's configuration only selects
+// namespaces labelled with its profile name, so tests never see each other.
+const profileLabel = "localdns-test/profile"
+
+// The profiles.
+const (
+	profileDefault     = "default"      // namespace opt-in, native sidecars auto-detected
+	profileClusterWide = "cluster-wide" // --cluster-wide
+	profileLegacy      = "legacy"       // --native-sidecars=false
+	profileDiscover    = "discover"     // kube-dns discovered from a Service
+	profileDown        = "down"         // configuration pointing at nothing
+)
+
+const (
+	fixedKubeDNS     = "10.0.0.10"
+	discoverService  = "localdns-test-dns"
+	readinessTimeout = 60 * time.Second
+)
+
+// suite is nil when the API server binaries are missing and not required.
+var suite *apiSuite
+
+type apiSuite struct {
+	config *rest.Config
+	// metricsAddr of the discover profile, to check the one HTTP listener.
+	metricsAddr string
+}
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	quiet := logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	ctrllog.SetLogger(quiet)
+	klog.SetLogger(quiet)
+
+	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"}}
+	cfg, err := testenv.Boot(env)
+	if errors.Is(err, testenv.ErrNoAssets) && !testenv.Required() {
+		fmt.Fprintln(os.Stderr, "webhook: skipping the API server tests:", err)
+		return m.Run()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "webhook:", err)
+		return 1
+	}
+	defer func() {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "webhook: stop envtest:", err)
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var running sync.WaitGroup
+	defer running.Wait()
+	defer cancel()
+	s, err := startProfiles(ctx, cfg, env.WebhookInstallOptions, &running)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "webhook:", err)
+		return 1
+	}
+	suite = s
+	return m.Run()
+}
+
+// profileSetup is one webhook instance to start.
+type profileSetup struct {
+	name        string
+	flags       []string
+	configFile  string
+	metricsAddr string
+}
+
+func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookInstallOptions, running *sync.WaitGroup) (*apiSuite, error) {
+	clientset, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	metricsPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &apiSuite{config: cfg, metricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(metricsPort))}
+	setups := []profileSetup{
+		{name: profileDefault, flags: []string{"--kube-dns-ip=" + fixedKubeDNS}, configFile: "webhookconfiguration.yaml"},
+		{name: profileClusterWide, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--cluster-wide"}, configFile: "webhookconfiguration-cluster-wide.yaml"},
+		{name: profileLegacy, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--native-sidecars=false"}, configFile: "webhookconfiguration.yaml"},
+		{name: profileDiscover, flags: []string{"--kube-dns-service=kube-system/" + discoverService}, configFile: "webhookconfiguration.yaml", metricsAddr: s.metricsAddr},
+	}
+	runErrs := make(chan error, len(setups))
+	for _, p := range setups {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		metricsAddr := p.metricsAddr
+		if metricsAddr == "" {
+			metricsAddr = "0"
+		}
+		flags := append([]string{"--port=" + strconv.Itoa(port), "--metrics-addr=" + metricsAddr, "--stub-image=registry.example/localdns-stub:test"}, p.flags...)
+		wcfg, err := ParseFlags(p.name, flags, func(string) string { return "" }, os.Stderr)
+		if err != nil {
+			return nil, err
+		}
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			err := Run(ctx, wcfg, cfg, func(context.Context, kubernetes.Interface) (CertSource, error) {
+				return certs.NewFromDir(hook.LocalServingCertDir)
+			})
+			if err != nil {
+				runErrs <- fmt.Errorf("profile %s: %w", p.name, err)
+			}
+		}()
+		url := fmt.Sprintf("https://127.0.0.1:%d%s", port, Path)
+		if err := installWebhookConfig(ctx, clientset, p.name, p.configFile, url, hook.LocalServingCAData, 5); err != nil {
+			return nil, err
+		}
+	}
+	// The down profile: a configuration whose webhook never answers.
+	closedPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	downURL := fmt.Sprintf("https://127.0.0.1:%d%s", closedPort, Path)
+	if err := installWebhookConfig(ctx, clientset, profileDown, "webhookconfiguration.yaml", downURL, hook.LocalServingCAData, 2); err != nil {
+		return nil, err
+	}
+	for _, p := range setups {
+		if err := waitServing(ctx, clientset, p.name, runErrs); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// installWebhookConfig registers testdata/<file> for one profile: served at
+// url, trusted through caData, limited to the profile's namespaces.
+func installWebhookConfig(ctx context.Context, clientset kubernetes.Interface, profile, file, url string, caData []byte, timeoutSeconds int32) error {
+	data, err := os.ReadFile(filepath.Join("testdata", file))
+	if err != nil {
+		return err
+	}
+	var whc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &whc); err != nil {
+		return fmt.Errorf("parse %s: %w", file, err)
+	}
+	whc.Name = "localdns-test-" + profile
+	for i := range whc.Webhooks {
+		w := &whc.Webhooks[i]
+		w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caData}
+		w.TimeoutSeconds = &timeoutSeconds
+		w.NamespaceSelector.MatchExpressions = append(w.NamespaceSelector.MatchExpressions, metav1.LabelSelectorRequirement{
+			Key: profileLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{profile},
+		})
+	}
+	if _, err := clientset.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &whc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create webhook configuration %s: %w", whc.Name, err)
+	}
+	return nil
+}
+
+// waitServing waits until the API server sends the profile's pods through its
+// webhook: a dry-run pod (opted in, no fallback needed) comes back injected.
+// With failurePolicy Ignore, nothing else tells "registered and serving" apart
+// from "silently skipped".
+func waitServing(ctx context.Context, clientset kubernetes.Interface, profile string, runErrs <-chan error) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ready-" + profile, Labels: map[string]string{profileLabel: profile}}}
+	if _, err := clientset.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	pod := testPod("probe", map[string]string{LabelInject: podOptIn}, map[string]string{AnnotationFallback: "false"})
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, readinessTimeout, true, func(ctx context.Context) (bool, error) {
+		select {
+		case err := <-runErrs:
+			return false, err
+		default:
+		}
+		got, err := clientset.CoreV1().Pods(ns.Name).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return false, err
+		}
+		return got.Annotations[AnnotationInjected] != "", nil
+	})
+	if err != nil {
+		return fmt.Errorf("profile %s never served: %w", profile, err)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func testPod(name string, labels, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: annotations},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}},
+		},
+	}
+}
+
+// requireSuite skips when the API server is not available (and not required).
+func requireSuite(t *testing.T) *apiSuite {
+	t.Helper()
+	if suite == nil {
+		t.Skip("kube-apiserver and etcd not provisioned (hack/provision-k8s.sh)")
+	}
+	return suite
+}
+
+// warningCollector records the API server's warnings for one client.
+type warningCollector struct {
+	mu       sync.Mutex
+	messages []string
+}
+
+func (w *warningCollector) HandleWarningHeader(_ int, _ string, message string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.messages = append(w.messages, message)
+}
+
+func (w *warningCollector) take() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := w.messages
+	w.messages = nil
+	return out
+}
+
+// client returns a clientset whose warnings t can read.
+func (s *apiSuite) client(t *testing.T) (kubernetes.Interface, *warningCollector) {
+	t.Helper()
+	warnings := &warningCollector{}
+	cfg := rest.CopyConfig(s.config)
+	cfg.WarningHandler = warnings
+	clientset, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clientset, warnings
+}
+
+var namespaceSeq atomic.Int64
+
+// namespace creates a fresh namespace of a profile with the given
+// localdns.io/inject label ("" for none).
+func (s *apiSuite) namespace(t *testing.T, clientset kubernetes.Interface, profile, inject string) string {
+	t.Helper()
+	labels := map[string]string{profileLabel: profile}
+	if inject != "" {
+		labels[LabelInject] = inject
+	}
+	name := fmt.Sprintf("t%d-%s", namespaceSeq.Add(1), profile)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	if _, err := clientset.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace: %v", err)
+	}
+	return name
+}
+
+// httpGet fetches a path of the discover profile's metrics listener.
+func (s *apiSuite) httpGet(t *testing.T, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+s.metricsAddr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read body: %v", path, err)
+	}
+	return resp.StatusCode, string(body)
+}
