@@ -539,3 +539,44 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Errorf("images not complete and unpacked:\n%s", out)
 	}
 }
+
+// TestDockerfileMatchesProductImages keeps the Dockerfile (for those with a
+// container engine) and the daemonless images in step: a stage per image,
+// with the same entrypoint and user.
+func TestDockerfileMatchesProductImages(t *testing.T) {
+	raw, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type stage struct{ entrypoint, user string }
+	stages := map[string]*stage{}
+	var current *stage
+	for _, line := range strings.Split(string(raw), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) == 4 && fields[0] == "FROM" && strings.EqualFold(fields[2], "AS"):
+			current = &stage{}
+			stages[fields[3]] = current
+		case current != nil && len(fields) == 2 && fields[0] == "USER":
+			current.user = fields[1]
+		case current != nil && len(fields) >= 2 && fields[0] == "ENTRYPOINT":
+			var ep []string
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "ENTRYPOINT ")), &ep); err != nil || len(ep) != 1 {
+				t.Fatalf("ENTRYPOINT %q: want the exec form with one element", line)
+			}
+			current.entrypoint = ep[0]
+		}
+	}
+	for _, img := range productImages(productConfig{binDir: "bin", tag: "dev"}) {
+		target := strings.TrimSuffix(img.file, ".tar")
+		s, ok := stages[target]
+		if !ok {
+			t.Errorf("Dockerfile has no stage %q", target)
+			continue
+		}
+		if s.entrypoint != img.spec.entrypoint[0] || s.user != img.spec.user {
+			t.Errorf("stage %s: entrypoint %q user %q; the daemonless image has %q and %q",
+				target, s.entrypoint, s.user, img.spec.entrypoint[0], img.spec.user)
+		}
+	}
+}
