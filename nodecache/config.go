@@ -159,9 +159,8 @@ func (s *setupFlags) validate() ([]netip.AddrPort, SetupConfig, error) {
 
 func parseServe(args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("localdns-nodecache", flag.ContinueOnError)
-	fs.SetOutput(output)
 	fs.Usage = func() {
-		fmt.Fprintf(output, "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
 			"A node-local caching DNS forwarder in front of kube-dns. SIGTERM drains and exits, leaving\n"+
 			"the interface and rules in place for the next instance; \"cleanup\" removes them.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -188,7 +187,7 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&metricsAddr, "metrics-addr", DefaultMetricsAddr, "`host:port` serving /metrics, /healthz and /readyz")
 	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlagSet(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -252,16 +251,15 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 
 func parseCleanup(args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("localdns-nodecache cleanup", flag.ContinueOnError)
-	fs.SetOutput(output)
 	fs.Usage = func() {
-		fmt.Fprintf(output, "Usage: localdns-nodecache cleanup [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: localdns-nodecache cleanup [flags]\n\n"+
 			"Removes what the node cache set up: rules whose comment starts with \"localdns:\", the\n"+
 			"interface (or, where it fell back to lo, the listen IPs' /32 and /128 on lo).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	var setup setupFlags
 	setup.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlagSet(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -272,6 +270,19 @@ func parseCleanup(args []string, output io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	return Config{Command: CommandCleanup, Listen: listen, Setup: setupCfg}, nil
+}
+
+// parseFlagSet parses args; usage goes to output only when asked for with
+// -h/--help. Other errors are returned, not printed, so the caller reports
+// each exactly once.
+func parseFlagSet(fs *flag.FlagSet, args []string, output io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(output)
+		fs.Usage()
+	}
+	return err
 }
 
 // addrListFlag collects addresses from repeated flags and comma lists. The

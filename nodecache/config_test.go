@@ -139,9 +139,13 @@ func TestParseBad(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse(tc.args, io.Discard)
+			var out strings.Builder
+			_, err := Parse(tc.args, &out)
 			if err == nil {
 				t.Fatalf("Parse(%q) succeeded, want an error containing %q", tc.args, tc.wantErr)
+			}
+			if out.Len() > 0 {
+				t.Errorf("Parse(%q) printed %q; errors are for the caller to report once", tc.args, out.String())
 			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("Parse(%q) = %v, want an error containing %q", tc.args, err, tc.wantErr)

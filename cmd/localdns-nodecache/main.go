@@ -22,7 +22,7 @@ func main() {
 		os.Exit(0)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "localdns-nodecache:", err)
+		fmt.Fprintf(os.Stderr, "localdns-nodecache: %v\n(see --help)\n", err)
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "localdns-nodecache")
