@@ -1,0 +1,219 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// fakeReader answers Get for namespaces and services from maps (absent:
+// NotFound) or fails as told.
+type fakeReader struct {
+	namespaces map[string]map[string]string // name -> labels
+	services   map[string]string            // name -> ClusterIP
+	err        error // for every read
+	serviceErr error // for Service reads
+	panics     bool
+}
+
+func (f *fakeReader) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	if f.panics {
+		panic("reader exploded")
+	}
+	if f.err != nil {
+		return f.err
+	}
+	switch o := obj.(type) {
+	case *metav1.PartialObjectMetadata:
+		labels, ok := f.namespaces[key.Name]
+		if !ok {
+			return apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, key.Name)
+		}
+		o.Name, o.Labels = key.Name, labels
+	case *corev1.Service:
+		if f.serviceErr != nil {
+			return f.serviceErr
+		}
+		ip, ok := f.services[key.Name]
+		if !ok {
+			return apierrors.NewNotFound(schema.GroupResource{Resource: "services"}, key.Name)
+		}
+		o.Name, o.Namespace, o.Spec.ClusterIP = key.Name, key.Namespace, ip
+	default:
+		return errors.New("unexpected type")
+	}
+	return nil
+}
+
+func (f *fakeReader) List(context.Context, client.ObjectList, ...client.ListOption) error {
+	return errors.New("not implemented")
+}
+
+func admissionRequest(t *testing.T, op admissionv1.Operation, pod *corev1.Pod) admission.Request {
+	t.Helper()
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID:       "uid-1",
+		Operation: op,
+		Namespace: pod.Namespace,
+		Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+		Object:    runtime.RawExtension{Raw: raw},
+	}}
+}
+
+func TestHandler(t *testing.T) {
+	enabled := map[string]map[string]string{testNS: {LabelInject: namespaceEnabled}}
+	tests := []struct {
+		name         string
+		flags        []string
+		cached, live *fakeReader
+		op           admissionv1.Operation
+		pod          *corev1.Pod
+		raw          []byte // replaces the encoded pod
+		wantPatch    bool
+		wantWarnings int
+		result       string // metric labels
+		mode         Mode
+		reason       string
+	}{
+		{
+			name: "injects from the cache", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{namespaces: enabled}, live: &fakeReader{err: errors.New("live read not expected")},
+			op: admissionv1.Create, pod: newPod(annotate(AnnotationNdots, "99")), wantPatch: true, wantWarnings: 1,
+			result: resultInjected, mode: ModeNodeCache,
+		},
+		{
+			name: "namespace not cached yet: read live", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{}, live: &fakeReader{namespaces: enabled},
+			op: admissionv1.Create, pod: newPod(), wantPatch: true, result: resultInjected, mode: ModeNodeCache,
+		},
+		{
+			name:   "kube-dns from the watched Service",
+			cached: &fakeReader{namespaces: enabled, services: map[string]string{"kube-dns": "10.0.0.10"}}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), wantPatch: true, result: resultInjected, mode: ModeNodeCache,
+		},
+		{
+			name:   "headless kube-dns Service is unknown",
+			cached: &fakeReader{namespaces: enabled, services: map[string]string{"kube-dns": corev1.ClusterIPNone}}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultSkipped, reason: string(SkipKubeDNSUnknown),
+		},
+		{
+			name:   "no kube-dns Service",
+			cached: &fakeReader{namespaces: enabled}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultSkipped, reason: string(SkipKubeDNSUnknown),
+		},
+		{
+			name: "update is not mutated", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{namespaces: enabled}, live: &fakeReader{},
+			op: admissionv1.Update, pod: newPod(), result: resultSkipped, reason: string(SkipNotCreate),
+		},
+		{
+			name: "undecodable object is admitted", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{namespaces: enabled}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), raw: []byte(`{"spec": 7`), result: resultError, reason: errDecode,
+		},
+		{
+			name: "namespace lookup failure is admitted", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{err: errors.New("cache down")}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errNamespace,
+		},
+		{
+			name:   "kube-dns lookup failure is admitted",
+			cached: &fakeReader{namespaces: enabled, serviceErr: errors.New("cache down")}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errKubeDNS,
+		},
+		{
+			name: "panic is admitted", flags: []string{"--kube-dns-ip=10.0.0.10"},
+			cached: &fakeReader{panics: true}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errPanic,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			metrics, err := NewMetrics(prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			scheme := runtime.NewScheme()
+			if err := corev1.AddToScheme(scheme); err != nil {
+				t.Fatal(err)
+			}
+			h := NewHandler(testConfig(t, tt.flags...), true, tt.cached, tt.live, scheme, metrics)
+			req := admissionRequest(t, tt.op, tt.pod)
+			if tt.raw != nil {
+				req.Object.Raw = tt.raw
+			}
+			resp := h.Handle(t.Context(), req)
+			if !resp.Allowed {
+				t.Fatalf("denied: %+v", resp.Result)
+			}
+			if got := len(resp.Patches) > 0; got != tt.wantPatch {
+				t.Fatalf("patch present = %v, want %v", got, tt.wantPatch)
+			}
+			if len(resp.Warnings) != tt.wantWarnings {
+				t.Errorf("warnings %q, want %d", resp.Warnings, tt.wantWarnings)
+			}
+			if got := counterValue(t, metrics.admissions.WithLabelValues(tt.result, string(tt.mode), tt.reason)); got != 1 {
+				t.Errorf("admissions{result=%s,mode=%s,reason=%s} = %v, want 1", tt.result, tt.mode, tt.reason, got)
+			}
+			if tt.wantPatch {
+				assertPatchYields(t, req, resp, tt.pod)
+			}
+		})
+	}
+}
+
+// assertPatchYields applies the response's JSON patch to the request's pod
+// and checks the result carries the marker and dnsPolicy None.
+func assertPatchYields(t *testing.T, req admission.Request, resp admission.Response, original *corev1.Pod) {
+	t.Helper()
+	ops, err := json.Marshal(resp.Patches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := jsonpatch.DecodePatch(ops)
+	if err != nil {
+		t.Fatalf("decode patch %s: %v", ops, err)
+	}
+	patched, err := patch.Apply(req.Object.Raw)
+	if err != nil {
+		t.Fatalf("apply patch %s: %v", ops, err)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(patched, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations[AnnotationInjected] == "" || got.Spec.DNSPolicy != corev1.DNSNone || got.Spec.DNSConfig == nil {
+		t.Fatalf("patched pod lacks the injection: %+v", got)
+	}
+	got.Annotations, got.Spec.DNSPolicy, got.Spec.DNSConfig = original.Annotations, original.Spec.DNSPolicy, original.Spec.DNSConfig
+	if !equality.Semantic.DeepEqual(&got, original) {
+		t.Errorf("patch changed more than the DNS settings and the marker")
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
