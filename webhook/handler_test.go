@@ -25,8 +25,8 @@ import (
 type fakeReader struct {
 	namespaces map[string]map[string]string // name -> labels
 	services   map[string]string            // name -> ClusterIP
-	err        error // for every read
-	serviceErr error // for Service reads
+	err        error                        // for every read
+	serviceErr error                        // for Service reads
 	panics     bool
 }
 
