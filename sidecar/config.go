@@ -1,0 +1,349 @@
+// Package sidecar is localdns-stub: a small caching DNS stub that runs inside
+// a pod on 127.0.0.1:53, for musl (Alpine) workloads. musl ignores the
+// resolver options that avoid the conntrack race and queries every nameserver
+// at once, so such a pod cannot list the kube-dns ClusterIP safely. The stub
+// owns the fallback instead: it asks the node cache (UDP with a short
+// timeout, then TCP) and, when the node cache fails, kube-dns over TCP only.
+// It serves through the same dnsengine and forwarder as the node cache.
+package sidecar
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/dnsengine"
+)
+
+// Command is what the process was asked to do.
+type Command int
+
+const (
+	// CommandServe serves DNS until signalled.
+	CommandServe Command = iota
+	// CommandProbe asks a running stub one question and reports whether it answered.
+	CommandProbe
+)
+
+// probeCommand is the subcommand name on the command line.
+const probeCommand = "probe"
+
+// Config is a validated command line.
+type Config struct {
+	Command Command
+
+	Listen              []netip.AddrPort // where DNS is served (UDP and TCP)
+	NodeCache           netip.AddrPort   // the node-local cache
+	Fallback            netip.AddrPort   // kube-dns ClusterIP, reached over TCP only; zero = none
+	ClusterDomain       string           // FQDN; queried (SOA) to probe an upstream marked down
+	CacheSize           int
+	StaleMax            time.Duration
+	NodeCacheUDPTimeout time.Duration
+	NodeCacheTCPTimeout time.Duration
+	FallbackTimeout     time.Duration
+	UDPSockets          int
+	MetricsAddr         string // empty = no metrics listener
+	ShutdownTimeout     time.Duration
+
+	Probe ProbeConfig // CommandProbe only
+}
+
+// ProbeConfig describes the probe subcommand's single query.
+type ProbeConfig struct {
+	Addr    netip.AddrPort // the stub's listen address
+	Name    string         // FQDN asked (type SOA)
+	Timeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultListenV4            = "127.0.0.1:53"
+	DefaultListenV6            = "[::1]:53"
+	DefaultNodeCache           = "169.254.20.10:53"
+	DefaultClusterDomain       = "cluster.local"
+	DefaultCacheSize           = 1000
+	DefaultNodeCacheUDPTimeout = 250 * time.Millisecond
+	DefaultNodeCacheTCPTimeout = 500 * time.Millisecond
+	DefaultFallbackTimeout     = time.Second
+	DefaultUDPSockets          = 1
+	DefaultShutdownTimeout     = 5 * time.Second
+	// DefaultProbeTimeout stays under the one second kubelet gives an exec
+	// probe by default, so a slow stub fails the probe rather than the exec.
+	DefaultProbeTimeout = 800 * time.Millisecond
+	dnsPort             = 53
+)
+
+// Parse reads the command line without the program name. A first argument
+// "probe" selects the probe subcommand. Usage goes to output; -h/--help
+// returns flag.ErrHelp. Without --listen, the stub listens on 127.0.0.1:53,
+// and on [::1]:53 too when IPv6 loopback is up in this network namespace.
+func Parse(args []string, output io.Writer) (Config, error) {
+	return parse(args, output, ipv6LoopbackUp)
+}
+
+// ipv6LoopbackUp reports whether ::1 can be bound here: pods in IPv4-only
+// clusters often have IPv6 disabled, and a default must not fail there.
+func ipv6LoopbackUp() bool {
+	c, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func parse(args []string, output io.Writer, ipv6Up func() bool) (Config, error) {
+	if len(args) > 0 && args[0] == probeCommand {
+		return parseProbe(args[1:], output)
+	}
+	return parseServe(args, output, ipv6Up)
+}
+
+func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, error) {
+	fs := flag.NewFlagSet("localdns-stub", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintf(output, "Usage: localdns-stub [flags]\n       localdns-stub probe [probe flags]\n\n"+
+			"An in-pod DNS stub: answers on loopback from a small cache, asks the node cache (UDP, then\n"+
+			"TCP) and, when it fails, kube-dns over TCP only. SIGTERM drains and exits. \"probe\" asks the\n"+
+			"stub one question and exits 0 when it answers (the container's exec probe).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		listen              listFlag
+		nodeCache           string
+		fallback            string
+		clusterDomain       string
+		cacheSize           int
+		staleMax            time.Duration
+		nodeCacheUDPTimeout time.Duration
+		nodeCacheTCPTimeout time.Duration
+		fallbackTimeout     time.Duration
+		udpSockets          int
+		metricsAddr         string
+		shutdownTimeout     time.Duration
+	)
+	fs.Var(&listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list (default "+DefaultListenV4+", plus "+DefaultListenV6+" when IPv6 loopback is up)")
+	fs.StringVar(&nodeCache, "node-cache", DefaultNodeCache, "the node cache `ip[:port]`, asked first: over UDP, then over TCP")
+	fs.StringVar(&fallback, "fallback", "", "kube-dns ClusterIP `ip[:port]`, asked over TCP only when the node cache fails; empty = no fallback")
+	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; its SOA is what an upstream marked down is probed with")
+	fs.IntVar(&cacheSize, "cache-size", DefaultCacheSize, "maximum number of cached answers")
+	fs.DurationVar(&staleMax, "stale-max", dnsengine.DefaultStaleMax, "serve expired answers up to this old when every upstream fails (RFC 8767); 0 disables")
+	fs.DurationVar(&nodeCacheUDPTimeout, "node-cache-udp-timeout", DefaultNodeCacheUDPTimeout, "how long one UDP query to the node cache may take before its TCP is tried")
+	fs.DurationVar(&nodeCacheTCPTimeout, "node-cache-tcp-timeout", DefaultNodeCacheTCPTimeout, "how long one TCP query to the node cache may take before the fallback is tried")
+	fs.DurationVar(&fallbackTimeout, "fallback-timeout", DefaultFallbackTimeout, "how long one TCP query to the fallback may take")
+	fs.IntVar(&udpSockets, "udp-sockets", DefaultUDPSockets, "SO_REUSEPORT UDP sockets per listen address (each holds its own read and write buffers)")
+	fs.StringVar(&metricsAddr, "metrics-addr", "", "`host:port` serving /metrics, /healthz and /readyz; empty = off")
+	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q (flags only; the only subcommand is %q, given first)", fs.Arg(0), probeCommand)
+	}
+
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	listenValues := listen.values
+	if !listen.set {
+		listenValues = []string{DefaultListenV4}
+		if ipv6Up() {
+			listenValues = append(listenValues, DefaultListenV6)
+		}
+	}
+	var cfg Config
+	var err error
+	cfg.Listen, err = parseAddrPorts(listenValues)
+	check(prefixed("--listen", err))
+	if len(listenValues) == 0 {
+		check(errors.New("--listen: at least one address is required"))
+	}
+	cfg.NodeCache, err = parseAddrPort(nodeCache)
+	check(prefixed("--node-cache", err))
+	if fallback != "" {
+		cfg.Fallback, err = parseAddrPort(fallback)
+		check(prefixed("--fallback", err))
+		if cfg.Fallback == cfg.NodeCache && cfg.NodeCache.IsValid() {
+			// One address has one health state in the forwarder: the
+			// fallback would be skipped with the node cache, and asked over UDP.
+			check(fmt.Errorf("--fallback %s: must differ from --node-cache", cfg.Fallback))
+		}
+	}
+	cfg.ClusterDomain, err = parseDomain(clusterDomain)
+	check(prefixed("--cluster-domain", err))
+	for name, v := range map[string]time.Duration{
+		"--node-cache-udp-timeout": nodeCacheUDPTimeout,
+		"--node-cache-tcp-timeout": nodeCacheTCPTimeout,
+		"--fallback-timeout":       fallbackTimeout,
+		"--shutdown-timeout":       shutdownTimeout,
+	} {
+		if v <= 0 {
+			check(fmt.Errorf("%s: %v is not positive", name, v))
+		}
+	}
+	if cacheSize <= 0 {
+		check(fmt.Errorf("--cache-size: %d is not positive", cacheSize))
+	}
+	if staleMax < 0 {
+		check(fmt.Errorf("--stale-max: %v is negative", staleMax))
+	}
+	if udpSockets <= 0 {
+		check(fmt.Errorf("--udp-sockets: %d is not positive", udpSockets))
+	}
+	if metricsAddr != "" {
+		check(prefixed("--metrics-addr", validHostPort(metricsAddr)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	cfg.Command = CommandServe
+	cfg.CacheSize = cacheSize
+	cfg.StaleMax = staleMax
+	cfg.NodeCacheUDPTimeout = nodeCacheUDPTimeout
+	cfg.NodeCacheTCPTimeout = nodeCacheTCPTimeout
+	cfg.FallbackTimeout = fallbackTimeout
+	cfg.UDPSockets = udpSockets
+	cfg.MetricsAddr = metricsAddr
+	cfg.ShutdownTimeout = shutdownTimeout
+	return cfg, nil
+}
+
+func parseProbe(args []string, output io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("localdns-stub probe", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.Usage = func() {
+		fmt.Fprintf(output, "Usage: localdns-stub probe [flags]\n\n"+
+			"Sends one SOA query over UDP to the stub and exits 0 when a well-formed reply to it comes\n"+
+			"back, whatever its RCODE (that proves the stub serves); else prints why and exits 1. It is\n"+
+			"the container's exec probe: kubelet's own probes cannot reach the pod's 127.0.0.1.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		listen  string
+		name    string
+		timeout time.Duration
+	)
+	fs.StringVar(&listen, "listen", DefaultListenV4, "the stub's listen `ip[:port]` to query")
+	fs.StringVar(&name, "name", DefaultClusterDomain, "the name asked (type SOA)")
+	fs.DurationVar(&timeout, "timeout", DefaultProbeTimeout, "how long to wait for the reply")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("probe: unexpected argument %q", fs.Arg(0))
+	}
+	var errs []error
+	addr, err := parseAddrPort(listen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--listen: %w", err))
+	} else if addr.Port() == 0 {
+		errs = append(errs, fmt.Errorf("--listen %s: a port is needed to query", addr))
+	}
+	fqdn, err := parseDomain(name)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--name: %w", err))
+	}
+	if timeout <= 0 {
+		errs = append(errs, fmt.Errorf("--timeout: %v is not positive", timeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, fmt.Errorf("probe: %w", err)
+	}
+	return Config{Command: CommandProbe, Probe: ProbeConfig{Addr: addr, Name: fqdn, Timeout: timeout}}, nil
+}
+
+// listFlag collects values from repeated flags and comma lists.
+type listFlag struct {
+	values []string
+	set    bool
+}
+
+func (f *listFlag) String() string { return strings.Join(f.values, ",") }
+
+func (f *listFlag) Set(s string) error {
+	f.set = true
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			f.values = append(f.values, part)
+		}
+	}
+	return nil
+}
+
+func prefixed(flagName string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", flagName, err)
+}
+
+// parseAddrPorts parses every value and drops duplicates.
+func parseAddrPorts(values []string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	var errs []error
+	for _, v := range values {
+		ap, err := parseAddrPort(v)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !slices.Contains(out, ap):
+			out = append(out, ap)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// parseAddrPort accepts "ip", "ip:port", "ipv6" and "[ipv6]:port"; the port
+// defaults to 53. Host names are refused: the stub must not need DNS to start.
+func parseAddrPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		ip, ipErr := netip.ParseAddr(s)
+		if ipErr != nil {
+			return netip.AddrPort{}, fmt.Errorf("%q is not an ip or ip:port (a host name is not accepted)", s)
+		}
+		ap = netip.AddrPortFrom(ip, dnsPort)
+	}
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+func parseDomain(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "." {
+		return "", errors.New("must not be empty or the root")
+	}
+	if _, ok := dns.IsDomainName(s); !ok {
+		return "", fmt.Errorf("%q is not a domain name", s)
+	}
+	return dns.CanonicalName(s), nil
+}
+
+func validHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && host != "localhost" {
+		return fmt.Errorf("%q: host must be an IP, localhost or empty", s)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
