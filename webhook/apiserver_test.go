@@ -62,7 +62,8 @@ func assertUntouched(t *testing.T, pod *corev1.Pod) {
 func TestAPIServerOptIn(t *testing.T) {
 	s := requireSuite(t)
 	clientset, _ := s.client(t)
-	webhookPod := map[string]string{LabelInject: podOptIn, "app.kubernetes.io/name": "localdns-webhook"}
+	// The shipped objectSelector keeps localdns's own pods out.
+	webhookPod := map[string]string{LabelInject: podOptIn, "app.kubernetes.io/part-of": "localdns"}
 	tests := []struct {
 		name      string
 		profile   string

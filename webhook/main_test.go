@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/go-logr/logr"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -102,7 +104,7 @@ func runTests(m *testing.M) int {
 type profileSetup struct {
 	name        string
 	flags       []string
-	configFile  string
+	clusterWide bool
 	metricsAddr string
 }
 
@@ -117,10 +119,10 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 	}
 	s := &apiSuite{config: cfg, metricsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(metricsPort))}
 	setups := []profileSetup{
-		{name: profileDefault, flags: []string{"--kube-dns-ip=" + fixedKubeDNS}, configFile: "webhookconfiguration.yaml"},
-		{name: profileClusterWide, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--cluster-wide"}, configFile: "webhookconfiguration-cluster-wide.yaml"},
-		{name: profileLegacy, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--native-sidecars=false"}, configFile: "webhookconfiguration.yaml"},
-		{name: profileDiscover, flags: []string{"--kube-dns-service=kube-system/" + discoverService}, configFile: "webhookconfiguration.yaml", metricsAddr: s.metricsAddr},
+		{name: profileDefault, flags: []string{"--kube-dns-ip=" + fixedKubeDNS}},
+		{name: profileClusterWide, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--cluster-wide"}, clusterWide: true},
+		{name: profileLegacy, flags: []string{"--kube-dns-ip=" + fixedKubeDNS, "--native-sidecars=false"}},
+		{name: profileDiscover, flags: []string{"--kube-dns-service=kube-system/" + discoverService}, metricsAddr: s.metricsAddr},
 	}
 	runErrs := make(chan error, len(setups))
 	for _, p := range setups {
@@ -148,7 +150,7 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 			}
 		}()
 		url := fmt.Sprintf("https://127.0.0.1:%d%s", port, Path)
-		if err := installWebhookConfig(ctx, clientset, p.name, p.configFile, url, hook.LocalServingCAData, 5); err != nil {
+		if err := installWebhookConfig(ctx, clientset, p.name, p.clusterWide, url, hook.LocalServingCAData); err != nil {
 			return nil, err
 		}
 	}
@@ -158,7 +160,7 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 		return nil, err
 	}
 	downURL := fmt.Sprintf("https://127.0.0.1:%d%s", closedPort, Path)
-	if err := installWebhookConfig(ctx, clientset, profileDown, "webhookconfiguration.yaml", downURL, hook.LocalServingCAData, 2); err != nil {
+	if err := installWebhookConfig(ctx, clientset, profileDown, false, downURL, hook.LocalServingCAData); err != nil {
 		return nil, err
 	}
 	for _, p := range setups {
@@ -169,27 +171,86 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 	return s, nil
 }
 
-// installWebhookConfig registers testdata/<file> for one profile: served at
-// url, trusted through caData, limited to the profile's namespaces.
-func installWebhookConfig(ctx context.Context, clientset kubernetes.Interface, profile, file, url string, caData []byte, timeoutSeconds int32) error {
-	data, err := os.ReadFile(filepath.Join("testdata", file))
+// The MutatingWebhookConfiguration the manifests ship, and the JSON patch
+// the cluster-wide overlay applies to it.
+var (
+	shippedWebhookConfig = filepath.Join("..", "manifests", "base", "mutatingwebhookconfiguration.yaml")
+	clusterWideOverlay   = filepath.Join("..", "manifests", "overlays", "cluster-wide", "kustomization.yaml")
+)
+
+// shippedConfiguration reads the shipped configuration, patched as the
+// cluster-wide overlay does when clusterWide, so the tests exercise exactly
+// the selectors users get.
+func shippedConfiguration(clusterWide bool) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	data, err := os.ReadFile(shippedWebhookConfig)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	doc, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", shippedWebhookConfig, err)
+	}
+	if clusterWide {
+		if doc, err = applyOverlayPatch(doc); err != nil {
+			return nil, err
+		}
 	}
 	var whc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &whc); err != nil {
-		return fmt.Errorf("parse %s: %w", file, err)
+	if err := json.Unmarshal(doc, &whc); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", shippedWebhookConfig, err)
+	}
+	return &whc, nil
+}
+
+// applyOverlayPatch applies the cluster-wide overlay's JSON patch for the
+// MutatingWebhookConfiguration to doc.
+func applyOverlayPatch(doc []byte) ([]byte, error) {
+	data, err := os.ReadFile(clusterWideOverlay)
+	if err != nil {
+		return nil, err
+	}
+	var kustomization struct {
+		Patches []struct {
+			Target struct{ Kind string }
+			Patch  string
+		}
+	}
+	if err := yaml.Unmarshal(data, &kustomization); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", clusterWideOverlay, err)
+	}
+	for _, p := range kustomization.Patches {
+		if p.Target.Kind != "MutatingWebhookConfiguration" {
+			continue
+		}
+		ops, err := yaml.YAMLToJSON([]byte(p.Patch))
+		if err != nil {
+			return nil, fmt.Errorf("parse patch in %s: %w", clusterWideOverlay, err)
+		}
+		patch, err := jsonpatch.DecodePatch(ops)
+		if err != nil {
+			return nil, fmt.Errorf("decode patch in %s: %w", clusterWideOverlay, err)
+		}
+		return patch.Apply(doc)
+	}
+	return nil, fmt.Errorf("%s has no MutatingWebhookConfiguration patch", clusterWideOverlay)
+}
+
+// installWebhookConfig registers the shipped configuration for one profile:
+// served at url, trusted through caData, limited to the profile's namespaces.
+func installWebhookConfig(ctx context.Context, clientset kubernetes.Interface, profile string, clusterWide bool, url string, caData []byte) error {
+	whc, err := shippedConfiguration(clusterWide)
+	if err != nil {
+		return err
 	}
 	whc.Name = "localdns-test-" + profile
 	for i := range whc.Webhooks {
 		w := &whc.Webhooks[i]
 		w.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: caData}
-		w.TimeoutSeconds = &timeoutSeconds
 		w.NamespaceSelector.MatchExpressions = append(w.NamespaceSelector.MatchExpressions, metav1.LabelSelectorRequirement{
 			Key: profileLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{profile},
 		})
 	}
-	if _, err := clientset.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &whc, metav1.CreateOptions{}); err != nil {
+	if _, err := clientset.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, whc, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create webhook configuration %s: %w", whc.Name, err)
 	}
 	return nil
