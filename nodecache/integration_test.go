@@ -57,7 +57,13 @@ func TestNodeCacheInNetns(t *testing.T) {
 	// Turn connection tracking on in the node namespace the way any node has
 	// it (kube-proxy installs this very rule): NOTRACK as iptables-nft
 	// translates it does not, so without this "no entry" would prove nothing.
+	// The rule also makes `iptables`'s backend the one holding more rules, so
+	// --iptables-mode=auto must pick the backend this test inspects.
 	nsRun(t, nodeNS, "iptables", "-t", "filter", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	wantBackend := "backend=nft"
+	if strings.Contains(run(t, "iptables", "-V"), "legacy") {
+		wantBackend = "backend=legacy"
+	}
 
 	upstream := startProcess(t, "fakedns", "ip", "netns", "exec", nodeNS, bin["fakedns"], "--listen", "127.0.0.1:5301", "--services", "10")
 	defer upstream.stop(t)
@@ -104,6 +110,9 @@ func TestNodeCacheInNetns(t *testing.T) {
 
 	t.Run("setup in place", func(t *testing.T) {
 		assertNodeSetup(t, nodeNS, listen, true)
+		if !strings.Contains(cache.logs(), wantBackend) {
+			t.Errorf("auto mode did not detect %s:\n%s", wantBackend, cache.logs())
+		}
 	})
 
 	t.Run("conntrack bypassed", func(t *testing.T) {
