@@ -92,6 +92,6 @@ printf '  %-34s %s\n' \
   "QPS" "$qps" \
   "latency mean / max" "$(awk -v m="$mean" -v x="$max" 'BEGIN {printf "%.0f us / %.2f ms", m * 1e6, x * 1e3}')" \
   "CPU per answer (user+sys)" "$(awk -v t=$((cpu_after - cpu_before)) -v hz="$(getconf CLK_TCK)" -v n="$completed" 'BEGIN {printf "%.2f us", t / hz / n * 1e6}')" \
-  "upstream requests during the run" "$((up_after - up_before)) (prefetch refreshes of TTL-5 names)" \
+  "upstream requests during the run" "$((up_after - up_before)) (refreshes of TTL-5 names: prefetch or miss)" \
   "RSS after a $ws_names-name working set" "$(kib "$ws_rss")" \
   "peak RSS (VmHWM)" "$(kib "$hwm")"
