@@ -1,0 +1,113 @@
+package webhook
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/version"
+)
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg := testConfig(t)
+	if cfg.Port != 9443 || cfg.MetricsAddr != ":9254" || cfg.LocalIP != "169.254.20.10" || cfg.ClusterDomain != "cluster.local" ||
+		cfg.Namespace != "localdns-system" || cfg.NativeSidecars != NativeSidecarsAuto || cfg.ClusterWide || cfg.KubeDNSIP != "" {
+		t.Errorf("unexpected defaults: %+v", cfg)
+	}
+	if want := (types.NamespacedName{Namespace: "kube-system", Name: "kube-dns"}); cfg.KubeDNSService != want {
+		t.Errorf("kube-dns service %v, want %v", cfg.KubeDNSService, want)
+	}
+	if got := optionString(cfg.Options); got != "ndots:5 timeout:1 attempts:2 single-request-reopen" {
+		t.Errorf("default options %q", got)
+	}
+	if got := strings.Join(cfg.MuslImagePatterns, ","); got != "alpine,musl" {
+		t.Errorf("musl patterns %q", got)
+	}
+	req, lim := cfg.StubResources.Requests, cfg.StubResources.Limits
+	if req.Cpu().String() != "10m" || req.Memory().String() != "16Mi" || lim.Memory().String() != "32Mi" {
+		t.Errorf("stub resources %v", cfg.StubResources)
+	}
+}
+
+func TestParseFlagsNamespaceFromEnv(t *testing.T) {
+	getenv := func(k string) string {
+		if k == "POD_NAMESPACE" {
+			return "dns-system"
+		}
+		return ""
+	}
+	cfg, err := ParseFlags("test", nil, getenv, io.Discard)
+	if err != nil || cfg.Namespace != "dns-system" {
+		t.Fatalf("namespace %q, err %v", cfg.Namespace, err)
+	}
+}
+
+// TestParseFlagsInvalid: every bad flag is reported, all at once.
+func TestParseFlagsInvalid(t *testing.T) {
+	_, err := ParseFlags("test", []string{
+		"--port=0", "--local-ip=node", "--kube-dns-ip=10.0.0", "--kube-dns-service=kube-dns",
+		"--cluster-domain=Bad_Domain", "--ndots=0", "--timeout=31", "--attempts=6", "--options=ok,BAD",
+		"--namespace=", "--stub-image=", "--native-sidecars=maybe", "--stub-memory-request=64Mi",
+		"--shutdown-timeout=0s",
+	}, func(string) string { return "" }, io.Discard)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"--port 0", `--local-ip "node"`, `--kube-dns-ip "10.0.0"`, `--kube-dns-service "kube-dns"`,
+		`--cluster-domain "Bad_Domain"`, "--ndots", "--timeout", "--attempts", `--options "BAD"`,
+		`--namespace ""`, "--stub-image", `--native-sidecars "maybe"`, "exceeds --stub-memory-limit",
+		"--shutdown-timeout",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestParseFlagsHelpAndArgs(t *testing.T) {
+	if _, err := ParseFlags("test", []string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+	if _, err := ParseFlags("test", []string{"extra"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Error("positional argument accepted")
+	}
+}
+
+type fakeVersion struct {
+	gitVersion string
+	err        error
+}
+
+func (f fakeVersion) ServerVersion() (*version.Info, error) {
+	return &version.Info{GitVersion: f.gitVersion}, f.err
+}
+
+func TestResolveNativeSidecars(t *testing.T) {
+	tests := []struct {
+		flag    string
+		server  fakeVersion
+		want    bool
+		wantErr bool
+	}{
+		{NativeSidecarsTrue, fakeVersion{err: errors.New("never asked")}, true, false},
+		{NativeSidecarsFalse, fakeVersion{err: errors.New("never asked")}, false, false},
+		{NativeSidecarsAuto, fakeVersion{gitVersion: "v1.37.2"}, true, false},
+		{NativeSidecarsAuto, fakeVersion{gitVersion: "v1.29.0"}, true, false},
+		{NativeSidecarsAuto, fakeVersion{gitVersion: "v1.28.9-eks-1234"}, false, false},
+		{NativeSidecarsAuto, fakeVersion{gitVersion: "v0.0.0-master+$Format:%H$"}, false, false},
+		{NativeSidecarsAuto, fakeVersion{gitVersion: "garbage"}, false, true},
+		{NativeSidecarsAuto, fakeVersion{err: errors.New("unreachable")}, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.flag+"/"+tt.server.gitVersion, func(t *testing.T) {
+			got, err := resolveNativeSidecars(tt.flag, tt.server)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("got %v, %v; want %v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
