@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -23,6 +24,8 @@ var (
 var (
 	// errConnClosed fails the queries waiting on a TCP connection that closed or broke.
 	errConnClosed = errors.New("connection closed")
+	// errConnGone means a connection had closed before the query was sent on it.
+	errConnGone = fmt.Errorf("%w before the query was sent", errConnClosed)
 	// errFailureRcode marks a reply with RCODE SERVFAIL or REFUSED.
 	errFailureRcode = errors.New("server replied")
 	// errMalformed fails a query whose TCP reply could not be parsed.

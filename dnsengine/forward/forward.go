@@ -18,7 +18,8 @@
 // retried), and when a query on it times out while nothing at all has been
 // read from it since that query was sent (a black-holed connection).
 //
-// UDP sends each query from a fresh connected socket with a random ID. Replies
+// UDP sends each query under a random ID from a connected socket, reused
+// (up to MaxConnsPerServer idle per server) only after a clean exchange. Replies
 // whose ID or question do not match are dropped and counted, and reading goes
 // on until the attempt's deadline. An ICMP port-unreachable (ECONNREFUSED) ends
 // the attempt at once; this is what makes failover fast when a node-local
@@ -140,7 +141,8 @@ type Config struct {
 	// until one answers, so that Answered (readiness) does not wait for client
 	// traffic. Probe outcomes count towards health like queries.
 	ProbeAtStart bool
-	// MaxConnsPerServer bounds the TCP connections pooled per server, default 4.
+	// MaxConnsPerServer bounds the TCP connections pooled per server, and the
+	// idle UDP sockets kept for reuse, default 4.
 	MaxConnsPerServer int
 	// PipelineDepth is the number of queries outstanding on the least loaded
 	// TCP connection at which the pool dials another one (up to
@@ -459,7 +461,7 @@ func (f *Forwarder) Close() error {
 
 	f.probes.Wait()
 	for _, u := range f.upstreams {
-		u.pool.close()
+		u.close()
 	}
 	return nil
 }

@@ -453,13 +453,19 @@ func TestFailureRcodes(t *testing.T) {
 }
 
 func TestAllServersUnreachable(t *testing.T) {
-	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{
-		{Addr: closedPort(t), Transport: UDP, Timeout: time.Minute},
-		{Addr: closedPort(t), Timeout: time.Minute},
+	viaUDP, viaTCP := closedPort(t), closedPort(t)
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{
+		{Addr: viaUDP, Transport: UDP, Timeout: time.Minute},
+		{Addr: viaTCP, Timeout: time.Minute},
 	}}}})
 	_, err := f.Exchange(context.Background(), query("x.example."))
 	if !isRefused(err) {
 		t.Fatalf("Exchange to closed ports: %v, want ECONNREFUSED", err)
+	}
+	for _, addr := range []string{viaUDP, viaTCP} {
+		if got := errorCount(t, reg, addr, reasonRefused); got != 1 {
+			t.Errorf("%s: refused errors %v, want 1", addr, got)
+		}
 	}
 	if f.Answered() {
 		t.Error("Answered() true though no server ever replied")
@@ -668,7 +674,7 @@ func TestConcurrentMixedLoad(t *testing.T) {
 		}
 		answer(w, r)
 	})
-	f, _ := newTestForwarder(t, Config{
+	f, reg := newTestForwarder(t, Config{
 		Zones: []Zone{
 			{Name: "cluster.local.", Servers: []Server{{Addr: flaky.addr, Timeout: time.Minute}, {Addr: good.addr, Timeout: time.Minute}}},
 			{Name: ".", Servers: []Server{{Addr: viaUDP.addr, Transport: UDP, Timeout: time.Minute}}},
@@ -698,6 +704,11 @@ func TestConcurrentMixedLoad(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	for _, addr := range []string{flaky.addr, good.addr, viaUDP.addr} {
+		if got := errorCount(t, reg, addr, reasonTimeout); got != 0 {
+			t.Errorf("%s: %v timeouts; every failure here must be detected at once", addr, got)
+		}
+	}
 }
 
 // BenchmarkExchange measures the client side: the upstream is a raw echo

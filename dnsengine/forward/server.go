@@ -3,6 +3,8 @@ package forward
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -14,6 +16,7 @@ type upstream struct {
 	addr     string
 	health   health
 	pool     *tcpPool
+	udp      *udpSockets
 	metrics  *serverMetrics
 	probeHop hop // transport and timeout of the first Server entry naming addr
 }
@@ -25,8 +28,18 @@ func newUpstream(first Server, cfg Config, m *serverMetrics) *upstream {
 		metrics: m,
 	}
 	u.pool = newTCPPool(first.Addr, cfg, m)
+	u.udp = &udpSockets{
+		addr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(first.Addr)), // validated by New
+		max:  cfg.MaxConnsPerServer,
+	}
 	u.probeHop = hop{up: u, transport: first.Transport, timeout: first.Timeout}
 	return u
+}
+
+// close closes every pooled socket.
+func (u *upstream) close() {
+	u.pool.close()
+	u.udp.close()
 }
 
 // exchange sends the packed query wire (question q) to u over transport t
@@ -47,18 +60,24 @@ func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dn
 // exchangeTCP sends the query on a pooled connection. A query that was
 // waiting on a connection that closed or broke is retried once on another
 // connection (the pool drops broken ones), since servers close idle or
-// long-lived connections at will.
+// long-lived connections at will. A connection found closed before the query
+// went out does not use up that retry.
 func (u *upstream) exchangeTCP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
-	for retried := false; ; retried = true {
+	retried := false
+	for {
 		c, err := u.pool.acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
 		resp, err := c.exchange(ctx, wire, q)
-		if err == nil || retried || !errors.Is(err, errConnClosed) || ctx.Err() != nil {
+		switch {
+		case errors.Is(err, errConnGone) && ctx.Err() == nil:
+			continue
+		case err == nil || retried || !errors.Is(err, errConnClosed) || ctx.Err() != nil:
 			return resp, err
 		}
 		u.metrics.errors[reasonClosed].Inc()
+		retried = true
 	}
 }
 

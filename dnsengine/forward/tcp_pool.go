@@ -118,6 +118,9 @@ func (p *tcpPool) dial(ctx context.Context) (*pipeConn, error) {
 func (p *tcpPool) leastLoaded() *pipeConn {
 	var best *pipeConn
 	for _, c := range p.conns {
+		if c.dead.Load() {
+			continue
+		}
 		if best == nil || c.inflight.Load() < best.inflight.Load() {
 			best = c
 		}
@@ -163,7 +166,8 @@ type pipeConn struct {
 	pool     *tcpPool
 	nc       net.Conn
 	inflight atomic.Int32 // queries waiting for a reply
-	lastRead atomic.Int64 // UnixNano of the last reply frame read
+	dead     atomic.Bool  // closed; acquire skips it until it leaves the pool
+	lastRead atomic.Int64 // monotime of the last reply frame read
 
 	wmu     sync.Mutex // guards the write queue
 	wqueue  []byte     // frames waiting to be written
@@ -181,7 +185,7 @@ type pipeConn struct {
 
 type waiter struct {
 	q      *dns.Question
-	sentAt int64 // UnixNano
+	sentAt int64 // monotime
 	reply  chan tcpReply
 }
 
@@ -205,11 +209,11 @@ func newPipeConn(p *tcpPool, nc net.Conn) *pipeConn {
 
 // exchange sends one query on c and waits for its reply or ctx.
 func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
-	w := &waiter{q: q, sentAt: time.Now().UnixNano(), reply: make(chan tcpReply, 1)}
+	w := &waiter{q: q, sentAt: monotime(), reply: make(chan tcpReply, 1)}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, errConnClosed
+		return nil, errConnGone
 	}
 	id, ok := c.allocIDLocked()
 	if !ok {
@@ -227,7 +231,13 @@ func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (
 	case r := <-w.reply:
 		return r.msg, r.err
 	case <-ctx.Done():
-		if c.forget(id, w) && errors.Is(ctx.Err(), context.DeadlineExceeded) && c.lastRead.Load() < w.sentAt {
+		if !c.forget(id, w) {
+			// Its reply or its connection's failure won the race with ctx
+			// and is being sent; take it.
+			r := <-w.reply
+			return r.msg, r.err
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && c.lastRead.Load() < w.sentAt {
 			// Nothing has come back on c since this query went out: the
 			// connection is probably black-holed, not just slow on one name.
 			c.shutdown(fmt.Errorf("no reply since a query timed out: %w", ctx.Err()))
@@ -235,6 +245,12 @@ func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (
 		return nil, fmt.Errorf("tcp: %w", ctx.Err())
 	}
 }
+
+// epoch anchors monotime.
+var epoch = time.Now()
+
+// monotime is a monotonic clock reading in nanoseconds, cheap to store atomically.
+func monotime() int64 { return int64(time.Since(epoch)) }
 
 // allocIDLocked picks the next ID not outstanding on c.
 func (c *pipeConn) allocIDLocked() (uint16, bool) {
@@ -318,7 +334,7 @@ func (c *pipeConn) readLoop() {
 			c.shutdown(fmt.Errorf("read: %w", err))
 			return
 		}
-		c.lastRead.Store(time.Now().UnixNano())
+		c.lastRead.Store(monotime())
 		c.deliver(buf) // Unpack copies; buf is reused
 	}
 }
@@ -402,6 +418,7 @@ func (c *pipeConn) detachLocked() map[uint16]*waiter {
 		return nil
 	}
 	c.closed = true
+	c.dead.Store(true)
 	waiters := c.pending
 	c.pending = nil
 	c.inflight.Store(0)

@@ -15,17 +15,76 @@ import (
 // udpBufPool holds datagram buffers big enough for any DNS message.
 var udpBufPool = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
 
-// exchangeUDP sends the query from a fresh connected UDP socket (a random
-// source port) under a random ID and reads until a datagram matches ID and
-// question or ctx ends. Mismatched or unparsable datagrams are dropped and
-// counted. ECONNREFUSED (ICMP port unreachable) returns at once.
-func (u *upstream) exchangeUDP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "udp", u.addr)
+// udpSockets keeps a few connected UDP sockets to one server for reuse, so a
+// query costs no socket, connect and close syscalls. A socket returns here
+// only after a clean exchange (its reply matched); any error closes it, so a
+// pending ICMP error or late reply never reaches the next query.
+type udpSockets struct {
+	addr *net.UDPAddr
+	max  int
+
+	mu     sync.Mutex
+	idle   []*net.UDPConn
+	closed bool
+}
+
+func (s *udpSockets) get() (*net.UDPConn, error) {
+	s.mu.Lock()
+	if n := len(s.idle); n > 0 {
+		nc := s.idle[n-1]
+		s.idle = s.idle[:n-1]
+		s.mu.Unlock()
+		return nc, nil
+	}
+	s.mu.Unlock()
+	nc, err := net.DialUDP("udp", nil, s.addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial udp: %w", err)
 	}
-	defer nc.Close()
+	return nc, nil
+}
+
+func (s *udpSockets) put(nc *net.UDPConn) {
+	s.mu.Lock()
+	if s.closed || len(s.idle) >= s.max {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.idle = append(s.idle, nc)
+	s.mu.Unlock()
+}
+
+// close closes the idle sockets; sockets in use are closed when their query ends.
+func (s *udpSockets) close() {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle, s.closed = nil, true
+	s.mu.Unlock()
+	for _, nc := range idle {
+		nc.Close()
+	}
+}
+
+// exchangeUDP sends the query from a connected UDP socket under a random ID
+// and reads until a datagram matches ID and question or ctx ends. Mismatched
+// or unparsable datagrams are dropped and counted. ECONNREFUSED (ICMP port
+// unreachable) returns at once.
+func (u *upstream) exchangeUDP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
+	nc, err := u.udp.get()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := u.exchangeOn(ctx, nc, wire, q)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	u.udp.put(nc)
+	return resp, nil
+}
+
+func (u *upstream) exchangeOn(ctx context.Context, nc *net.UDPConn, wire []byte, q *dns.Question) (*dns.Msg, error) {
 	deadline, _ := ctx.Deadline()
 	if err := nc.SetDeadline(deadline); err != nil {
 		return nil, fmt.Errorf("udp deadline: %w", err)
@@ -60,6 +119,9 @@ func (u *upstream) exchangeUDP(ctx context.Context, wire []byte, q *dns.Question
 		if m.Id != id || !matches(q, m) {
 			u.metrics.errors[reasonMismatch].Inc()
 			continue
+		}
+		if !stop() { // ctx ended just now: its deadline may hit the socket later
+			return nil, fmt.Errorf("read udp: %w", ctx.Err())
 		}
 		return m, nil
 	}
