@@ -302,7 +302,7 @@ func stubPlan(pod *corev1.Pod, cfg Config, kubeDNSIP string, native bool) (*Stub
 	if kubeDNSIP != "" {
 		args = append(args, "--fallback", net.JoinHostPort(kubeDNSIP, dnsPort))
 	}
-	args = append(args, "--cache-size", stubCacheSize)
+	args = append(args, "--cluster-domain", cfg.ClusterDomain, "--cache-size", stubCacheSize)
 	c := corev1.Container{
 		Name:      StubContainerName,
 		Image:     cfg.StubImage,
