@@ -136,13 +136,15 @@ func forwardConfig(cfg Config, reg prometheus.Registerer, logger *slog.Logger) f
 	if cfg.Fallback.IsValid() {
 		servers = append(servers, forward.Server{Addr: cfg.Fallback.String(), Transport: forward.TCP, Timeout: cfg.FallbackTimeout})
 	}
+	// No ProbeAtStart: it would open a TCP connection to kube-dns from every
+	// stub pod as it starts, for nothing; the fallback is contacted only when
+	// the node cache fails. The exec startup probe's query makes /readyz true.
 	return forward.Config{
-		Zones:        []forward.Zone{{Name: ".", Servers: servers}},
-		ProbeName:    cfg.ClusterDomain,
-		ProbeAtStart: true, // /readyz and upstream health known before the first client query
-		Registerer:   reg,
-		Namespace:    MetricsNamespace,
-		Logger:       logger,
+		Zones:      []forward.Zone{{Name: ".", Servers: servers}},
+		ProbeName:  cfg.ClusterDomain,
+		Registerer: reg,
+		Namespace:  MetricsNamespace,
+		Logger:     logger,
 	}
 }
 

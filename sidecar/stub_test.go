@@ -1,0 +1,302 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// probeTestDomain is the cluster domain of test stubs: the forwarder probes
+// an upstream marked down with its SOA, and fakes leave those out of their records.
+const probeTestDomain = "cluster.test."
+
+// testConfig is a stub on an ephemeral loopback port in front of the fakes.
+// The timeouts only bound how long a silent fake is waited for.
+func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
+	cfg := Config{
+		Command:             CommandServe,
+		Listen:              []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
+		NodeCache:           nodeCache.addr,
+		ClusterDomain:       probeTestDomain,
+		CacheSize:           DefaultCacheSize,
+		NodeCacheUDPTimeout: 100 * time.Millisecond,
+		NodeCacheTCPTimeout: 200 * time.Millisecond,
+		FallbackTimeout:     5 * time.Second,
+		UDPSockets:          1,
+		ShutdownTimeout:     5 * time.Second,
+	}
+	if kubeDNS != nil {
+		cfg.Fallback = kubeDNS.addr
+	}
+	return cfg
+}
+
+func startStub(t *testing.T, cfg Config) *Stub {
+	t.Helper()
+	s, err := Start(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return s
+}
+
+var nameSeq atomic.Int64
+
+// freshName is a name no test asked before, so the stub's cache cannot answer it.
+func freshName() string { return fmt.Sprintf("q%d.svc.example.", nameSeq.Add(1)) }
+
+// ask sends an A query to the stub over UDP (the way musl does) and returns the reply.
+func ask(t *testing.T, s *Stub, name string) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: "udp", Timeout: 10 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	reply, _, err := c.Exchange(m, s.UDPAddrs()[0].String())
+	if err != nil {
+		t.Fatalf("query %s: %v", name, err)
+	}
+	return reply
+}
+
+// answeredBy returns the address in the reply's A record: which fake answered.
+func answeredBy(reply *dns.Msg) string {
+	for _, rr := range reply.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			return a.A.String()
+		}
+	}
+	return "no answer (" + dns.RcodeToString[reply.Rcode] + ")"
+}
+
+// TestFailoverOrder: the node cache over UDP, then over TCP, then kube-dns
+// over TCP only, whatever way the node cache fails.
+func TestFailoverOrder(t *testing.T) {
+	const stopped behaviour = -1
+	tests := []struct {
+		name       string
+		nodeCache  behaviour
+		noFallback bool
+		wantNode   []string // transports the node cache saw, in order
+		wantKube   []string
+		wantAnswer string
+	}{
+		{name: "node cache answers over udp", nodeCache: answer,
+			wantNode: []string{"udp"}, wantAnswer: nodeCacheAnswer},
+		{name: "truncated over udp: node cache over tcp", nodeCache: truncateUDP,
+			wantNode: []string{"udp", "tcp"}, wantAnswer: nodeCacheAnswer},
+		{name: "udp lost: node cache over tcp", nodeCache: silentUDP,
+			wantNode: []string{"udp", "tcp"}, wantAnswer: nodeCacheAnswer},
+		{name: "node cache servfail: kube-dns over tcp", nodeCache: servfail,
+			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
+		{name: "node cache hung: kube-dns over tcp", nodeCache: blackHole,
+			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
+		{name: "node cache gone (port unreachable): kube-dns over tcp", nodeCache: stopped,
+			wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
+		{name: "node cache gone and no fallback: SERVFAIL", nodeCache: stopped, noFallback: true,
+			wantAnswer: "no answer (SERVFAIL)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
+			if tc.nodeCache == stopped {
+				node.stop()
+			} else {
+				node.setMode(tc.nodeCache)
+			}
+			cfg := testConfig(node, kube)
+			if tc.noFallback {
+				cfg.Fallback = netip.AddrPort{}
+			}
+			s := startStub(t, cfg)
+
+			name := freshName()
+			if got := answeredBy(ask(t, s, name)); got != tc.wantAnswer {
+				t.Errorf("answer %s, want %s", got, tc.wantAnswer)
+			}
+			if got := node.transports(); !slices.Equal(got, tc.wantNode) {
+				t.Errorf("node cache saw %v, want %v", got, tc.wantNode)
+			}
+			if got := kube.transports(); !slices.Equal(got, tc.wantKube) {
+				t.Errorf("kube-dns saw %v, want %v", got, tc.wantKube)
+			}
+		})
+	}
+}
+
+// TestNodeCacheDiesAndReturns: with the node cache gone, answers come from
+// kube-dns over TCP; once it listens again, a probe finds it and queries go
+// back to it over UDP, and no longer to kube-dns.
+func TestNodeCacheDiesAndReturns(t *testing.T) {
+	node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
+	s := startStub(t, testConfig(node, kube))
+
+	first := freshName()
+	if got := answeredBy(ask(t, s, first)); got != nodeCacheAnswer {
+		t.Fatalf("with the node cache up: answer %s, want the node cache's %s", got, nodeCacheAnswer)
+	}
+
+	node.stop()
+	for i := range 3 {
+		if got := answeredBy(ask(t, s, freshName())); got != kubeDNSAnswer {
+			t.Fatalf("node cache gone, query %d: answer %s, want kube-dns's %s", i, got, kubeDNSAnswer)
+		}
+	}
+	if got, want := kube.transports(), []string{"tcp", "tcp", "tcp"}; !slices.Equal(got, want) {
+		t.Errorf("kube-dns saw %v, want %v", got, want)
+	}
+	if got := answeredBy(ask(t, s, first)); got != nodeCacheAnswer {
+		t.Errorf("a name cached before the node cache died: answer %s, want it from the cache", got)
+	}
+
+	node.restart()
+	var back string
+	waitUntil(t, "queries to reach the restarted node cache", func() (bool, string) {
+		back = freshName()
+		got := answeredBy(ask(t, s, back))
+		return got == nodeCacheAnswer, "last answer " + got
+	})
+	kubeBefore := len(kube.transports())
+	name := freshName()
+	if got := answeredBy(ask(t, s, name)); got != nodeCacheAnswer {
+		t.Errorf("after the node cache returned: answer %s, want %s", got, nodeCacheAnswer)
+	}
+	if !node.asked(name) || !node.asked(back) {
+		t.Errorf("the restarted node cache did not see the queries %s and %s", back, name)
+	}
+	if got := node.transports(); got[len(got)-1] != "udp" {
+		t.Errorf("node cache transports %v: the last query should be over UDP again", got)
+	}
+	if got := len(kube.transports()); got != kubeBefore {
+		t.Errorf("kube-dns got %d more queries after the node cache returned, want 0", got-kubeBefore)
+	}
+}
+
+func TestMetricsAndReadiness(t *testing.T) {
+	node := startFake(t, "node cache", nodeCacheAnswer)
+	cfg := testConfig(node, startKubeDNS(t))
+	cfg.MetricsAddr = "127.0.0.1:0"
+	s := startStub(t, cfg)
+	base := "http://" + s.MetricsAddr().String()
+
+	if code, body := httpGet(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no upstream has answered yet") {
+		t.Errorf("/readyz before any query: %d %q, want 503 saying no upstream answered", code, body)
+	}
+	ask(t, s, freshName())
+	if code, body := httpGet(t, base+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz after an answer: %d %q, want 200", code, body)
+	}
+	if code, _ := httpGet(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d", code)
+	}
+	_, metrics := httpGet(t, base+"/metrics")
+	for _, want := range []string{
+		`localdns_stub_requests_total{proto="udp",qtype="A",rcode="NOERROR"} 1`,
+		`localdns_stub_cache_misses_total 1`,
+		fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s",transport="udp"} 1`, node.addr),
+		fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s"} 1`, node.addr),
+		"process_resident_memory_bytes",
+		"go_goroutines",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(metrics, "localdns_nodecache_") {
+		t.Error("/metrics carries localdns_nodecache_ series; the stub's prefix is localdns_stub_")
+	}
+}
+
+func TestNoMetricsListenerByDefault(t *testing.T) {
+	s := startStub(t, testConfig(startFake(t, "node cache", nodeCacheAnswer), nil))
+	if addr := s.MetricsAddr(); addr != nil {
+		t.Errorf("metrics listener on %s without MetricsAddr", addr)
+	}
+}
+
+// TestStartFailureLeavesNothing: when a DNS address cannot be bound, Start
+// fails and releases what it had opened: the metrics listener and the
+// addresses bound before the failing one.
+func TestStartFailureLeavesNothing(t *testing.T) {
+	dnsAddr, metricsAddr := unusedAddr(t), unusedAddr(t)
+	cfg := testConfig(startFake(t, "node cache", nodeCacheAnswer), nil)
+	// 192.0.2.1 (TEST-NET-1) is on no interface here: EADDRNOTAVAIL.
+	cfg.Listen = []netip.AddrPort{dnsAddr, netip.MustParseAddrPort("192.0.2.1:53")}
+	cfg.MetricsAddr = metricsAddr.String()
+	if s, err := Start(cfg, nil); err == nil {
+		_ = s.Shutdown(context.Background())
+		t.Fatal("Start succeeded with an address it cannot bind")
+	}
+	for _, probe := range []struct{ network, addr string }{{"udp", dnsAddr.String()}, {"tcp", metricsAddr.String()}} {
+		var c io.Closer
+		var err error
+		if probe.network == "udp" {
+			c, err = net.ListenPacket("udp", probe.addr)
+		} else {
+			c, err = net.Listen("tcp", probe.addr)
+		}
+		if err != nil {
+			t.Errorf("%s %s still taken after the failed Start: %v", probe.network, probe.addr, err)
+			continue
+		}
+		c.Close()
+	}
+}
+
+// unusedAddr returns a loopback address whose UDP and TCP ports are free.
+func unusedAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	f := startFake(t, "placeholder", nodeCacheAnswer)
+	f.stop()
+	return f.addr
+}
+
+// waitUntil polls cond until it holds, failing after a deadline with cond's
+// last description of the state. Polling, never sleeping, is the synchronisation.
+func waitUntil(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; %s", what, state)
+		}
+		<-tick.C
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: read body: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
