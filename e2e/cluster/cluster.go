@@ -195,6 +195,10 @@ func (c *Cluster) writeConfig() error {
 	if err := os.WriteFile(filepath.Join(pki, "ca.crt"), ca.pem, 0o644); err != nil {
 		return fmt.Errorf("write CA: %w", err)
 	}
+	// The controller-manager signs CertificateSigningRequests with it.
+	if err := os.WriteFile(filepath.Join(pki, "ca.key"), ca.keyPEM, 0o600); err != nil {
+		return fmt.Errorf("write CA key: %w", err)
+	}
 	if _, err := ca.issue(pki, "apiserver", certRequest{
 		commonName: "kube-apiserver",
 		server:     true,

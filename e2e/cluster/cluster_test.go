@@ -52,9 +52,12 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			t.Logf("boot (%s) took %s", mode, time.Since(start).Round(100*time.Millisecond))
 			t.Cleanup(func() { assertTornDown(t, c) })
 
-			out, err := c.CheckDNS(ctx)
-			if err != nil {
-				t.Fatalf("dns check: %v\nlogs in %s", err, c.LogsDir())
+			var out string
+			if err := c.Step("pod resolves through kube-dns "+KubeDNSIP.String(), func() error {
+				out, err = c.CheckDNS(ctx)
+				return err
+			}); err != nil {
+				t.Fatalf("%v\nlogs in %s", err, c.LogsDir())
 			}
 			for _, want := range []string{
 				"nameserver " + KubeDNSIP.String(),                      // kubelet's clusterDNS

@@ -150,7 +150,7 @@ func (c *Cluster) ctr(ctx context.Context, args ...string) (string, error) {
 // importImages waits for containerd, then imports every built image and
 // any extra tarballs (the product's images, later).
 func (c *Cluster) importImages(ctx context.Context) error {
-	if err := poll(ctx, defaultTimeout, "containerd", func(ctx context.Context) error {
+	if err := c.waitFor(ctx, "containerd", func(ctx context.Context) error {
 		_, err := c.ctr(ctx, "version")
 		return err
 	}); err != nil {

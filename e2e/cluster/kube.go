@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -46,28 +47,82 @@ func (c *Cluster) Apply(ctx context.Context, manifest []byte) error {
 	return err
 }
 
-// poll calls check until it succeeds, ctx ends or timeout passes; the
-// error then carries check's last error.
+// errDaemonExited ends a wait at once: waiting on a dead kubelet only
+// wastes minutes.
+var errDaemonExited = errors.New("a cluster daemon exited")
+
+// poll calls check until it succeeds, returns errDaemonExited, ctx ends or
+// timeout passes. The error then carries check's last error from before
+// the end (the one cut short by the deadline says nothing).
 func poll(ctx context.Context, timeout time.Duration, what string, check func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	var last error
 	for {
 		err := check(ctx)
 		if err == nil {
 			return nil
 		}
+		if errors.Is(err, errDaemonExited) {
+			return fmt.Errorf("waiting for %s: %w", what, err)
+		}
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (last: %w)", what, ctx.Err(), err)
+			return fmt.Errorf("waiting for %s: %w (last: %w)", what, ctx.Err(), last)
 		case <-tick.C:
 		}
 	}
 }
 
+// waitFor polls check like poll, and fails as soon as a daemon has exited.
+func (c *Cluster) waitFor(ctx context.Context, what string, check func(ctx context.Context) error) error {
+	return poll(ctx, defaultTimeout, what, func(ctx context.Context) error {
+		if err := c.checkDaemons(); err != nil {
+			return err
+		}
+		return check(ctx)
+	})
+}
+
+// checkDaemons returns errDaemonExited naming each recorded daemon that no
+// longer runs, with the end of its log.
+func (c *Cluster) checkDaemons() error {
+	recs, err := readDaemons(c.dir("pids"))
+	if err != nil {
+		return err
+	}
+	var dead []error
+	for _, r := range recs {
+		if !r.alive() {
+			dead = append(dead, fmt.Errorf("%s (pid %d) exited; %s ends:\n%s", r.name, r.pid, c.logPath(r.name), logTail(c.logPath(r.name), 5)))
+		}
+	}
+	if len(dead) > 0 {
+		return fmt.Errorf("%w: %w", errDaemonExited, errors.Join(dead...))
+	}
+	return nil
+}
+
+// logTail returns the last n lines of a log file.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
 func (c *Cluster) waitAPIServer(ctx context.Context) error {
-	return poll(ctx, defaultTimeout, "kube-apiserver", func(ctx context.Context) error {
+	return c.waitFor(ctx, "kube-apiserver", func(ctx context.Context) error {
 		_, err := c.Kubectl(ctx, nil, "get", "--raw", "/readyz")
 		return err
 	})
@@ -82,7 +137,7 @@ func (c *Cluster) applyKubeDNS(ctx context.Context) error {
 }
 
 func (c *Cluster) waitNodeReady(ctx context.Context) error {
-	return poll(ctx, defaultTimeout, "node Ready", func(ctx context.Context) error {
+	return c.waitFor(ctx, "node Ready", func(ctx context.Context) error {
 		out, err := c.Kubectl(ctx, nil, "get", "node", c.cfg.Name,
 			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
 		if err != nil {
@@ -96,7 +151,7 @@ func (c *Cluster) waitNodeReady(ctx context.Context) error {
 }
 
 func (c *Cluster) waitKubeDNS(ctx context.Context) error {
-	return poll(ctx, defaultTimeout, "kube-dns", func(ctx context.Context) error {
+	return c.waitFor(ctx, "kube-dns", func(ctx context.Context) error {
 		out, err := c.Kubectl(ctx, nil, "-n", "kube-system", "get", "deployment", "coredns",
 			"-o", "jsonpath={.status.readyReplicas}")
 		if err != nil {
@@ -109,7 +164,7 @@ func (c *Cluster) waitKubeDNS(ctx context.Context) error {
 	})
 }
 
-// CheckDNS runs a busybox pod that looks up kubernetes.default through the
+// CheckDNS runs a busybox pod that looks up kubernetes.default.svc through the
 // kube-dns ClusterIP and returns its output (the pod's resolv.conf and the
 // answer). It fails unless the lookup succeeds.
 func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
@@ -118,7 +173,7 @@ func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 		return "", err
 	}
 	// The namespace's default ServiceAccount appears shortly after boot.
-	if err := poll(ctx, defaultTimeout, "default ServiceAccount", func(ctx context.Context) error {
+	if err := c.waitFor(ctx, "default ServiceAccount", func(ctx context.Context) error {
 		_, err := c.Kubectl(ctx, nil, "get", "serviceaccount", "default")
 		return err
 	}); err != nil {
@@ -131,7 +186,7 @@ func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 		return "", err
 	}
 	var phase string
-	if err := poll(ctx, defaultTimeout, "dnscheck pod to finish", func(ctx context.Context) error {
+	if err := c.waitFor(ctx, "dnscheck pod to finish", func(ctx context.Context) error {
 		out, err := c.Kubectl(ctx, nil, "get", "pod", "dnscheck", "-o", "jsonpath={.status.phase}")
 		if err != nil {
 			return err

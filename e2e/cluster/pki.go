@@ -22,9 +22,10 @@ const certValidity = 24 * time.Hour
 // authority is the cluster's one CA: it signs the API server's serving
 // certificate and every client certificate.
 type authority struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-	pem  []byte
+	cert   *x509.Certificate
+	key    crypto.Signer
+	pem    []byte
+	keyPEM []byte
 }
 
 // identity is a certificate and key written to disk as PEM files.
@@ -55,7 +56,16 @@ func newAuthority(name string) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse CA: %w", err)
 	}
-	return &authority{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("marshal CA key: %w", err)
+	}
+	return &authority{
+		cert:   cert,
+		key:    key,
+		pem:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}, nil
 }
 
 // certRequest names what one certificate is for.
