@@ -250,6 +250,14 @@ func mismatchedFirst(w dns.ResponseWriter, r *dns.Msg) {
 	answer(w, r)
 }
 
+// malformedFirst sends a reply that cannot be parsed (the query's ID, then a
+// header claiming records that are missing) before the right reply.
+func malformedFirst(w dns.ResponseWriter, r *dns.Msg) {
+	garbage := []byte{byte(r.Id >> 8), byte(r.Id), 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0, 0xff}
+	_, _ = w.Write(garbage)
+	answer(w, r)
+}
+
 // closedPort returns a loopback address where nothing listens on UDP or TCP.
 func closedPort(t *testing.T) string {
 	t.Helper()
@@ -318,7 +326,8 @@ func checkAnswer(t testing.TB, req, resp *dns.Msg) {
 	}
 }
 
-// metricValue returns the value of the counter or gauge name{labels}, 0 when absent.
+// metricValue returns the value of the counter or gauge name{labels}, or the
+// sample count of the histogram; 0 when absent.
 func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
@@ -333,6 +342,9 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map
 			if hasLabels(m, labels) {
 				if m.GetCounter() != nil {
 					return m.GetCounter().GetValue()
+				}
+				if m.GetHistogram() != nil {
+					return float64(m.GetHistogram().GetSampleCount())
 				}
 				return m.GetGauge().GetValue()
 			}

@@ -205,6 +205,9 @@ func TestTCPConnectionReuse(t *testing.T) {
 	if got := metricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": "tcp"}); got != 10 {
 		t.Errorf("requests counter %v, want 10", got)
 	}
+	if got := metricValue(t, reg, "test_upstream_request_duration_seconds", map[string]string{"server": up.addr}); got != 10 {
+		t.Errorf("duration histogram has %v samples, want 10", got)
+	}
 }
 
 func TestTCPIdleExpiry(t *testing.T) {
@@ -409,6 +412,36 @@ func TestMismatchedRepliesDropped(t *testing.T) {
 			}
 			if got := len(up.seenQueries()); got != 1 {
 				t.Errorf("fake saw %d queries, want 1: the right reply must be waited for, not re-asked", got)
+			}
+		})
+	}
+}
+
+// TestMalformedReplies: over UDP an unparsable datagram is dropped (it may be
+// forged) and the real reply awaited; over TCP, where the ID is ours, it fails
+// the attempt at once and the next server answers.
+func TestMalformedReplies(t *testing.T) {
+	tests := []struct {
+		transport     Transport
+		wantSecondSeen int // queries the second server gets
+	}{
+		{UDP, 0},
+		{TCP, 1},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.transport), func(t *testing.T) {
+			bad, good := startFake(t), startFake(t)
+			bad.setBehaviour(malformedFirst)
+			f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{
+				{Addr: bad.addr, Transport: tt.transport, Timeout: time.Minute},
+				{Addr: good.addr, Timeout: time.Minute},
+			}}}})
+			mustAnswer(t, f, "garbled.example.")
+			if got := errorCount(t, reg, bad.addr, reasonOther); got != 1 {
+				t.Errorf("other errors %v, want 1", got)
+			}
+			if got := len(good.seenQueries()); got != tt.wantSecondSeen {
+				t.Errorf("second server saw %d queries, want %d", got, tt.wantSecondSeen)
 			}
 		})
 	}
