@@ -1,0 +1,98 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// responder is a UDP server that answers each datagram with reply(query):
+// a stand-in for something on the stub's port that is not a working stub.
+func responder(t *testing.T, reply func(query []byte) []byte) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out := reply(buf[:n]); out != nil {
+				_, _ = pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// edited returns a responder function that answers with the query, edited.
+func edited(edit func(reply *dns.Msg)) func([]byte) []byte {
+	return func(query []byte) []byte {
+		q := new(dns.Msg)
+		if err := q.Unpack(query); err != nil {
+			return nil
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		edit(m)
+		out, err := m.Pack()
+		if err != nil {
+			return nil
+		}
+		return out
+	}
+}
+
+func TestProbe(t *testing.T) {
+	node := startFake(t, "node cache", nodeCacheAnswer)
+	up := startStub(t, testConfig(node, nil))
+	deadNode := startFake(t, "dead node cache", nodeCacheAnswer)
+	deadNode.stop()
+	failing := startStub(t, testConfig(deadNode, nil))
+	addrOf := func(s *Stub) netip.AddrPort { return netip.MustParseAddrPort(s.UDPAddrs()[0].String()) }
+
+	tests := []struct {
+		name    string
+		addr    netip.AddrPort
+		wantErr string // substring; empty = success
+		wantOK  string
+	}{
+		{name: "stub up", addr: addrOf(up), wantOK: "SOA: NOERROR"},
+		{name: "stub up, every upstream failing: SERVFAIL still proves it serves", addr: addrOf(failing), wantOK: "SOA: SERVFAIL"},
+		{name: "nothing listening", addr: unusedAddr(t), wantErr: "connection refused"},
+		{name: "garbage responder", addr: responder(t, func([]byte) []byte { return []byte("not dns at all") }), wantErr: "malformed reply"},
+		{name: "wrong ID", addr: responder(t, edited(func(m *dns.Msg) { m.Id++ })), wantErr: "ID"},
+		{name: "not a response", addr: responder(t, edited(func(m *dns.Msg) { m.Response = false })), wantErr: "QR bit clear"},
+		{name: "other question", addr: responder(t, edited(func(m *dns.Msg) { m.Question[0].Name = "other.example." })), wantErr: "question"},
+		{name: "silent", addr: responder(t, func([]byte) []byte { return nil }), wantErr: "no reply"},
+		{name: "truncated header", addr: responder(t, func(q []byte) []byte { return binary.BigEndian.AppendUint16(nil, binary.BigEndian.Uint16(q)) }),
+			wantErr: "malformed reply"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Probe(context.Background(), ProbeConfig{Addr: tc.addr, Name: probeTestDomain, Timeout: 300 * time.Millisecond})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Probe = %q, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(got, tc.wantOK) {
+				t.Fatalf("Probe = %q, %v; want success containing %q", got, err, tc.wantOK)
+			}
+		})
+	}
+}
