@@ -20,6 +20,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -115,6 +119,7 @@ type image struct {
 	docker   []dockerManifest
 	config   imageConfig
 	layerGz  int64
+	layerTar int64 // uncompressed
 	files    map[string]*tar.Header // layer paths, absolute
 	contents map[string][]byte      // regular files of the layer
 }
@@ -193,6 +198,7 @@ func readImage(t *testing.T, p string) image {
 	if err != nil {
 		t.Fatal(err)
 	}
+	img.layerTar = int64(len(layerTar))
 	sum := sha256.Sum256(layerTar)
 	if want := "sha256:" + hex.EncodeToString(sum[:]); !slices.Equal(img.config.RootFS.DiffIDs, []string{want}) {
 		t.Fatalf("%s: diff_ids %q, want [%s]", p, img.config.RootFS.DiffIDs, want)
@@ -323,7 +329,7 @@ func TestProductImages(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			img := readImage(t, filepath.Join(dir, tt.file))
-			t.Logf("%s: tarball %d bytes, compressed layer %d bytes", tt.file, img.size, img.layerGz)
+			t.Logf("%s: tarball %d bytes, layer %d bytes compressed, %d uncompressed", tt.file, img.size, img.layerGz, img.layerTar)
 			if img.size > tt.maxBytes {
 				t.Errorf("tarball is %d bytes, budget %d", img.size, tt.maxBytes)
 			}
@@ -538,6 +544,61 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if out := ctr("images", "check"); strings.Count(out, "complete") != 3 {
 		t.Errorf("images not complete and unpacked:\n%s", out)
 	}
+
+	// Run the node cache image's iptables under runc with exactly the
+	// capabilities the DaemonSet grants, a read-only root and the default
+	// seccomp profile, in the container's own network namespace: proof that
+	// those capabilities are enough for both backends.
+	caps := daemonSetCapabilities(t)
+	for i, backend := range []string{"nft", "legacy"} {
+		t.Run("iptables-"+backend+" with the DaemonSet's capabilities", func(t *testing.T) {
+			lock := filepath.Join(work, "xtables.lock")
+			if err := os.WriteFile(lock, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"run", "--rm", "--read-only", "--seccomp",
+				"--mount", "type=bind,src=" + lock + ",dst=/run/xtables.lock,options=rbind:rw"}
+			for _, c := range runcDefaultCapabilities {
+				if !slices.Contains(caps, c) {
+					args = append(args, "--cap-drop", "CAP_"+c)
+				}
+			}
+			for _, c := range caps {
+				args = append(args, "--cap-add", "CAP_"+c)
+			}
+			args = append(args, "docker.io/localdns/nodecache:test", fmt.Sprintf("iptables-%d", i),
+				"/usr/sbin/iptables-"+backend, "-w", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "53", "-j", "NOTRACK")
+			ctr(args...)
+		})
+	}
+}
+
+// runcDefaultCapabilities is the set ctr run grants by default (containerd's
+// default spec); the test drops those the DaemonSet does not add.
+var runcDefaultCapabilities = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
+	"SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"}
+
+// daemonSetCapabilities reads the capabilities the node cache DaemonSet adds
+// (after dropping ALL) from the manifests.
+func daemonSetCapabilities(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile("../../manifests/base/nodecache.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.Unmarshal(raw, &ds); err != nil {
+		t.Fatal(err)
+	}
+	sc := ds.Spec.Template.Spec.Containers[0].SecurityContext
+	if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Fatalf("the DaemonSet's container must drop ALL capabilities: %+v", sc)
+	}
+	var caps []string
+	for _, c := range sc.Capabilities.Add {
+		caps = append(caps, string(c))
+	}
+	return caps
 }
 
 // TestDockerfileMatchesProductImages keeps the Dockerfile (for those with a
