@@ -119,7 +119,7 @@ type image struct {
 	docker   []dockerManifest
 	config   imageConfig
 	layerGz  int64
-	layerTar int64 // uncompressed
+	layerTar int64                  // uncompressed
 	files    map[string]*tar.Header // layer paths, absolute
 	contents map[string][]byte      // regular files of the layer
 }
