@@ -203,35 +203,65 @@ func publishedBundle(t *testing.T, c kubernetes.Interface, name string) ([]byte,
 	return bundle, whc.ResourceVersion
 }
 
+// TestSelfManagedCreatesSecret bootstraps into an absent Secret and into an
+// empty one that manifests created (so RBAC can grant access by name).
 func TestSelfManagedCreatesSecret(t *testing.T) {
-	c, ns := kubeClient(t)
-	clock := &fakeClock{now: time.Now()}
-	s := newSelfManaged(t, c, testConfig(t, ns, clock))
+	tests := []struct {
+		name     string
+		existing map[string][]byte // nil: no Secret
+	}{
+		{"absent", nil},
+		{"pre-created empty", map[string][]byte{"owner-note": []byte("kept")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, ns := kubeClient(t)
+			clock := &fakeClock{now: time.Now()}
+			cfg := testConfig(t, ns, clock)
+			if tc.existing != nil {
+				_, err := c.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+					ObjectMeta: metav1.ObjectMeta{Name: cfg.SecretName}, Data: tc.existing,
+				}, metav1.CreateOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := newSelfManaged(t, c, cfg)
 
-	secret, err := c.CoreV1().Secrets(ns).Get(context.Background(), "webhook-certs", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("Secret not created: %v", err)
-	}
-	for _, key := range []string{SecretKeyCACert, SecretKeyCAKey, SecretKeyCABundle, SecretKeyTLSCert, SecretKeyTLSKey} {
-		if len(secret.Data[key]) == 0 {
-			t.Errorf("Secret lacks %s", key)
-		}
-	}
-	stored, err := parseKeyPair(secret.Data[SecretKeyTLSCert], secret.Data[SecretKeyTLSKey])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !servedLeaf(t, s).Equal(stored.cert) {
-		t.Error("served certificate differs from the stored one")
-	}
-	if !bytes.Equal(s.CABundle(), secret.Data[SecretKeyCABundle]) {
-		t.Error("CABundle differs from the stored bundle")
-	}
+			secret, err := c.CoreV1().Secrets(ns).Get(context.Background(), cfg.SecretName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("Secret not created: %v", err)
+			}
+			for _, key := range []string{SecretKeyCACert, SecretKeyCAKey, SecretKeyCABundle, SecretKeyTLSCert, SecretKeyTLSKey} {
+				if len(secret.Data[key]) == 0 {
+					t.Errorf("Secret lacks %s", key)
+				}
+			}
+			for k, v := range tc.existing {
+				if !bytes.Equal(secret.Data[k], v) {
+					t.Errorf("Secret entry %s not kept", k)
+				}
+			}
+			stored, err := parseKeyPair(secret.Data[SecretKeyTLSCert], secret.Data[SecretKeyTLSKey])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !servedLeaf(t, s).Equal(stored.cert) {
+				t.Error("served certificate differs from the stored one")
+			}
+			if !bytes.Equal(s.CABundle(), secret.Data[SecretKeyCABundle]) {
+				t.Error("CABundle differs from the stored bundle")
+			}
 
-	// A second source (a restarted replica) adopts the Secret as it is.
-	again := newSelfManaged(t, c, testConfig(t, ns, clock))
-	if !servedLeaf(t, again).Equal(stored.cert) {
-		t.Error("a second source replaced a valid certificate")
+			// A second source (a restarted replica) adopts the Secret as it is.
+			again := newSelfManaged(t, c, cfg)
+			if !servedLeaf(t, again).Equal(stored.cert) {
+				t.Error("a second source replaced a valid certificate")
+			}
+			if after, err := c.CoreV1().Secrets(ns).Get(context.Background(), cfg.SecretName, metav1.GetOptions{}); err != nil || after.ResourceVersion != secret.ResourceVersion {
+				t.Errorf("a second source rewrote a valid Secret (%v)", err)
+			}
+		})
 	}
 }
 
