@@ -41,11 +41,13 @@
 //
 //   - A reply with any RCODE other than SERVFAIL and REFUSED (NOERROR,
 //     NXDOMAIN, ...) is a success: it is returned at once with a nil error.
-//   - A reply with RCODE SERVFAIL or REFUSED counts as a failure of that
-//     server and the next one is tried. If no server succeeds but at least one
-//     gave such a reply, the last of those replies is returned with a nil
-//     error, so the caller can serve stale data or pass the failure on. The
-//     caller must not cache it.
+//   - A reply with RCODE SERVFAIL or REFUSED fails the query on that server
+//     (counted as reason servfail) and the next server is tried, skipping
+//     further entries with the same address: the same resolver asked over
+//     another transport would say the same. If no server succeeds but at
+//     least one gave such a reply, the last of those replies is returned with
+//     a nil error, so the caller can serve stale data or pass the failure on.
+//     The caller must not cache it.
 //   - Otherwise (no server replied at all) the error of the last attempt is
 //     returned, wrapped with the query name; errors.Is finds ErrNoZone,
 //     ErrClosed, context errors and syscall errors such as ECONNREFUSED.
@@ -55,15 +57,20 @@
 //
 // # Health
 //
-// Each upstream address has an atomic counter of consecutive failures
-// (timeouts, refused or broken connections, SERVFAIL/REFUSED replies). At
-// Config.MaxFails it is marked down: it is skipped and a single probe goroutine
-// queries Config.ProbeName (type SOA) every Config.ProbeInterval over the
-// transport and timeout of the first Server entry naming that address. A probe
-// succeeds exactly when a query would (a matching reply whose RCODE is not
-// SERVFAIL or REFUSED, so NXDOMAIN counts as alive); any success, probe or real
-// query, marks the server up again. Servers that appear under several zones or
-// transports with the same address share one health state and one TCP pool.
+// Health tracks reachability. Each upstream address has an atomic counter of
+// consecutive failures: timeouts, refused connections (ICMP port unreachable,
+// TCP RST) and broken connections. Any matching reply, whatever its RCODE,
+// resets it: a server that answers SERVFAIL or REFUSED is up, and what it
+// cannot resolve is a property of the name (a broken delegation, an external
+// name in a closed cluster), not of the server. Counting those replies would
+// let one broken domain mark a healthy node cache down for every name, and
+// flap it against the probes. At Config.MaxFails the server is marked down:
+// it is skipped and a single probe goroutine queries Config.ProbeName (type
+// SOA) every Config.ProbeInterval over the transport and timeout of the first
+// Server entry naming that address; any reply to a probe or a query marks it
+// up again. Servers that appear under several zones or transports with the
+// same address share one health state, one TCP pool and one set of UDP
+// sockets.
 //
 // # Metrics
 //
@@ -84,6 +91,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,7 +352,9 @@ func (f *Forwarder) route(qname string) *zone {
 // attempts collects what one Exchange learnt from the servers it tried.
 type attempts struct {
 	lastErr       error
-	lastFailReply *dns.Msg // last SERVFAIL/REFUSED reply
+	lastFailReply *dns.Msg    // last SERVFAIL/REFUSED reply
+	failedRcode   []*upstream // servers that gave one: not asked again over another transport
+	failedBuf     [4]*upstream
 }
 
 // Exchange sends req upstream and returns the reply; see the package
@@ -402,7 +412,7 @@ func (f *Forwarder) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 // attempt tries one hop unless ctx has ended or the forwarder is closed, and
 // records the outcome in a. It reports true with a reply that is a success.
 func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Question, a *attempts) (*dns.Msg, bool) {
-	if ctx.Err() != nil || f.closed.Load() {
+	if ctx.Err() != nil || f.closed.Load() || slices.Contains(a.failedRcode, h.up) {
 		return nil, false
 	}
 	resp, err := f.try(ctx, h, wire, q)
@@ -411,14 +421,19 @@ func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Ques
 		return resp, true
 	case errors.Is(err, errFailureRcode):
 		a.lastFailReply = resp
+		if a.failedRcode == nil {
+			a.failedRcode = a.failedBuf[:0]
+		}
+		a.failedRcode = append(a.failedRcode, h.up)
 	}
 	a.lastErr = fmt.Errorf("%s over %s: %w", h.up.addr, h.transport, err)
 	return nil, false
 }
 
 // try sends one query to one server within the server's timeout, updates its
-// health and metrics, and returns the reply. A SERVFAIL/REFUSED reply comes
-// back together with errFailureRcode.
+// health and metrics, and returns the reply. Any reply counts as the server
+// being reachable; a SERVFAIL/REFUSED reply comes back together with
+// errFailureRcode, so the caller tries the next server.
 func (f *Forwarder) try(ctx context.Context, h hop, wire []byte, q *dns.Question) (*dns.Msg, error) {
 	actx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
@@ -435,11 +450,11 @@ func (f *Forwarder) try(ctx context.Context, h hop, wire []byte, q *dns.Question
 	if !f.answered.Load() {
 		f.answered.Store(true)
 	}
+	f.succeeded(h.up)
 	if resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused {
-		f.failed(h.up, reasonServfail)
+		h.up.metrics.errors[reasonServfail].Inc()
 		return resp, fmt.Errorf("%w %s", errFailureRcode, dns.RcodeToString[resp.Rcode])
 	}
-	f.succeeded(h.up)
 	return resp, nil
 }
 

@@ -307,8 +307,9 @@ func TestStubFailoverOrder(t *testing.T) {
 			wantNode: []string{"udp", "tcp"}, wantErrors: map[reason]float64{reasonTimeout: 1},
 		},
 		{
-			name: "node cache servfail: kube-dns over tcp", nodeCache: rcode(dns.RcodeServerFailure), udpTimeout: time.Minute,
-			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonServfail: 2},
+			// Asking the same resolver again over TCP would get the same answer.
+			name: "node cache servfail: kube-dns over tcp, node cache tcp skipped", nodeCache: rcode(dns.RcodeServerFailure), udpTimeout: time.Minute,
+			wantNode: []string{"udp"}, wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonServfail: 1},
 		},
 		{
 			// The UDP timeout is a minute: only ECONNREFUSED (ICMP port
@@ -422,7 +423,7 @@ func TestMismatchedRepliesDropped(t *testing.T) {
 // the attempt at once and the next server answers.
 func TestMalformedReplies(t *testing.T) {
 	tests := []struct {
-		transport     Transport
+		transport      Transport
 		wantSecondSeen int // queries the second server gets
 	}{
 		{UDP, 0},
@@ -541,14 +542,14 @@ func TestHealth(t *testing.T) {
 		breakIt func(*fake)
 		heal    func(*fake)
 	}{
-		{"servfail until healed", func(f *fake) { f.setBehaviour(rcode(dns.RcodeServerFailure)) }, func(f *fake) { f.setBehaviour(answer) }},
+		{"silent until healed", func(f *fake) { f.setBehaviour(silent) }, func(f *fake) { f.setBehaviour(answer) }},
 		{"stopped and restarted on the same port", (*fake).stop, (*fake).restart},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := startFake(t), startFake(t)
 			f, reg := newTestForwarder(t, Config{
-				Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+				Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr, Timeout: 50 * time.Millisecond}, {Addr: b.addr}}}},
 				MaxFails:      2,
 				ProbeInterval: 5 * time.Millisecond,
 			})
@@ -596,16 +597,18 @@ func TestHealth(t *testing.T) {
 // in order, and the first to answer is marked up.
 func TestAllDownPolicy(t *testing.T) {
 	a, b := startFake(t), startFake(t)
-	a.setBehaviour(rcode(dns.RcodeServerFailure))
-	b.setBehaviour(rcode(dns.RcodeServerFailure))
+	a.setBehaviour(silent)
+	b.setBehaviour(silent)
 	f, _ := newTestForwarder(t, Config{
-		Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+		Zones: []Zone{{Name: ".", Servers: []Server{
+			{Addr: a.addr, Timeout: 50 * time.Millisecond},
+			{Addr: b.addr, Timeout: 50 * time.Millisecond},
+		}}},
 		MaxFails:      1,
 		ProbeInterval: time.Hour, // no probe in this test: only the policy can revive them
 	})
-	resp, err := f.Exchange(context.Background(), query("down.example."))
-	if err != nil || resp.Rcode != dns.RcodeServerFailure {
-		t.Fatalf("all servfail: %v, %v; want the SERVFAIL reply", resp, err)
+	if _, err := f.Exchange(context.Background(), query("down.example.")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("all silent: %v, want a timeout", err)
 	}
 	ua, ub := upstreamOf(t, f, a.addr), upstreamOf(t, f, b.addr)
 	if !ua.health.isDown() || !ub.health.isDown() {
@@ -630,18 +633,38 @@ func TestAllDownPolicy(t *testing.T) {
 // ones failed.
 func TestDownServerIsLastResort(t *testing.T) {
 	a, b := startFake(t), startFake(t)
-	a.setBehaviour(rcode(dns.RcodeServerFailure))
+	a.setBehaviour(silent)
 	f, _ := newTestForwarder(t, Config{
-		Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr}, {Addr: b.addr}}}},
+		Zones:         []Zone{{Name: ".", Servers: []Server{{Addr: a.addr, Timeout: 50 * time.Millisecond}, {Addr: b.addr}}}},
 		MaxFails:      1,
 		ProbeInterval: time.Hour,
 	})
-	mustAnswer(t, f, "one.example.") // a fails and is marked down, b answers
+	mustAnswer(t, f, "one.example.") // a times out and is marked down, b answers
 	a.setBehaviour(answer)
 	b.setBehaviour(rcode(dns.RcodeServerFailure))
 	mustAnswer(t, f, "two.example.") // b fails; a, though down, answers
 	if got := len(a.seenQueries()); got != 2 {
 		t.Errorf("down server saw %d queries, want 2", got)
+	}
+}
+
+// TestFailureRcodesKeepServerUp: SERVFAIL and REFUSED replies make the query
+// fail over but prove the server reachable, so it is never marked down.
+func TestFailureRcodesKeepServerUp(t *testing.T) {
+	up := startFake(t)
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}, MaxFails: 1})
+	for _, code := range []int{dns.RcodeServerFailure, dns.RcodeRefused, dns.RcodeServerFailure} {
+		up.setBehaviour(rcode(code))
+		resp, err := f.Exchange(context.Background(), query("broken.example."))
+		if err != nil || resp.Rcode != code {
+			t.Fatalf("Exchange: %v, %v; want the %s reply", resp, err, dns.RcodeToString[code])
+		}
+	}
+	if upstreamOf(t, f, up.addr).health.isDown() {
+		t.Error("server marked down for SERVFAIL/REFUSED replies")
+	}
+	if got := errorCount(t, reg, up.addr, reasonServfail); got != 3 {
+		t.Errorf("servfail errors %v, want 3", got)
 	}
 }
 
