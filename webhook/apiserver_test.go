@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 )
@@ -240,6 +242,38 @@ func TestAPIServerStub(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAPIServerStubPodSecurityRestricted: the stub keeps a pod that meets
+// Pod Security "restricted" within it (the API server's PodSecurity admission
+// runs after the webhook and would reject the pod otherwise).
+func TestAPIServerStubPodSecurityRestricted(t *testing.T) {
+	s := requireSuite(t)
+	clientset, _ := s.client(t)
+	ns := s.namespace(t, clientset, profileDefault, namespaceEnabled)
+	restricted := map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}
+	if _, err := clientset.CoreV1().Namespaces().Patch(t.Context(), ns, types.MergePatchType,
+		mustJSON(t, map[string]any{"metadata": map[string]any{"labels": restricted}}), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := testPod("restricted", nil, map[string]string{AnnotationMode: "stub"})
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr(true)}
+	pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{ // seccomp per container, not per pod
+		AllowPrivilegeEscalation: ptr(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+	stored := create(t, clientset, ns, pod)
+	assertInjected(t, stored, ModeStub, "127.0.0.1", "169.254.20.10")
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 func TestAPIServerNoDoubleMutation(t *testing.T) {

@@ -179,7 +179,8 @@ func optIn(podLabels, nsLabels map[string]string, clusterWide bool) (SkipReason,
 
 // resolveMode turns the requested mode into the applied one: auto looks at
 // the images; the stub cannot serve a hostNetwork pod (127.0.0.1:53 would be
-// the node's, and net sysctls are forbidden there).
+// the node's, and net sysctls are forbidden there) nor a Windows pod (no
+// sysctls, no Linux stub).
 func resolveMode(pod *corev1.Pod, requested Mode, patterns []string) (Mode, string) {
 	mode := requested
 	if mode == ModeAuto {
@@ -190,6 +191,9 @@ func resolveMode(pod *corev1.Pod, requested Mode, patterns []string) (Mode, stri
 	}
 	if mode == ModeStub && pod.Spec.HostNetwork {
 		return ModeNodeCache, "localdns: mode stub is not possible with hostNetwork; using nodecache"
+	}
+	if mode == ModeStub && pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
+		return ModeNodeCache, "localdns: mode stub is not possible in Windows pods; using nodecache"
 	}
 	return mode, ""
 }
@@ -328,6 +332,9 @@ func stubPlan(pod *corev1.Pod, cfg Config, kubeDNSIP string, native bool) (*Stub
 				Drop: []corev1.Capability{"ALL"},
 				Add:  []corev1.Capability{"NET_BIND_SERVICE"},
 			},
+			// Its own, so Pod Security "restricted" admits the pod even
+			// when the app containers set theirs one by one.
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}

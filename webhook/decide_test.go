@@ -405,6 +405,11 @@ func TestDecideMode(t *testing.T) {
 			env: nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}, warnings: []string{"not possible with hostNetwork"},
 		},
 		{
+			name: "stub in a Windows pod falls back to nodecache",
+			pod:  newPod(func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, annotate(AnnotationMode, "stub")),
+			env:  nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}, warnings: []string{"not possible in Windows pods"},
+		},
+		{
 			name: "bad mode is nodecache with a warning", pod: newPod(image("alpine"), annotate(AnnotationMode, "Stub")),
 			env: nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}, warnings: []string{`localdns.io/mode="Stub"`},
 		},
