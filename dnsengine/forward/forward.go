@@ -42,12 +42,10 @@
 //   - A reply with any RCODE other than SERVFAIL and REFUSED (NOERROR,
 //     NXDOMAIN, ...) is a success: it is returned at once with a nil error.
 //   - A reply with RCODE SERVFAIL or REFUSED fails the query on that server
-//     (counted as reason servfail) and the next server is tried, skipping
-//     further entries with the same address: the same resolver asked over
-//     another transport would say the same. If no server succeeds but at
-//     least one gave such a reply, the last of those replies is returned with
-//     a nil error, so the caller can serve stale data or pass the failure on.
-//     The caller must not cache it.
+//     entry (counted as reason servfail) and the next entry is tried. If no
+//     server succeeds but at least one gave such a reply, the last of those
+//     replies is returned with a nil error, so the caller can serve stale
+//     data or pass the failure on. The caller must not cache it.
 //   - Otherwise (no server replied at all) the error of the last attempt is
 //     returned, wrapped with the query name; errors.Is finds ErrNoZone,
 //     ErrClosed, context errors and syscall errors such as ECONNREFUSED.
@@ -91,7 +89,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -352,9 +349,7 @@ func (f *Forwarder) route(qname string) *zone {
 // attempts collects what one Exchange learnt from the servers it tried.
 type attempts struct {
 	lastErr       error
-	lastFailReply *dns.Msg    // last SERVFAIL/REFUSED reply
-	failedRcode   []*upstream // servers that gave one: not asked again over another transport
-	failedBuf     [4]*upstream
+	lastFailReply *dns.Msg // last SERVFAIL/REFUSED reply
 }
 
 // Exchange sends req upstream and returns the reply; see the package
@@ -412,7 +407,7 @@ func (f *Forwarder) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 // attempt tries one hop unless ctx has ended or the forwarder is closed, and
 // records the outcome in a. It reports true with a reply that is a success.
 func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Question, a *attempts) (*dns.Msg, bool) {
-	if ctx.Err() != nil || f.closed.Load() || slices.Contains(a.failedRcode, h.up) {
+	if ctx.Err() != nil || f.closed.Load() {
 		return nil, false
 	}
 	resp, err := f.try(ctx, h, wire, q)
@@ -421,10 +416,6 @@ func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Ques
 		return resp, true
 	case errors.Is(err, errFailureRcode):
 		a.lastFailReply = resp
-		if a.failedRcode == nil {
-			a.failedRcode = a.failedBuf[:0]
-		}
-		a.failedRcode = append(a.failedRcode, h.up)
 	}
 	a.lastErr = fmt.Errorf("%s over %s: %w", h.up.addr, h.transport, err)
 	return nil, false

@@ -307,9 +307,8 @@ func TestStubFailoverOrder(t *testing.T) {
 			wantNode: []string{"udp", "tcp"}, wantErrors: map[reason]float64{reasonTimeout: 1},
 		},
 		{
-			// Asking the same resolver again over TCP would get the same answer.
-			name: "node cache servfail: kube-dns over tcp, node cache tcp skipped", nodeCache: rcode(dns.RcodeServerFailure), udpTimeout: time.Minute,
-			wantNode: []string{"udp"}, wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonServfail: 1},
+			name: "node cache servfail: kube-dns over tcp", nodeCache: rcode(dns.RcodeServerFailure), udpTimeout: time.Minute,
+			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantErrors: map[reason]float64{reasonServfail: 2},
 		},
 		{
 			// The UDP timeout is a minute: only ECONNREFUSED (ICMP port
