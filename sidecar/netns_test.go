@@ -1,0 +1,345 @@
+package sidecar
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// The closed topology of TestStubInNetns; nothing in it routes anywhere else.
+const (
+	podIP        = "10.200.0.2"
+	nodeIP       = "10.200.0.1"
+	nodeCacheIP  = "169.254.20.10"
+	clusterIP    = "10.96.0.10"  // kube-dns Service, DNAT'ed in the node namespace
+	kubeDNSPodIP = "10.244.0.10" // where the fake kube-dns really listens
+	stubMetrics  = "127.0.0.1:9254"
+	nodeMetrics  = "127.0.0.1:9253"
+)
+
+// TestStubInNetns runs the real binaries the way a musl pod on a node runs
+// them, in two network namespaces joined by a veth pair:
+//
+//	pod ns: resolv.conf [127.0.0.1, 169.254.20.10]    node ns: localdns-nodecache on 169.254.20.10:53 (its own
+//	        localdns-stub on 127.0.0.1:53  --veth-->           interface and NOTRACK rules), upstream the ClusterIP
+//	        musl (static) and glibc clients                    fakedns (kube-dns) on 10.244.0.10:53, reached
+//	                                                           through iptables DNAT of 10.96.0.10:53
+//
+// It checks that real musl and glibc lookups are answered; that with the node
+// cache SIGKILLed they still are, through the stub's fallback, which reaches
+// the ClusterIP over TCP only (an iptables counter on the pod's UDP to it
+// stays 0); and that once the node cache is restarted the stub uses it again.
+func TestStubInNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces (CI runs as root)")
+	}
+	for _, tool := range []string{"ip", "iptables", "dig", "getent", "musl-gcc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed (hack/install-deps.sh installs it): %v", tool, err)
+		}
+	}
+	bin := buildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub",
+		"github.com/localdns/localdns/cmd/localdns-nodecache", "github.com/localdns/localdns/hack/fakedns")
+	muslResolve := filepath.Join(t.TempDir(), "resolve-musl")
+	if out, err := exec.Command("musl-gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", muslResolve, "testdata/resolve.c").CombinedOutput(); err != nil {
+		t.Fatalf("musl-gcc: %v\n%s", err, out)
+	}
+
+	node, pod := newNetns(t, "node"), newNetns(t, "pod")
+	nsRun(t, node, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-pod", "netns", pod)
+	nsRun(t, node, "ip", "addr", "add", nodeIP+"/24", "dev", "veth-node")
+	nsRun(t, node, "ip", "link", "set", "veth-node", "up")
+	nsRun(t, node, "ip", "addr", "add", kubeDNSPodIP+"/32", "dev", "lo")
+	// Service IPs need a route for a node's own connections to be routed at
+	// all before DNAT rewrites them (a real node has a default route).
+	nsRun(t, node, "ip", "route", "add", "10.96.0.0/12", "dev", "veth-node")
+	nsRun(t, pod, "ip", "addr", "add", podIP+"/24", "dev", "veth-pod")
+	nsRun(t, pod, "ip", "link", "set", "veth-pod", "up")
+	nsRun(t, pod, "ip", "route", "add", nodeCacheIP+"/32", "via", nodeIP)
+	nsRun(t, pod, "ip", "route", "add", "10.96.0.0/12", "via", nodeIP)
+	// The ClusterIP as kube-proxy's iptables mode makes it: DNAT for traffic
+	// from pods (PREROUTING) and from the node itself (OUTPUT: the node cache).
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		for _, proto := range []string{"udp", "tcp"} {
+			nsRun(t, node, "iptables", "-t", "nat", "-A", chain, "-d", clusterIP+"/32", "-p", proto, "--dport", "53",
+				"-j", "DNAT", "--to-destination", kubeDNSPodIP+":53")
+		}
+	}
+	// Counters (rules without a target) of every packet from the pod to the ClusterIP.
+	for _, proto := range []string{"udp", "tcp"} {
+		nsRun(t, node, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth-node", "-d", clusterIP+"/32",
+			"-p", proto, "--dport", "53", "-m", "comment", "--comment", "pod-to-clusterip-"+proto)
+	}
+	// What the webhook writes for a stub-mode pod; nsswitch so that glibc asks DNS only.
+	writeNetnsFile(t, pod, "resolv.conf", "nameserver 127.0.0.1\nnameserver "+nodeCacheIP+"\n"+
+		"search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2\n")
+	writeNetnsFile(t, pod, "nsswitch.conf", "hosts: files dns\n")
+
+	startProcess(t, "fakedns", "ip", "netns", "exec", node, bin["fakedns"], "--listen", kubeDNSPodIP+":53", "--services", "50")
+	nodeCacheArgs := []string{"ip", "netns", "exec", node, bin["localdns-nodecache"], "--listen", nodeCacheIP + ":53",
+		"--upstream", clusterIP + ":53", "--setup-interface", "--setup-rules", "--metrics-addr", nodeMetrics}
+	nodeCache := startProcess(t, "localdns-nodecache", nodeCacheArgs...)
+	waitUntil(t, "the node cache to be ready", func() (bool, string) {
+		code, body := httpGetInNetns(node, nodeMetrics, "/readyz")
+		return code == http.StatusOK, fmt.Sprintf("/readyz: %d %s%s", code, body, nodeCache.logs())
+	})
+	// The webhook's container arguments, plus metrics to look inside.
+	stub := startProcess(t, "localdns-stub", "ip", "netns", "exec", pod, bin["localdns-stub"],
+		"--listen", "127.0.0.1:53", "--node-cache", nodeCacheIP+":53", "--fallback", clusterIP+":53", "--cache-size", "1000",
+		"--metrics-addr", stubMetrics)
+	// The webhook's exec startup probe.
+	waitUntil(t, "the stub's probe to pass", func() (bool, string) {
+		out, err := exec.Command("ip", "netns", "exec", pod, bin["localdns-stub"], "probe", "--listen", "127.0.0.1:53").CombinedOutput()
+		return err == nil, string(out) + stub.logs()
+	})
+
+	svc := 0
+	// lookup resolves the next Service's short name with musl and glibc
+	// (each its own name, so neither is answered from a cache the other filled).
+	lookup := func(t *testing.T) {
+		t.Helper()
+		for _, client := range []struct {
+			name string
+			argv []string
+		}{
+			{"musl getaddrinfo", []string{muslResolve}},
+			{"glibc getent ahosts", []string{"getent", "ahosts"}},
+		} {
+			svc++
+			name, want := fmt.Sprintf("svc-%d.default", svc), fmt.Sprintf("10.97.0.%d", svc)
+			out, err := exec.Command("ip", append([]string{"netns", "exec", pod}, append(client.argv, name)...)...).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("%s %s: %v, output %q; want %s", client.name, name, err, out, want)
+			}
+		}
+	}
+	stubSeries := func(server, transport string) string {
+		return fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s:53",transport="%s"}`, server, transport)
+	}
+	clusterIPPackets := func(proto string) int {
+		return iptablesPackets(t, node, "mangle", "PREROUTING", "pod-to-clusterip-"+proto)
+	}
+
+	t.Run("answers through the node cache", func(t *testing.T) {
+		lookup(t)
+		lookup(t)
+		if out := nsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"); out != "0 100 80 svc-3.default.svc.cluster.local.\n" {
+			t.Errorf("SRV over TCP to the stub: %q", out)
+		}
+		m := metricsInNetns(t, pod, stubMetrics)
+		if m[stubSeries(nodeCacheIP, "udp")] == 0 {
+			t.Errorf("the stub never asked the node cache over UDP:\n%s", upstreamSeries(m))
+		}
+		if n := m[stubSeries(clusterIP, "tcp")]; n != 0 {
+			t.Errorf("the stub asked the fallback %v times while the node cache was up", n)
+		}
+	})
+
+	t.Run("node cache SIGKILLed: answers through the TCP fallback", func(t *testing.T) {
+		nodeCache.signal(t, syscall.SIGKILL)
+		tcpBefore := clusterIPPackets("tcp")
+		for range 3 {
+			lookup(t)
+		}
+		m := metricsInNetns(t, pod, stubMetrics)
+		if m[stubSeries(clusterIP, "tcp")] == 0 {
+			t.Errorf("the stub's fallback was never asked over TCP:\n%s", upstreamSeries(m))
+		}
+		if got := m[fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s:53"}`, nodeCacheIP)]; got != 0 {
+			t.Errorf("node cache health %v in the stub, want 0 (down)", got)
+		}
+		if clusterIPPackets("tcp") == tcpBefore {
+			t.Error("no TCP packet from the pod reached the ClusterIP")
+		}
+	})
+
+	t.Run("node cache back: used again", func(t *testing.T) {
+		restarted := startProcess(t, "localdns-nodecache (restarted)", nodeCacheArgs...)
+		healthy := fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s:53"}`, nodeCacheIP)
+		waitUntil(t, "the stub to see the node cache healthy again", func() (bool, string) {
+			m := metricsInNetns(t, pod, stubMetrics)
+			return m[healthy] == 1, fmt.Sprintf("%s = %v%s", healthy, m[healthy], restarted.logs())
+		})
+		before := metricsInNetns(t, pod, stubMetrics)
+		lookup(t)
+		if out := nsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+short", "svc-40.default.svc.cluster.local"); out != "10.97.0.40\n" {
+			t.Errorf("dig through the stub: %q", out)
+		}
+		after := metricsInNetns(t, pod, stubMetrics)
+		if after[stubSeries(nodeCacheIP, "udp")] <= before[stubSeries(nodeCacheIP, "udp")] {
+			t.Errorf("the stub did not ask the restarted node cache over UDP (%v before, %v after)",
+				before[stubSeries(nodeCacheIP, "udp")], after[stubSeries(nodeCacheIP, "udp")])
+		}
+		if d := after[stubSeries(clusterIP, "tcp")] - before[stubSeries(clusterIP, "tcp")]; d != 0 {
+			t.Errorf("the stub still asked the fallback %v times after the node cache returned", d)
+		}
+		nm := metricsInNetns(t, node, nodeMetrics)
+		if got := nm[`localdns_nodecache_requests_total{proto="udp",qtype="A",rcode="NOERROR"}`]; got == 0 {
+			t.Errorf("the restarted node cache counts no UDP A requests:\n%s", seriesWithPrefix(nm, "localdns_nodecache_requests_total"))
+		}
+	})
+
+	if n := clusterIPPackets("udp"); n != 0 {
+		t.Errorf("%d UDP packets from the pod reached the ClusterIP; the stub must reach it over TCP only", n)
+	}
+	if code := stub.terminate(t); code != 0 {
+		t.Errorf("stub exit status %d after SIGTERM, want 0%s", code, stub.logs())
+	}
+}
+
+var netnsSeq atomic.Int64
+
+// newNetns creates a network namespace with a name unique to this process,
+// brings lo up, and deletes it (with every interface and rule in it) at cleanup.
+func newNetns(t *testing.T, role string) string {
+	t.Helper()
+	name := fmt.Sprintf("ldstub-%s-%d-%d", role, os.Getpid(), netnsSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	nsRun(t, name, "ip", "link", "set", "lo", "up")
+	return name
+}
+
+// nsRun runs a command inside the namespace, failing the test when it fails;
+// it returns stdout.
+func nsRun(t *testing.T, ns string, argv ...string) string {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("in %s: %s: %v: %s", ns, strings.Join(argv, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+// writeNetnsFile writes /etc/netns/<ns>/<file>, which `ip netns exec`
+// bind-mounts over /etc/<file> for what it runs: the host's own files are
+// never seen by the test's clients.
+func writeNetnsFile(t *testing.T, ns, file, content string) {
+	t.Helper()
+	dir := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// iptablesPackets returns the packet counter of the rule with the comment.
+func iptablesPackets(t *testing.T, ns, table, chain, comment string) int {
+	t.Helper()
+	for line := range strings.Lines(nsRun(t, ns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x")) {
+		if strings.Contains(line, "/* "+comment+" */") {
+			n, err := strconv.Atoi(strings.Fields(line)[0])
+			if err != nil {
+				t.Fatalf("iptables counter in %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no rule %q in %s %s", comment, table, chain)
+	return 0
+}
+
+// metricsInNetns scrapes /metrics inside the namespace into series -> value.
+func metricsInNetns(t *testing.T, ns, addr string) map[string]float64 {
+	t.Helper()
+	code, body := httpGetInNetns(ns, addr, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET %s/metrics in %s: %d %s", addr, ns, code, body)
+	}
+	series := map[string]float64{}
+	for line := range strings.Lines(body) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64); err == nil {
+			series[line[:i]] = v
+		}
+	}
+	return series
+}
+
+// seriesWithPrefix lists the series whose name starts with prefix, for failure messages.
+func seriesWithPrefix(m map[string]float64, prefix string) string {
+	var lines []string
+	for k, v := range m {
+		if strings.HasPrefix(k, prefix) {
+			lines = append(lines, fmt.Sprintf("%s %v", k, v))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+func upstreamSeries(m map[string]float64) string {
+	return seriesWithPrefix(m, "localdns_stub_upstream_")
+}
+
+// httpGetInNetns fetches a path from a server inside the namespace, from an
+// OS thread moved into it and never moved back (the runtime discards the
+// thread when the goroutine ends). A failed connection reads as status 0.
+func httpGetInNetns(ns, addr, path string) (code int, body string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		handle, err := netns.GetFromName(ns)
+		if err != nil {
+			body = err.Error()
+			return
+		}
+		defer handle.Close()
+		if err := netns.Set(handle); err != nil {
+			body = err.Error()
+			return
+		}
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			body = err.Error()
+			return
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			body = err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		code, body = resp.StatusCode, string(b)
+	}()
+	<-done
+	return code, body
+}
