@@ -92,7 +92,12 @@ func (c *Cluster) Down() error {
 	var errs []error
 	if _, err := os.Stat(c.netnsPath()); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		errs = append(errs, c.prog.step("delete workloads and pods", func() error { return c.deletePods(ctx) }))
+		if _, err := c.Kubectl(ctx, nil, "get", "--raw", "/readyz"); err != nil {
+			// A crashed run: the forced cleanup below removes the containers.
+			c.prog.printf("API server not ready, containers left to the forced cleanup: %v", err)
+		} else {
+			errs = append(errs, c.prog.step("delete workloads and pods", func() error { return c.deletePods(ctx) }))
+		}
 		cancel()
 	}
 	errs = append(errs, c.prog.step("stop processes and remove namespace, mounts, files", c.cleanup))
@@ -108,9 +113,15 @@ func (c *Cluster) cleanup() error {
 	recs, err := readDaemons(c.dir("pids"))
 	errs = append(errs, err)
 	for _, r := range recs {
-		errs = append(errs, r.stop(15*time.Second))
+		start := time.Now()
+		// The state is thrown away, so a short grace does: an API server
+		// still serving pods' watches takes 15 s and more to drain.
+		errs = append(errs, r.stop(5*time.Second))
+		if took := time.Since(start); took > 2*time.Second {
+			c.prog.printf("     %s (pid %d) took %s to stop", r.name, r.pid, took.Round(100*time.Millisecond))
+		}
 	}
-	errs = append(errs, killNetns(c.netnsPath()), c.removePodNetns())
+	errs = append(errs, killNetns(c.netnsPath()), c.removeContainers())
 	errs = append(errs, unmountAll(c.runDir), c.removeNode(), c.removeContainerLogLinks())
 	removeEmptyContainerCgroups()
 	if err := os.RemoveAll(c.runDir); err != nil {
@@ -181,7 +192,7 @@ func (c *Cluster) writeConfig() error {
 		return fmt.Errorf("clear old logs: %w", err)
 	}
 	for _, d := range []string{c.logsDir, c.dir("pids"), c.dir("pki"), c.dir("etcd"), c.dir("containerd"),
-		c.dir("runc"), c.dir("xdg"), c.dir("cni/net.d"), c.dir("cni/ipam"), c.dir("kubelet"),
+		c.dir("runc"), c.dir("cni/net.d"), c.dir("cni/ipam"), c.dir("kubelet"),
 		c.dir("pod-logs"), c.dir("volume-plugins"), c.dir("images")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("make %s: %w", d, err)

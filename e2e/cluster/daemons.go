@@ -14,7 +14,7 @@ import (
 func (c *Cluster) startCore() error {
 	pki := c.dir("pki")
 	local := "http://127.0.0.1:2379"
-	if err := c.startDaemon("etcd", true, nil, "/usr/bin/etcd",
+	if err := c.startDaemon("etcd", "/usr/bin/etcd",
 		"--name="+c.cfg.Name, "--data-dir="+c.dir("etcd"),
 		"--listen-client-urls="+local, "--advertise-client-urls="+local,
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
@@ -22,7 +22,7 @@ func (c *Cluster) startCore() error {
 		"--listen-metrics-urls=http://127.0.0.1:2381", "--log-level=warn"); err != nil {
 		return err
 	}
-	if err := c.startDaemon("kube-apiserver", true, nil, c.k8sBin("kube-apiserver"),
+	if err := c.startDaemon("kube-apiserver", c.k8sBin("kube-apiserver"),
 		"--etcd-servers="+local,
 		"--advertise-address="+NodeIP.String(), "--bind-address=0.0.0.0", "--secure-port=6443",
 		"--service-cluster-ip-range="+ServiceCIDR.String(),
@@ -40,10 +40,7 @@ func (c *Cluster) startCore() error {
 		"--allow-privileged=true", "--profiling=false", "--v=1"); err != nil {
 		return err
 	}
-	// containerd makes pod network namespaces under $XDG_RUNTIME_DIR/netns:
-	// inside the run directory, so a crashed run's are found and removed.
-	return c.startDaemon("containerd", true, []string{"XDG_RUNTIME_DIR=" + c.dir("xdg")},
-		"/usr/bin/containerd", "--config="+c.dir("containerd.toml"))
+	return c.startDaemon("containerd", "/usr/bin/containerd", "--config="+c.dir("containerd.toml"))
 }
 
 // startNode starts the daemons that need the API server, and the fake
@@ -78,7 +75,7 @@ func (c *Cluster) startNode() error {
 		{"upstream-dns", []string{c.cfg.CoreDNSBinary, "-conf", c.dir("upstream.Corefile")}},
 	}
 	for _, d := range daemons {
-		if err := c.startDaemon(d.name, true, nil, d.argv...); err != nil {
+		if err := c.startDaemon(d.name, d.argv...); err != nil {
 			return err
 		}
 	}

@@ -212,9 +212,6 @@ func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 // deletePods deletes every workload and pod and waits until the kubelet
 // has stopped their containers.
 func (c *Cluster) deletePods(ctx context.Context) error {
-	if _, err := c.Kubectl(ctx, nil, "get", "--raw", "/readyz"); err != nil {
-		return fmt.Errorf("API server unreachable, pods are left to the forced cleanup: %w", err)
-	}
 	var errs []error
 	if _, err := c.Kubectl(ctx, nil, "delete", "deployments,daemonsets,statefulsets,replicasets,jobs",
 		"--all", "--all-namespaces", "--wait=false"); err != nil {

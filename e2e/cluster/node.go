@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -67,25 +68,76 @@ func (c *Cluster) removeNode() error {
 	return run("ip", "netns", "delete", c.cfg.Name)
 }
 
-// removePodNetns unmounts and removes the pod namespaces containerd left in
-// the run directory (it makes them under $XDG_RUNTIME_DIR/netns).
-func (c *Cluster) removePodNetns() error {
-	dir := filepath.Join(c.dir("xdg"), "netns")
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+// leftoverContainer is what a container the node's containerd still has
+// a bundle for holds outside the run directory.
+type leftoverContainer struct {
+	netns  string // a pod's namespace under /var/run/netns, or "" when it joins another's
+	cgroup string // relative to each cgroup hierarchy's root
+}
+
+// leftoverContainers reads the OCI bundles in containerd's state directory.
+// containerd 1.6 makes the pods' network namespaces under /var/run/netns
+// (cni-<uuid>, not configurable), so a crashed run's are found through
+// the bundles that name them, never by their shared prefix.
+func (c *Cluster) leftoverContainers() ([]leftoverContainer, error) {
+	specs, err := filepath.Glob(filepath.Join(c.dir("containerd"), "state", "io.containerd.runtime.v2.task", "*", "*", "config.json"))
 	if err != nil {
-		return fmt.Errorf("list pod namespaces: %w", err)
+		return nil, err
+	}
+	var found []leftoverContainer
+	for _, path := range specs {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read bundle: %w", err)
+		}
+		var spec struct {
+			Linux struct {
+				CgroupsPath string `json:"cgroupsPath"`
+				Namespaces  []struct{ Type, Path string }
+			}
+		}
+		if err := json.Unmarshal(b, &spec); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", path, err)
+		}
+		lc := leftoverContainer{cgroup: spec.Linux.CgroupsPath}
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == "network" && strings.HasPrefix(ns.Path, "/var/run/netns/") {
+				lc.netns = ns.Path
+			}
+		}
+		found = append(found, lc)
+	}
+	return found, nil
+}
+
+// removeContainers kills what is left of the containers of a crashed run
+// (their processes survive containerd and its shims), removes the pods'
+// network namespaces and the containers' cgroups.
+func (c *Cluster) removeContainers() error {
+	containers, err := c.leftoverContainers()
+	if err != nil {
+		return err
 	}
 	var errs []error
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		if err := killNetns(p); err != nil {
+	for _, lc := range containers {
+		if lc.netns == "" {
+			continue
+		}
+		errs = append(errs, killNetns(lc.netns))
+		if err := syscall.Unmount(lc.netns, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", lc.netns, err))
+		}
+		if err := os.Remove(lc.netns); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
-		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+	}
+	for _, lc := range containers {
+		if lc.cgroup == "" || strings.Contains(lc.cgroup, "..") {
+			continue
+		}
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", lc.cgroup))
+		for _, d := range dirs {
+			_ = syscall.Rmdir(d) // fails while in use: never removes a live cgroup
 		}
 	}
 	return errors.Join(errs...)

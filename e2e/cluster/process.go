@@ -24,17 +24,15 @@ type daemonRecord struct {
 	startTime string
 }
 
-// startDaemon starts argv with its output in <logs>/<name>.log. inNode runs
-// it in the node's network namespace through nsenter, which execs argv, so
-// the recorded pid is argv's own. `ip netns exec` is not used: it remounts
-// /sys and hides the cgroup mounts from the kubelet and runc.
+// startDaemon starts argv in the node's network namespace with its output
+// in <logs>/<name>.log. nsenter execs argv, so the recorded pid is argv's
+// own. `ip netns exec` is not used: it remounts /sys and hides the cgroup
+// mounts from the kubelet and runc.
 //
 // The process gets its own session, so a Ctrl-C on the terminal reaches only
 // the harness, which then stops everything in order.
-func (c *Cluster) startDaemon(name string, inNode bool, env []string, argv ...string) error {
-	if inNode {
-		argv = append([]string{"/usr/bin/nsenter", "--net=" + c.netnsPath(), "--"}, argv...)
-	}
+func (c *Cluster) startDaemon(name string, argv ...string) error {
+	argv = append([]string{"/usr/bin/nsenter", "--net=" + c.netnsPath(), "--"}, argv...)
 	logf, err := os.OpenFile(c.logPath(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("open log of %s: %w", name, err)
@@ -42,7 +40,6 @@ func (c *Cluster) startDaemon(name string, inNode bool, env []string, argv ...st
 	defer logf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
