@@ -566,7 +566,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 			for _, c := range caps {
 				args = append(args, "--cap-add", "CAP_"+c)
 			}
-			args = append(args, "docker.io/localdns/nodecache:test", fmt.Sprintf("iptables-%d", i),
+			args = append(args, "docker.io/localdns/nodecache:test", fmt.Sprintf("localdns-imagebuild-test-%d-%d", os.Getpid(), i), // runc's state directory is shared with any other containerd
 				"/usr/sbin/iptables-"+backend, "-w", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "53", "-j", "NOTRACK")
 			ctr(args...)
 		})
