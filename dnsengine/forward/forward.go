@@ -75,7 +75,7 @@
 // On Config.Registerer, prefixed with Config.Namespace:
 // upstream_requests_total{server,transport} (attempts, probes included),
 // upstream_errors_total{server,reason} with reason one of timeout, refused
-// (connection refused: ICMP port unreachable or TCP RST), closed (connection
+// (connection refused, host or network unreachable: ICMP or TCP RST), closed (connection
 // closed or broken), mismatch (reply dropped: wrong ID or question, or late),
 // servfail (RCODE SERVFAIL or REFUSED), other;
 // upstream_request_duration_seconds{server} (attempts that got a reply),

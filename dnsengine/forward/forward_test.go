@@ -711,6 +711,26 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// TestCloseFailsQueriesInFlight: Close ends a query waiting on a TCP
+// connection at once, however long its timeout.
+func TestCloseFailsQueriesInFlight(t *testing.T) {
+	up := startFake(t)
+	up.setBehaviour(silent)
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Hour}}}}})
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Exchange(context.Background(), query("inflight.example."))
+		done <- err
+	}()
+	eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
+	if err := f.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-done; !errors.Is(err, ErrClosed) {
+		t.Fatalf("Exchange in flight during Close: %v, want ErrClosed", err)
+	}
+}
+
 // TestConcurrentMixedLoad runs many goroutines over UDP and TCP zones while
 // one server keeps closing connections; every query must still be answered.
 // Run with -race.
