@@ -20,6 +20,8 @@ import (
 	"github.com/go-logr/logr/testr"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -497,15 +499,76 @@ func TestSelfManagedRotation(t *testing.T) {
 	}
 }
 
+// leastPrivilegeClient returns a client of a user granted only what the
+// self-managed source needs, every rule but Secret creation limited to the
+// object's name (the rules the webhook's manifests should carry).
+func leastPrivilegeClient(t *testing.T, admin kubernetes.Interface, cfg SelfManagedConfig) kubernetes.Interface {
+	t.Helper()
+	ctx := context.Background()
+	user, err := apiServer.env.AddUser(envtest.User{Name: "certs-" + cfg.Namespace}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "certs-" + cfg.Namespace}}
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "certs", Namespace: cfg.Namespace},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{cfg.SecretName}, Verbs: []string{"get", "update", "list", "watch"}},
+		},
+	}
+	clusterRole := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "certs-" + cfg.Namespace},
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"},
+			ResourceNames: []string{cfg.WebhookConfigName}, Verbs: []string{"get", "update", "list", "watch"},
+		}},
+	}
+	rbac := admin.RbacV1()
+	if _, err := rbac.Roles(cfg.Namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.RoleBindings(cfg.Namespace).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "certs", Namespace: cfg.Namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   subject,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoles().Create(ctx, clusterRole, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: clusterRole.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: clusterRole.Name},
+		Subjects:   subject,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rbac.ClusterRoleBindings().Delete(ctx, clusterRole.Name, metav1.DeleteOptions{})
+		_ = rbac.ClusterRoles().Delete(ctx, clusterRole.Name, metav1.DeleteOptions{})
+	})
+	c, err := kubernetes.NewForConfig(user.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Secrets(cfg.Namespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("the restricted user may list every Secret (err %v)", err)
+	}
+	return c
+}
+
 // TestSelfManagedStartFollowsChanges checks that a running source acts on
 // watch events (its check interval is an hour): a webhook configuration
 // created after start, a rotation by another replica, a caBundle wiped by a
-// re-applied manifest.
+// re-applied manifest. The running source has least-privilege RBAC.
 func TestSelfManagedStartFollowsChanges(t *testing.T) {
 	c, ns := kubeClient(t)
 	clock := &fakeClock{now: time.Now()}
 	cfg := testConfig(t, ns, clock)
-	a := newSelfManaged(t, c, cfg) // the webhook configuration does not exist yet
+	// The webhook configuration does not exist yet.
+	a := newSelfManaged(t, leastPrivilegeClient(t, c, cfg), cfg)
 	startSource(t, a)
 
 	createWebhookConfig(t, c, cfg.WebhookConfigName)
