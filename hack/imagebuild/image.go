@@ -90,6 +90,10 @@ func buildLayer(spec imageSpec) (*layer, error) {
 // addLibrariesUnder adds the libraries of src, or of every regular file
 // under it when src is a directory.
 func addLibrariesUnder(l *layer, src string) error {
+	src, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", src, err)
+	}
 	return filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("read %s: %w", p, err)

@@ -112,6 +112,47 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// TestBuildLayerFollowsSourceLinks adds a host symbolic link (as Debian's
+// /usr/sbin/iptables is) and a directory holding one: the top-level source
+// is followed, links inside the directory stay links.
+func TestBuildLayerFollowsSourceLinks(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Mkdir(filepath.Join(dir, "tree"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "tree", "prog"), []byte("program"), 0o755))
+	must(os.Symlink("prog", filepath.Join(dir, "tree", "alias")))
+	must(os.Symlink(filepath.Join(dir, "tree", "prog"), filepath.Join(dir, "link")))
+	l, err := buildLayer(imageSpec{copies: []copySpec{
+		{src: filepath.Join(dir, "link"), dst: "/usr/bin/prog"},
+		{src: filepath.Join(dir, "tree"), dst: "/opt/tree"},
+	}})
+	must(err)
+	tests := []struct {
+		path     string
+		typeflag byte
+		linkname string
+	}{
+		{"/usr/bin/prog", tar.TypeReg, ""},
+		{"/usr/bin", tar.TypeDir, ""},
+		{"/opt/tree/prog", tar.TypeReg, ""},
+		{"/opt/tree/alias", tar.TypeSymlink, "prog"},
+	}
+	for _, tt := range tests {
+		e, ok := l.entries[tt.path]
+		if !ok || e.typeflag != tt.typeflag || e.linkname != tt.linkname {
+			t.Errorf("%s: %+v, want type %c link %q", tt.path, e, tt.typeflag, tt.linkname)
+		}
+	}
+	if err := l.put("/usr/bin/prog", &entry{typeflag: tar.TypeReg, data: []byte("other")}); err == nil {
+		t.Error("adding a different file at the same path succeeded")
+	}
+}
+
 // image is a parsed image tarball.
 type image struct {
 	size     int64

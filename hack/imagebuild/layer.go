@@ -63,9 +63,15 @@ func (l *layer) put(p string, e *entry) error {
 	return nil
 }
 
-// addHost copies the host file or directory src to dst. Symbolic links are
-// copied as links (not followed); directories recursively.
+// addHost copies the host file or directory src to dst, directories
+// recursively. src itself is followed when it is a symbolic link (as a
+// Dockerfile's COPY does: -add /usr/sbin/iptables:... copies the program);
+// links inside a directory are copied as links.
 func (l *layer) addHost(src, dst string) error {
+	src, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", src, err)
+	}
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("read %s: %w", p, err)
