@@ -319,14 +319,20 @@ func TestAPIServerNoDoubleMutation(t *testing.T) {
 	})
 }
 
-// TestAPIServerWebhookDown: the configuration of the down profile points at a
-// port nobody listens on; failurePolicy Ignore lets the pod in unchanged.
+// TestAPIServerWebhookDown: the down profile's configuration points at a port
+// nobody listens on, the hung profile's at a server that accepts and never
+// answers; failurePolicy Ignore lets the pod in unchanged either way.
 func TestAPIServerWebhookDown(t *testing.T) {
 	s := requireSuite(t)
 	clientset, _ := s.client(t)
-	ns := s.namespace(t, clientset, profileDown, namespaceEnabled)
-	stored := create(t, clientset, ns, testPod("unserved", nil, nil))
-	assertUntouched(t, stored)
+	for _, profile := range []string{profileDown, profileHung} {
+		t.Run(profile, func(t *testing.T) {
+			t.Parallel()
+			ns := s.namespace(t, clientset, profile, namespaceEnabled)
+			stored := create(t, clientset, ns, testPod("unserved", nil, nil))
+			assertUntouched(t, stored)
+		})
+	}
 }
 
 // TestAPIServerKubeDNSDiscovery: without --kube-dns-ip the fallback comes from

@@ -46,7 +46,8 @@ const (
 	profileClusterWide = "cluster-wide" // --cluster-wide
 	profileLegacy      = "legacy"       // --native-sidecars=false
 	profileDiscover    = "discover"     // kube-dns discovered from a Service
-	profileDown        = "down"         // configuration pointing at nothing
+	profileDown        = "down"         // configuration pointing at a closed port
+	profileHung        = "hung"         // configuration pointing at a server that never answers
 )
 
 const (
@@ -154,14 +155,28 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 			return nil, err
 		}
 	}
-	// The down profile: a configuration whose webhook never answers.
+	// The down profiles: nobody listens, or a listener accepts connections
+	// and never answers (the API server gives up after timeoutSeconds).
 	closedPort, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	downURL := fmt.Sprintf("https://127.0.0.1:%d%s", closedPort, Path)
-	if err := installWebhookConfig(ctx, clientset, profileDown, false, downURL, hook.LocalServingCAData); err != nil {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		return nil, err
+	}
+	running.Add(1)
+	go func() {
+		defer running.Done()
+		holdConnections(ctx, hung)
+	}()
+	for profile, addr := range map[string]string{
+		profileDown: net.JoinHostPort("127.0.0.1", strconv.Itoa(closedPort)),
+		profileHung: hung.Addr().String(),
+	} {
+		if err := installWebhookConfig(ctx, clientset, profile, false, "https://"+addr+Path, hook.LocalServingCAData); err != nil {
+			return nil, err
+		}
 	}
 	for _, p := range setups {
 		if err := waitServing(ctx, clientset, p.name, runErrs); err != nil {
@@ -282,6 +297,25 @@ func waitServing(ctx context.Context, clientset kubernetes.Interface, profile st
 		return fmt.Errorf("profile %s never served: %w", profile, err)
 	}
 	return nil
+}
+
+// holdConnections accepts connections and never answers until ctx ends.
+func holdConnections(ctx context.Context, l net.Listener) {
+	var held []net.Conn
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			break
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		c.Close()
+	}
 }
 
 func freePort() (int, error) {
