@@ -89,7 +89,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&ref, "ref", "", "image `reference` to name it, e.g. localdns/stub:dev")
 	fs.Var(&entrypoint, "entrypoint", "entrypoint element; repeat for arguments (first is the program)")
 	fs.StringVar(&user, "user", "", "`uid:gid` the image runs as (empty: root)")
-	fs.Var(&adds, "add", "`SRC:DST` copy a host file or directory (recursively) into the image; repeatable")
+	fs.Var(&adds, "add", "`SRC:DST` copy a host file or directory (recursively; SRC itself is followed when a link) into the image; repeatable")
 	fs.Var(&addLibs, "add-with-libs", "`SRC:DST` like -add, plus the shared libraries each ELF file needs (its ldd closure), at their host paths; repeatable")
 	fs.Var(&symlinks, "symlink", "`DST=TARGET` create a symbolic link; repeatable")
 	fs.Var(&envs, "env", "`K=V` environment variable; repeatable (PATH has a default)")
