@@ -475,7 +475,13 @@ func TestSelfManagedRotation(t *testing.T) {
 		t.Fatal("staged: wrong certificate served")
 	}
 
-	// The next step sees the new CA published and promotes it.
+	// The next step sees the new CA published, but promotes it only once
+	// API servers had time to load the new bundle.
+	reconcile(t, s)
+	if !servedLeaf(t, s).Equal(leaf2) {
+		t.Fatal("staged CA promoted without waiting for API servers to catch up")
+	}
+	clock.Set(clock.Now().Add(caPromotionDelay))
 	reconcile(t, s)
 	leaf3 := servedLeaf(t, s)
 	if err := leaf3.CheckSignatureFrom(cas[0]); err != nil {

@@ -81,6 +81,13 @@ func (st pkiState) encodeInto(data map[string][]byte) map[string][]byte {
 	return out
 }
 
+// caPromotionDelay is how long a staged CA must have been staged before it
+// signs. The webhook configuration already holds it when it is promoted, but
+// every API server reads that configuration through its own watch cache;
+// this gives them time to catch up (a staged CA is due 20 months before the
+// old one expires, so an hour costs nothing).
+const caPromotionDelay = time.Hour
+
 // policy is what the planner needs from the configuration.
 type policy struct {
 	caCommonName    string
@@ -99,10 +106,11 @@ type policy struct {
 // CA rotation runs in two stages so no client ever sees a certificate signed
 // by a CA it does not trust yet:
 //  1. the CA is due: a new CA is staged and added to the bundle (new, old);
-//  2. a later step sees the bundle in the webhook configuration: the new CA
-//     is promoted and signs a new serving certificate. The old CA stays in
-//     the bundle until it expires, so certificates it signed, still served
-//     by replicas that have not re-read the Secret, keep verifying.
+//  2. a step at least caPromotionDelay later sees the bundle in the webhook
+//     configuration: the new CA is promoted and signs a new serving
+//     certificate. The old CA stays in the bundle until it expires, so
+//     certificates it signed, still served by replicas that have not
+//     re-read the Secret, keep verifying.
 func (p policy) plan(cur pkiState, now time.Time, trusted func(*x509.Certificate) bool) (pkiState, []string, error) {
 	next := cur
 	var reasons []string
@@ -127,7 +135,7 @@ func (p policy) plan(cur pkiState, now time.Time, trusted func(*x509.Certificate
 		next.nextCA = staged
 		reasons = append(reasons, "CA rotation staged")
 	}
-	if next.nextCA != nil && trusted(next.nextCA.cert) {
+	if next.nextCA != nil && !now.Before(stagedAt(next.nextCA).Add(caPromotionDelay)) && trusted(next.nextCA.cert) {
 		next.ca, next.nextCA = next.nextCA, nil
 		reasons = append(reasons, "staged CA promoted")
 	}
@@ -147,6 +155,9 @@ func (p policy) plan(cur pkiState, now time.Time, trusted func(*x509.Certificate
 	}
 	return next, reasons, nil
 }
+
+// stagedAt is when a CA was created (its NotBefore is backdated).
+func stagedAt(ca *keyPair) time.Time { return ca.cert.NotBefore.Add(backdate) }
 
 // caName makes each CA's subject unique, so logs and bundles tell them apart.
 func (p policy) caName(now time.Time) string {

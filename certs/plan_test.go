@@ -213,8 +213,13 @@ func TestCARotation(t *testing.T) {
 		}
 	}
 
-	// The webhook configuration now holds the bundle: promotion.
+	// The webhook configuration holds the bundle, but API servers may not
+	// have caught up yet: promotion waits caPromotionDelay after staging.
 	onlyNew := func(c *x509.Certificate) bool { return c.Equal(newCA) }
+	if _, reasons := mustPlan(t, p, st, now.Add(caPromotionDelay-time.Second), onlyNew); len(reasons) != 0 {
+		t.Fatalf("staged CA promoted before the delay: %q", reasons)
+	}
+	now = now.Add(caPromotionDelay)
 	st, reasons = mustPlan(t, p, st, now, onlyNew)
 	if !hasReason(reasons, "staged CA promoted") || st.nextCA != nil || !st.ca.cert.Equal(newCA) {
 		t.Fatalf("staged CA not promoted: %q", reasons)
