@@ -210,6 +210,49 @@ func TestTCPConnectionReuse(t *testing.T) {
 	}
 }
 
+// TestTCPPoolBounded: a query that finds every connection at PipelineDepth
+// dials another, up to MaxConnsPerServer; beyond that queries pipeline on the
+// least loaded connection.
+func TestTCPPoolBounded(t *testing.T) {
+	const n, maxConns = 30, 3
+	up := startFake(t)
+	gate := make(chan struct{})
+	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
+		<-gate // hold the connection's queries until every one is in flight
+		answer(w, r)
+	})
+	f, _ := newTestForwarder(t, Config{
+		Zones:             []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Minute}}}},
+		MaxConnsPerServer: maxConns,
+		PipelineDepth:     1,
+	})
+	pool := upstreamOf(t, f, up.addr).pool
+	inflight := func() (total int32) {
+		pool.mu.Lock()
+		defer pool.mu.Unlock()
+		for _, c := range pool.conns {
+			total += c.inflight.Load()
+		}
+		return total
+	}
+
+	// One query at a time, each while all earlier ones are held in flight: every
+	// arrival finds all connections busy and no dial in progress.
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { mustAnswer(t, f, fmt.Sprintf("p%d.example.", i)) })
+		eventually(t, "the query to be in flight", func() bool { return inflight() == int32(i+1) })
+	}
+	if got := pool.size(); got != maxConns {
+		t.Errorf("%d pooled connections with %d queries in flight, want %d", got, n, maxConns)
+	}
+	close(gate)
+	wg.Wait()
+	if got := up.accepted.Load(); got != maxConns {
+		t.Errorf("fake accepted %d connections, want %d", got, maxConns)
+	}
+}
+
 func TestTCPIdleExpiry(t *testing.T) {
 	up := startFake(t)
 	f, reg := newTestForwarder(t, Config{

@@ -51,7 +51,9 @@ func newTCPPool(addr string, cfg Config, m *serverMetrics) *tcpPool {
 	}
 }
 
-// acquire returns a connection to send one query on, dialing when needed.
+// acquire returns a connection to send one query on, dialing when needed,
+// with a place reserved on it (counted in inflight), so that concurrent
+// acquires see the load at once and the idle timer leaves it open.
 func (p *tcpPool) acquire(ctx context.Context) (*pipeConn, error) {
 	p.mu.Lock()
 	for {
@@ -61,6 +63,7 @@ func (p *tcpPool) acquire(ctx context.Context) (*pipeConn, error) {
 		}
 		c := p.leastLoaded()
 		if c != nil && (c.inflight.Load() < p.depth || len(p.conns) >= p.maxConns || p.dialing != nil) {
+			c.inflight.Add(1)
 			p.mu.Unlock()
 			return c, nil
 		}
@@ -99,6 +102,7 @@ func (p *tcpPool) dial(ctx context.Context) (*pipeConn, error) {
 		err = ErrClosed
 	default:
 		c = newPipeConn(p, nc)
+		c.inflight.Add(1) // the dialer's reservation
 		p.conns = append(p.conns, c)
 		p.metrics.tcpConns.Inc()
 		p.readers.Add(1)
@@ -165,7 +169,7 @@ func (p *tcpPool) close() {
 type pipeConn struct {
 	pool     *tcpPool
 	nc       net.Conn
-	inflight atomic.Int32 // queries waiting for a reply
+	inflight atomic.Int32 // queries reserved on c or waiting for a reply
 	dead     atomic.Bool  // closed; acquire skips it until it leaves the pool
 	lastRead atomic.Int64 // monotime of the last reply frame read
 
@@ -207,7 +211,8 @@ func newPipeConn(p *tcpPool, nc net.Conn) *pipeConn {
 	return c
 }
 
-// exchange sends one query on c and waits for its reply or ctx.
+// exchange sends one query on c, on the place acquire reserved, and waits for
+// its reply or ctx.
 func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
 	w := &waiter{q: q, sentAt: monotime(), reply: make(chan tcpReply, 1)}
 	c.mu.Lock()
@@ -217,11 +222,11 @@ func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (
 	}
 	id, ok := c.allocIDLocked()
 	if !ok {
+		c.releaseLocked()
 		c.mu.Unlock()
 		return nil, errIDsExhausted
 	}
 	c.pending[id] = w
-	c.inflight.Add(1)
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, wire); err != nil {
@@ -308,10 +313,15 @@ func (c *pipeConn) forget(id uint16, w *waiter) bool {
 		return false
 	}
 	delete(c.pending, id)
+	c.releaseLocked()
+	return true
+}
+
+// releaseLocked gives back one query's place. Called with c.mu held.
+func (c *pipeConn) releaseLocked() {
 	if c.inflight.Add(-1) == 0 {
 		c.becameIdleLocked()
 	}
-	return true
 }
 
 // readLoop reads reply frames until the connection fails or is closed.
@@ -357,9 +367,7 @@ func (c *pipeConn) deliver(frame []byte) {
 		return
 	}
 	delete(c.pending, id)
-	if c.inflight.Add(-1) == 0 {
-		c.becameIdleLocked()
-	}
+	c.releaseLocked()
 	c.mu.Unlock()
 
 	if unpackErr != nil {
