@@ -68,15 +68,16 @@ func TestBinary(t *testing.T) {
 	}
 }
 
-// buildBinaries builds each main package into a temporary directory and
-// returns the paths by base name; static, as the images ship them.
-func buildBinaries(t *testing.T, pkgs ...string) map[string]string {
+// buildBinaries builds each main package into a temporary directory the
+// way the Makefile does for the images (static, stripped) and returns the
+// paths by base name.
+func buildBinaries(t testing.TB, pkgs ...string) map[string]string {
 	t.Helper()
 	dir := t.TempDir()
 	paths := map[string]string{}
 	for _, pkg := range pkgs {
 		out := filepath.Join(dir, filepath.Base(pkg))
-		cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
 		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
@@ -112,7 +113,7 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-func startProcess(t *testing.T, name string, argv ...string) *process {
+func startProcess(t testing.TB, name string, argv ...string) *process {
 	t.Helper()
 	p := &process{name: name, cmd: exec.Command(argv[0], argv[1:]...), out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -134,7 +135,7 @@ func startProcess(t *testing.T, name string, argv ...string) *process {
 func (p *process) logs() string { return "\n" + p.name + " output:\n" + p.out.String() }
 
 // signal sends sig and returns the exit status once the process is gone.
-func (p *process) signal(t *testing.T, sig syscall.Signal) int {
+func (p *process) signal(t testing.TB, sig syscall.Signal) int {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal %s: %v", p.name, err)
@@ -147,4 +148,4 @@ func (p *process) signal(t *testing.T, sig syscall.Signal) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-func (p *process) terminate(t *testing.T) int { return p.signal(t, syscall.SIGTERM) }
+func (p *process) terminate(t testing.TB) int { return p.signal(t, syscall.SIGTERM) }

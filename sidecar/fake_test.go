@@ -32,7 +32,7 @@ type query struct {
 // address, its own ServeMux, recording every query. It answers A queries
 // with its own answerIP, so a reply tells which upstream it came from.
 type fakeUpstream struct {
-	t        *testing.T
+	t        testing.TB
 	name     string
 	addr     netip.AddrPort
 	answerIP net.IP
@@ -47,7 +47,7 @@ type fakeUpstream struct {
 // startFake listens on a random 127/8 address and a port below the kernel's
 // ephemeral range: once the fake stops, that port stays closed (ICMP port
 // unreachable, RST), and a restart gets it back, as a restarted node cache would.
-func startFake(t *testing.T, name string, answerIP string) *fakeUpstream {
+func startFake(t testing.TB, name string, answerIP string) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{t: t, name: name, answerIP: net.ParseIP(answerIP)}
 	for range 100 {

@@ -260,7 +260,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 }
 
 // unusedAddr returns a loopback address whose UDP and TCP ports are free.
-func unusedAddr(t *testing.T) netip.AddrPort {
+func unusedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
 	f := startFake(t, "placeholder", nodeCacheAnswer)
 	f.stop()
@@ -269,7 +269,7 @@ func unusedAddr(t *testing.T) netip.AddrPort {
 
 // waitUntil polls cond until it holds, failing after a deadline with cond's
 // last description of the state. Polling, never sleeping, is the synchronisation.
-func waitUntil(t *testing.T, what string, cond func() (bool, string)) {
+func waitUntil(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	tick := time.NewTicker(20 * time.Millisecond)
