@@ -198,7 +198,7 @@ func writeImage(out string, spec imageSpec) error {
 	}
 	diffID := newBlob(tarBuf.Bytes()).digest
 	var gzBuf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gzBuf, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&gzBuf, gzip.DefaultCompression) // BestCompression: 4x the time for 0.3% less
 	if err != nil {
 		return err
 	}
