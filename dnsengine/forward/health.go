@@ -91,7 +91,8 @@ func (f *Forwarder) probeUntilUp(u *upstream) {
 }
 
 // probeUntilAnswered probes every upstream, then again every ProbeInterval,
-// until any upstream has answered (see Config.ProbeAtStart).
+// until any upstream has answered (see Config.ProbeAtStart). Upstreams marked
+// down are left to their own prober.
 func (f *Forwarder) probeUntilAnswered() {
 	ticker := time.NewTicker(f.cfg.ProbeInterval)
 	defer ticker.Stop()
@@ -100,7 +101,9 @@ func (f *Forwarder) probeUntilAnswered() {
 			if f.Answered() || f.ctx.Err() != nil {
 				return
 			}
-			f.probe(u)
+			if !u.health.isDown() {
+				f.probe(u)
+			}
 		}
 		select {
 		case <-f.ctx.Done():

@@ -74,9 +74,11 @@ func (p *tcpPool) acquire(ctx context.Context) (*pipeConn, error) {
 			case <-ctx.Done():
 				return nil, fmt.Errorf("wait for tcp dial: %w", ctx.Err())
 			}
-			if d.err != nil {
+			if d.err != nil && !errors.Is(d.err, context.Canceled) {
 				return nil, d.err
 			}
+			// Dialed, or the dialing query was cancelled by its caller (not
+			// the server's fault, and not ours): look again.
 			p.mu.Lock()
 			continue
 		}
