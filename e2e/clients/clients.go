@@ -1,7 +1,8 @@
-// Package clients builds the C load client gaiload (csrc/gaiload.c) twice:
-// against glibc (dynamic, as glibc pods run it; its image carries the
-// libraries) and against musl (static, as Alpine pods resolve). Both print
-// the JSON of e2e/dnsload's Result.
+// Package clients builds the load clients for client pods: the C client
+// gaiload (csrc/gaiload.c) against glibc (dynamic, as glibc pods run it; its
+// image carries the libraries) and against musl (static, as Alpine pods
+// resolve), and the Go client e2e/cmd/dnsload (static). All print the JSON
+// of e2e/dnsload's Result.
 package clients
 
 import (
@@ -21,24 +22,34 @@ var gailoadSource []byte
 
 // Binaries are the built clients.
 type Binaries struct {
-	Glibc string // dynamic; needs the host's libc in its image (imagebuild -add-with-libs)
-	Musl  string // static
+	Glibc string // gaiload, dynamic; needs the host's libc in its image (imagebuild -add-with-libs)
+	Musl  string // gaiload, static
+	Go    string // dnsload, static (CGO off: Go's own resolver)
 }
 
-// Build compiles both clients into dir with gcc and musl-gcc (Debian
-// packages gcc and musl-tools).
-func Build(dir string) (Binaries, error) {
+// Build compiles the clients into dir: gaiload with gcc and musl-gcc
+// (Debian packages gcc and musl-tools), dnsload from the localdns module
+// at repoDir.
+func Build(repoDir, dir string) (Binaries, error) {
 	src := filepath.Join(dir, "gaiload.c")
 	if err := os.WriteFile(src, gailoadSource, 0o644); err != nil {
 		return Binaries{}, fmt.Errorf("write gaiload.c: %w", err)
 	}
-	b := Binaries{Glibc: filepath.Join(dir, "gaiload-glibc"), Musl: filepath.Join(dir, "gaiload-musl")}
-	for _, argv := range [][]string{
-		{"gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", b.Glibc, src},
-		{"musl-gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-pthread", "-o", b.Musl, src},
+	b := Binaries{
+		Glibc: filepath.Join(dir, "gaiload-glibc"),
+		Musl:  filepath.Join(dir, "gaiload-musl"),
+		Go:    filepath.Join(dir, "dnsload"),
+	}
+	goBuild := exec.Command("go", "build", "-trimpath", "-o", b.Go, "./e2e/cmd/dnsload")
+	goBuild.Dir = repoDir
+	goBuild.Env = append(os.Environ(), "CGO_ENABLED=0")
+	for _, cmd := range []*exec.Cmd{
+		exec.Command("gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", b.Glibc, src),
+		exec.Command("musl-gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-pthread", "-o", b.Musl, src),
+		goBuild,
 	} {
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			return Binaries{}, fmt.Errorf("%s: %w: %s", argv[0], err, strings.TrimSpace(string(out)))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Binaries{}, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
 	return b, nil

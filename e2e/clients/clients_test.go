@@ -42,15 +42,15 @@ func listenUDPInNetns(nsPath, addr string) (net.PacketConn, error) {
 	return r.pc, r.err
 }
 
-// TestGailoadAgainstLocalServer runs the glibc and the musl client in a
+// TestClientsAgainstLocalServer runs the glibc, musl and Go clients in a
 // network namespace of its own (no route out) whose /etc/resolv.conf (bind
 // mounted in a private mount namespace) names only a DNS server this test
 // serves inside it.
-func TestGailoadAgainstLocalServer(t *testing.T) {
+func TestClientsAgainstLocalServer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network and mount namespaces")
 	}
-	bins, err := Build(t.TempDir())
+	bins, err := Build("../..", t.TempDir())
 	if err != nil {
 		t.Fatalf("build (needs gcc and musl-tools): %v", err)
 	}
@@ -99,24 +99,33 @@ func TestGailoadAgainstLocalServer(t *testing.T) {
 	}
 
 	const lookups = 200
+	// -d is only a ceiling: the lookup count stops each run.
+	gaiload := func(bin, host string) []string {
+		return []string{bin, "-h", host, "-c", "4", "-d", "60", "-m", fmt.Sprint(lookups), "-l", "1000"}
+	}
+	dnsload := func(host string) []string {
+		return []string{bins.Go, "-host", host, "-c", "4", "-d", "60s", "-max-lookups", fmt.Sprint(lookups), "-slow", "1s", "-json"}
+	}
 	tests := []struct {
-		libc, bin, host string
-		wantErrors      int64
+		name       string
+		argv       []string
+		host       string
+		wantErrors int64
 	}{
-		{"glibc", bins.Glibc, "svc.test", 0},
-		{"musl", bins.Musl, "svc.test", 0},
-		{"glibc", bins.Glibc, "missing.test", lookups},
-		{"musl", bins.Musl, "missing.test", lookups},
+		{"glibc", gaiload(bins.Glibc, "svc.test"), "svc.test", 0},
+		{"musl", gaiload(bins.Musl, "svc.test"), "svc.test", 0},
+		{"go", dnsload("svc.test"), "svc.test", 0},
+		{"glibc", gaiload(bins.Glibc, "missing.test"), "missing.test", lookups},
+		{"musl", gaiload(bins.Musl, "missing.test"), "missing.test", lookups},
+		{"go", dnsload("missing.test"), "missing.test", lookups},
 	}
 	for _, tt := range tests {
-		t.Run(tt.libc+"/"+tt.host, func(t *testing.T) {
-			// -d 60 is only a ceiling: -m stops the run after 200 lookups.
-			cmd := exec.Command("nsenter", "--net="+nsPath, "--", "unshare", "--mount", "--",
-				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv,
-				tt.bin, "-h", tt.host, "-c", "4", "-d", "60", "-m", fmt.Sprint(lookups), "-l", "1000")
-			out, err := cmd.Output()
+		t.Run(tt.name+"/"+tt.host, func(t *testing.T) {
+			argv := append([]string{"--net=" + nsPath, "--", "unshare", "--mount", "--",
+				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}, tt.argv...)
+			out, err := exec.Command("nsenter", argv...).Output()
 			if err != nil {
-				t.Fatalf("gaiload: %v: %s", err, exitStderr(err))
+				t.Fatalf("%s: %v: %s", tt.name, err, exitStderr(err))
 			}
 			res, err := ParseResult(out)
 			if err != nil {

@@ -18,7 +18,8 @@ type Cluster struct {
 	runDir  string // removed on Down
 	logsDir string // kept until the next Up, for post-mortems
 	prog    *progress
-	seq     int // start order of daemons, for stopping in reverse
+	seq     int           // start order of daemons, for stopping in reverse
+	images  *imageBuilder // made on first use
 }
 
 func newCluster(cfg Config) (*Cluster, error) {

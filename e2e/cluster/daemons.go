@@ -96,39 +96,55 @@ func (c *Cluster) buildImages() error {
 		}
 	}
 	busybox := map[string]string{"/bin/busybox": c.cfg.BusyboxBinary}
-	specs := []imageSpec{
+	specs := []ImageSpec{
 		// The pod sandbox only holds the namespaces; the runtime stops it
 		// with SIGKILL, so a sleeping busybox does.
-		{ref: PauseImage, entrypoint: []string{"/bin/busybox", "sleep", "2147483647"}, files: busybox},
-		{ref: BusyboxImage, entrypoint: []string{"/bin/sh"}, files: busybox, symlinks: links},
-		{ref: CoreDNSImage, entrypoint: []string{"/coredns"}, files: map[string]string{"/coredns": c.cfg.CoreDNSBinary}},
+		{Ref: PauseImage, Entrypoint: []string{"/bin/busybox", "sleep", "2147483647"}, Files: busybox},
+		{Ref: BusyboxImage, Entrypoint: []string{"/bin/sh"}, Files: busybox, Symlinks: links},
+		{Ref: CoreDNSImage, Entrypoint: []string{"/coredns"}, Files: map[string]string{"/coredns": c.cfg.CoreDNSBinary}},
 	}
-	cacheDir := filepath.Join(c.cfg.BaseDir, "image-cache")
-	b, err := newImageBuilder(c.cfg.RepoDir, c.runDir, cacheDir)
+	b, err := c.imageBuilder()
 	if err != nil {
 		return err
 	}
-	used := map[string]bool{}
 	for i, s := range specs {
 		tarball, err := b.build(s)
 		if err != nil {
 			return err
 		}
-		used[tarball] = true
 		if err := os.Symlink(tarball, filepath.Join(c.dir("images"), fmt.Sprintf("%d.tar", i))); err != nil {
-			return fmt.Errorf("link image %s: %w", s.ref, err)
+			return fmt.Errorf("link image %s: %w", s.Ref, err)
 		}
 	}
-	// Drop images of older inputs, so the cache does not grow run by run.
-	stale, err := filepath.Glob(filepath.Join(cacheDir, "*.tar"))
+	return b.prune()
+}
+
+// imageBuilder compiles hack/imagebuild once per cluster.
+func (c *Cluster) imageBuilder() (*imageBuilder, error) {
+	if c.images == nil {
+		b, err := newImageBuilder(c.cfg.RepoDir, c.runDir, filepath.Join(c.cfg.BaseDir, "image-cache"))
+		if err != nil {
+			return nil, err
+		}
+		c.images = b
+	}
+	return c.images, nil
+}
+
+// BuildAndImport builds images (cached across runs) and imports them into
+// the node's containerd: the load clients, later the product's images.
+func (c *Cluster) BuildAndImport(ctx context.Context, specs ...ImageSpec) error {
+	b, err := c.imageBuilder()
 	if err != nil {
 		return err
 	}
-	for _, f := range stale {
-		if !used[f] {
-			if err := os.Remove(f); err != nil {
-				return fmt.Errorf("prune image cache: %w", err)
-			}
+	for _, s := range specs {
+		tarball, err := b.build(s)
+		if err != nil {
+			return err
+		}
+		if err := c.ImportImages(ctx, tarball); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -10,30 +10,37 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
-// imageSpec is a one-layer test image made of host files, built by the
+// ImageSpec is a one-layer test image made of host files, built by the
 // repository's hack/imagebuild (no registry is reachable).
-type imageSpec struct {
-	ref        string
-	entrypoint []string
-	// files maps a path in the image to the host file copied there.
-	files map[string]string
-	// symlinks maps a path in the image to its target.
-	symlinks map[string]string
+type ImageSpec struct {
+	Ref        string
+	Entrypoint []string
+	// Files maps a path in the image to the host file copied there.
+	Files map[string]string
+	// FilesWithLibs are like Files, plus the shared libraries each needs
+	// (at their host paths): a dynamically linked glibc client.
+	FilesWithLibs map[string]string
+	// Symlinks maps a path in the image to its target.
+	Symlinks map[string]string
 }
 
 // args are imagebuild's flags for spec, in a stable order.
-func (s imageSpec) args() []string {
-	args := []string{"-ref", s.ref}
-	for _, e := range s.entrypoint {
+func (s ImageSpec) args() []string {
+	args := []string{"-ref", s.Ref}
+	for _, e := range s.Entrypoint {
 		args = append(args, "-entrypoint", e)
 	}
-	for _, dst := range sortedKeys(s.files) {
-		args = append(args, "-add", s.files[dst]+":"+dst)
+	for _, dst := range sortedKeys(s.Files) {
+		args = append(args, "-add", s.Files[dst]+":"+dst)
 	}
-	for _, dst := range sortedKeys(s.symlinks) {
-		args = append(args, "-symlink", dst+"="+s.symlinks[dst])
+	for _, dst := range sortedKeys(s.FilesWithLibs) {
+		args = append(args, "-add-with-libs", s.FilesWithLibs[dst]+":"+dst)
+	}
+	for _, dst := range sortedKeys(s.Symlinks) {
+		args = append(args, "-symlink", dst+"="+s.Symlinks[dst])
 	}
 	return args
 }
@@ -50,7 +57,7 @@ func sortedKeys(m map[string]string) []string {
 // imageBuilder builds images with hack/imagebuild and keeps them in a
 // cache keyed by the builder binary, the flags and the input files' size
 // and modification time: gzipping CoreDNS takes seconds, and a warm boot
-// should not pay them again.
+// should not pay them again. Entries unused for a day are pruned.
 type imageBuilder struct {
 	tool     string
 	cacheDir string
@@ -71,27 +78,44 @@ func newImageBuilder(repoDir, dir, cacheDir string) (*imageBuilder, error) {
 }
 
 // build returns the path of spec's tarball, building it unless cached.
-func (b *imageBuilder) build(spec imageSpec) (string, error) {
+func (b *imageBuilder) build(spec ImageSpec) (string, error) {
 	key, err := b.key(spec)
 	if err != nil {
 		return "", err
 	}
 	out := filepath.Join(b.cacheDir, key+".tar")
 	if _, err := os.Stat(out); err == nil {
-		return out, nil
+		now := time.Now()
+		return out, os.Chtimes(out, now, now) // marks it used, for prune
 	}
 	tmp := out + ".tmp"
 	args := append([]string{"-o", tmp}, spec.args()...)
 	if res, err := exec.Command(b.tool, args...).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("imagebuild %s: %w: %s", spec.ref, err, strings.TrimSpace(string(res)))
+		return "", fmt.Errorf("imagebuild %s: %w: %s", spec.Ref, err, strings.TrimSpace(string(res)))
 	}
 	if err := os.Rename(tmp, out); err != nil {
-		return "", fmt.Errorf("cache image %s: %w", spec.ref, err)
+		return "", fmt.Errorf("cache image %s: %w", spec.Ref, err)
 	}
 	return out, nil
 }
 
-func (b *imageBuilder) key(spec imageSpec) (string, error) {
+// prune removes cached images unused for a day.
+func (b *imageBuilder) prune() error {
+	entries, err := filepath.Glob(filepath.Join(b.cacheDir, "*.tar"))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if st, err := os.Stat(e); err == nil && time.Since(st.ModTime()) > 24*time.Hour {
+			if err := os.Remove(e); err != nil {
+				return fmt.Errorf("prune image cache: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (b *imageBuilder) key(spec ImageSpec) (string, error) {
 	h := sha256.New()
 	tool, err := os.Open(b.tool)
 	if err != nil {
@@ -102,12 +126,14 @@ func (b *imageBuilder) key(spec imageSpec) (string, error) {
 		return "", fmt.Errorf("hash imagebuild: %w", err)
 	}
 	fmt.Fprintln(h, strings.Join(spec.args(), "\x00"))
-	for _, dst := range sortedKeys(spec.files) {
-		st, err := os.Stat(spec.files[dst])
-		if err != nil {
-			return "", fmt.Errorf("image %s: %w", spec.ref, err)
+	for _, files := range []map[string]string{spec.Files, spec.FilesWithLibs} {
+		for _, dst := range sortedKeys(files) {
+			st, err := os.Stat(files[dst])
+			if err != nil {
+				return "", fmt.Errorf("image %s: %w", spec.Ref, err)
+			}
+			fmt.Fprintln(h, dst, st.Size(), st.ModTime().UnixNano())
 		}
-		fmt.Fprintln(h, dst, st.Size(), st.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
 }

@@ -164,30 +164,37 @@ func (c *Cluster) waitKubeDNS(ctx context.Context) error {
 	})
 }
 
-// CheckDNS runs a busybox pod that looks up kubernetes.default.svc through the
-// kube-dns ClusterIP and returns its output (the pod's resolv.conf and the
-// answer). It fails unless the lookup succeeds.
+// CheckDNS runs a busybox pod that looks up kubernetes.default.svc through
+// the kube-dns ClusterIP and returns its output (the pod's resolv.conf and
+// the answer). It fails unless the lookup succeeds.
 func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 	manifest, err := render("dnscheck.yaml.tmpl", c.templateData())
 	if err != nil {
 		return "", err
 	}
-	// The namespace's default ServiceAccount appears shortly after boot.
-	if err := c.waitFor(ctx, "default ServiceAccount", func(ctx context.Context) error {
-		_, err := c.Kubectl(ctx, nil, "get", "serviceaccount", "default")
+	return c.RunPod(ctx, "default", "dnscheck", manifest)
+}
+
+// RunPod applies the manifest of a pod with restartPolicy Never (replacing
+// an earlier one of the same name), waits until it has finished and returns
+// its logs; an error unless it Succeeded.
+func (c *Cluster) RunPod(ctx context.Context, namespace, name string, manifest []byte) (string, error) {
+	// A namespace's default ServiceAccount appears shortly after it.
+	if err := c.waitFor(ctx, "ServiceAccount "+namespace+"/default", func(ctx context.Context) error {
+		_, err := c.Kubectl(ctx, nil, "-n", namespace, "get", "serviceaccount", "default")
 		return err
 	}); err != nil {
 		return "", err
 	}
-	if _, err := c.Kubectl(ctx, nil, "delete", "pod", "dnscheck", "--ignore-not-found", "--wait=true"); err != nil {
+	if _, err := c.Kubectl(ctx, nil, "-n", namespace, "delete", "pod", name, "--ignore-not-found", "--wait=true"); err != nil {
 		return "", err
 	}
 	if err := c.Apply(ctx, manifest); err != nil {
 		return "", err
 	}
 	var phase string
-	if err := c.waitFor(ctx, "dnscheck pod to finish", func(ctx context.Context) error {
-		out, err := c.Kubectl(ctx, nil, "get", "pod", "dnscheck", "-o", "jsonpath={.status.phase}")
+	if err := c.waitFor(ctx, "pod "+namespace+"/"+name+" to finish", func(ctx context.Context) error {
+		out, err := c.Kubectl(ctx, nil, "-n", namespace, "get", "pod", name, "-o", "jsonpath={.status.phase}")
 		if err != nil {
 			return err
 		}
@@ -199,12 +206,12 @@ func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 	}); err != nil {
 		return "", err
 	}
-	logs, err := c.Kubectl(ctx, nil, "logs", "dnscheck")
+	logs, err := c.Kubectl(ctx, nil, "-n", namespace, "logs", name)
 	if err != nil {
 		return "", err
 	}
 	if phase != "Succeeded" {
-		return logs, fmt.Errorf("dnscheck pod %s: %s", phase, logs)
+		return logs, fmt.Errorf("pod %s/%s %s: %s", namespace, name, phase, logs)
 	}
 	return logs, nil
 }

@@ -74,15 +74,17 @@ func TestProcStartTimeOfSelf(t *testing.T) {
 }
 
 func TestImageSpecArgsAreStable(t *testing.T) {
-	spec := imageSpec{
-		ref:        "localdns.test/unit:1",
-		entrypoint: []string{"/bin/busybox", "sleep", "1"},
-		files:      map[string]string{"/bin/busybox": "/host/busybox", "/a/first": "/host/a"},
-		symlinks:   map[string]string{"/bin/sh": "busybox", "/bin/cat": "busybox"},
+	spec := ImageSpec{
+		Ref:           "localdns.test/unit:1",
+		Entrypoint:    []string{"/bin/busybox", "sleep", "1"},
+		Files:         map[string]string{"/bin/busybox": "/host/busybox", "/a/first": "/host/a"},
+		FilesWithLibs: map[string]string{"/gai": "/host/gai"},
+		Symlinks:      map[string]string{"/bin/sh": "busybox", "/bin/cat": "busybox"},
 	}
 	want := []string{"-ref", "localdns.test/unit:1",
 		"-entrypoint", "/bin/busybox", "-entrypoint", "sleep", "-entrypoint", "1",
 		"-add", "/host/a:/a/first", "-add", "/host/busybox:/bin/busybox",
+		"-add-with-libs", "/host/gai:/gai",
 		"-symlink", "/bin/cat=busybox", "-symlink", "/bin/sh=busybox"}
 	for range 3 { // map order varies; the flags (and so the cache key) must not
 		if got := spec.args(); !reflect.DeepEqual(got, want) {
