@@ -9,6 +9,8 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 BINARIES := localdns-nodecache localdns-webhook localdns-stub
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 OVERLAY ?= default
+IMAGE_TAG ?= dev   # must match the overlays' images: tag
+KUBECTL ?= kubectl
 
 .PHONY: help
 help: ## List the targets.
@@ -44,6 +46,23 @@ lint: ## gofmt, go vet and staticcheck.
 bench: build ## Go benchmarks and dnsperf against the node cache on loopback.
 	go test -run '^$$' -bench . -benchmem ./dnsengine/...
 	hack/bench-dnsperf.sh
+
+.PHONY: images
+images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
+	go run ./hack/imagebuild -product -bin-dir $(BIN) -out-dir $(BIN)/images -tag $(IMAGE_TAG)
+
+.PHONY: deploy
+deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
+	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
+
+.PHONY: undeploy
+undeploy: ## Uninstall safely: stop injecting, remove the node cache, clean every node, delete the rest.
+	$(KUBECTL) delete mutatingwebhookconfiguration localdns-webhook --ignore-not-found
+	$(KUBECTL) -n localdns-system delete daemonset localdns-nodecache --cascade=foreground --wait --ignore-not-found
+	$(KUBECTL) apply -k manifests/uninstall
+	$(KUBECTL) -n localdns-system rollout status daemonset localdns-cleanup --timeout=5m
+	$(KUBECTL) delete -k manifests/uninstall --ignore-not-found
+	$(KUBECTL) delete -k manifests/overlays/$(OVERLAY) --ignore-not-found
 
 .PHONY: clean
 clean: ## Remove build output.
