@@ -843,6 +843,17 @@ func BenchmarkExchange(b *testing.B) {
 		{"udp/sequential", UDP, 0},
 		{"udp/parallel-32", UDP, 16},
 	}
+	// Baseline: miekg/dns's client, a new TCP connection per query.
+	b.Run("baseline/dns.Client-tcp/sequential", func(b *testing.B) {
+		c := &dns.Client{Net: "tcp"}
+		req := query("bench.example.")
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := c.Exchange(req, addr); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, tt := range tests {
 		b.Run(tt.name, func(b *testing.B) {
 			f, err := New(Config{
