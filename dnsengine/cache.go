@@ -22,6 +22,7 @@ type entry struct {
 	prefetchAfter int64  // unix nanoseconds: hits from then on refresh the entry
 	hits          atomic.Uint32
 	refreshing    atomic.Bool
+	refreshFailed atomic.Int64 // unix nanoseconds of the last failed refresh after expiry, 0 = none
 }
 
 func newEntry(a answer, ttl uint32, now int64) *entry {
@@ -37,6 +38,13 @@ func (en *entry) remaining(now int64) uint32 {
 		return 0
 	}
 	return uint32((left + int64(time.Second) - 1) / int64(time.Second))
+}
+
+// staleNow reports whether en may be answered stale at now without asking
+// the upstream: expired, within staleMax, and its last refresh failed less than
+// staleRefreshTime ago.
+func (en *entry) staleNow(now, staleMax int64) bool {
+	return now >= en.expires && now < en.expires+staleMax && now < en.refreshFailed.Load()+int64(staleRefreshTime)
 }
 
 // hit records a hit and reports whether it should trigger a prefetch; the

@@ -56,6 +56,7 @@ func TestNegativeAndUncacheable(t *testing.T) {
 		{"nodata.example.", dns.TypeAAAA, dns.RcodeSuccess, 2, true},   // NODATA: min(SOA TTL 2, MINIMUM 100)
 		{"nx-nosoa.example.", dns.TypeA, dns.RcodeNameError, 0, false}, // RFC 2308: no SOA, no caching
 		{"zero.example.", dns.TypeA, dns.RcodeSuccess, 0, false},       // TTL 0
+		{"tc.example.", dns.TypeA, dns.RcodeSuccess, 0, false},         // truncated
 		{"servfail.example.", dns.TypeA, dns.RcodeServerFailure, 0, false},
 		{"mismatch.example.", dns.TypeA, dns.RcodeServerFailure, 0, false}, // wrong question: rejected
 	}
@@ -145,13 +146,13 @@ func TestPrefetch(t *testing.T) {
 	te.up.Hold(nil, called)
 	ask := func() *dns.Msg { return te.query(t, "udp", question("hot.example.", dns.TypeA)) }
 	ask() // miss
-	<-called
+	receive(t, called, "upstream call")
 	ask()                                      // hit 1, outside the prefetch window
 	te.clock.Advance(18500 * time.Millisecond) // 1.5s left of 20: inside the last 10% (at least 1s)
 	if got := ask().Answer[0].Header().Ttl; got != 2 {
 		t.Fatalf("TTL %d, want 2", got)
 	}
-	<-called // hit 2 started the refresh
+	receive(t, called, "upstream call") // hit 2 started the refresh
 	te.waitFlight(keyOf(t, "hot.example.", dns.TypeA, false))
 	te.clock.Advance(2 * time.Second) // the first entry has expired; its refresh has not
 	if got := ask().Answer[0].Header().Ttl; got != 18 {
@@ -167,7 +168,7 @@ func TestPrefetch(t *testing.T) {
 	// A name hit once in its life is not prefetched: it expires and misses.
 	ask2 := func() { te.query(t, "udp", question("cold.example.", dns.TypeA)) }
 	ask2()
-	<-called
+	receive(t, called, "upstream call")
 	te.clock.Advance(19500 * time.Millisecond)
 	ask2()
 	if got := te.metricValue(t, "cache_prefetch_total", nil); got != 1 {
@@ -175,7 +176,7 @@ func TestPrefetch(t *testing.T) {
 	}
 	te.clock.Advance(time.Second)
 	ask2()
-	<-called
+	receive(t, called, "upstream call")
 	if got := te.up.Calls("cold.example.", dns.TypeA, false); got != 2 {
 		t.Fatalf("cold name upstream calls %d, want 2", got)
 	}

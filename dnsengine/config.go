@@ -29,6 +29,10 @@ const (
 	DefaultPrefetchHits    = 2
 	DefaultTCPIdleTimeout  = 10 * time.Second
 	DefaultTCPWriteTimeout = 2 * time.Second
+	// DefaultStaleAnswerTimeout answers stale before a client with resolv.conf
+	// "timeout:1" gives up (RFC 8767's client response timer, scaled down).
+	DefaultStaleAnswerTimeout = 500 * time.Millisecond
+	DefaultMaxInflightMisses  = 10000
 )
 
 // Config configures an Engine. Zero values mean the documented default.
@@ -47,8 +51,16 @@ type Config struct {
 	// StaleMax is how long past expiry an entry may be served when the upstream
 	// fails (RFC 8767). 0 = off; callers usually pass DefaultStaleMax (1h).
 	StaleMax time.Duration
+	// StaleAnswerTimeout is how long a miss that could be answered stale waits
+	// for the upstream before it is (the resolution goes on and refreshes the
+	// cache), default 500ms.
+	StaleAnswerTimeout time.Duration
 	// UpstreamTimeout bounds one upstream resolution, default 2s.
 	UpstreamTimeout time.Duration
+	// MaxInflightMisses bounds the cache misses being resolved at once (each
+	// holds a goroutine); beyond it queries are answered SERVFAIL, so that a
+	// flood of unique names cannot exhaust memory. Default 10000.
+	MaxInflightMisses int
 	// UDPSockets is the number of SO_REUSEPORT sockets per UDP listen address,
 	// default GOMAXPROCS.
 	UDPSockets int
@@ -84,14 +96,16 @@ func (cfg Config) withDefaults() (Config, error) {
 		errs = append(errs, errors.New("no upstream"))
 	}
 	for name, v := range map[string]int64{
-		"cache size":        int64(cfg.CacheSize),
-		"max TTL":           int64(cfg.MaxTTL),
-		"max negative TTL":  int64(cfg.MaxNegativeTTL),
-		"stale max":         int64(cfg.StaleMax),
-		"upstream timeout":  int64(cfg.UpstreamTimeout),
-		"UDP sockets":       int64(cfg.UDPSockets),
-		"TCP idle timeout":  int64(cfg.TCPIdleTimeout),
-		"TCP write timeout": int64(cfg.TCPWriteTimeout),
+		"cache size":           int64(cfg.CacheSize),
+		"max TTL":              int64(cfg.MaxTTL),
+		"max negative TTL":     int64(cfg.MaxNegativeTTL),
+		"stale max":            int64(cfg.StaleMax),
+		"stale answer timeout": int64(cfg.StaleAnswerTimeout),
+		"max inflight misses":  int64(cfg.MaxInflightMisses),
+		"upstream timeout":     int64(cfg.UpstreamTimeout),
+		"UDP sockets":          int64(cfg.UDPSockets),
+		"TCP idle timeout":     int64(cfg.TCPIdleTimeout),
+		"TCP write timeout":    int64(cfg.TCPWriteTimeout),
 	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", name))
@@ -104,6 +118,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.MaxTTL, DefaultMaxTTL)
 	setDefault(&cfg.MaxNegativeTTL, DefaultMaxNegativeTTL)
 	setDefault(&cfg.UpstreamTimeout, DefaultUpstreamTimeout)
+	setDefault(&cfg.StaleAnswerTimeout, DefaultStaleAnswerTimeout)
+	setDefault(&cfg.MaxInflightMisses, DefaultMaxInflightMisses)
 	setDefault(&cfg.UDPSockets, runtime.GOMAXPROCS(0))
 	setDefault(&cfg.PrefetchHits, DefaultPrefetchHits)
 	setDefault(&cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)

@@ -34,9 +34,10 @@ type Engine struct {
 
 	// wg counts every goroutine started by Start and, transitively, by them:
 	// UDP readers, TCP accept loops and connections, misses, prefetches.
-	wg        sync.WaitGroup
-	stopping  atomic.Bool
-	listening atomic.Bool
+	wg             sync.WaitGroup
+	inflightMisses atomic.Int64
+	stopping       atomic.Bool
+	listening      atomic.Bool
 
 	mu      sync.Mutex // guards the fields below
 	started bool
@@ -92,6 +93,7 @@ func (e *Engine) Start() error {
 		udp, tcp, err := e.bind(addr)
 		if err != nil {
 			e.closeListeners()
+			e.udp, e.tcp = nil, nil
 			return err
 		}
 		e.udp = append(e.udp, udp...)

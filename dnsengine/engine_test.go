@@ -2,6 +2,7 @@ package dnsengine
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -79,14 +80,14 @@ func TestShutdownDrainsInflight(t *testing.T) {
 		}
 		answered <- resp
 	}()
-	<-called // the miss is in flight
+	receive(t, called, "upstream call") // the miss is in flight
 	stopped := make(chan error)
 	go func() { stopped <- te.Shutdown(context.Background()) }()
 	close(gate)
-	if resp := <-answered; resp == nil || resp.Rcode != dns.RcodeSuccess {
+	if resp := receive(t, answered, "reply"); resp == nil || resp.Rcode != dns.RcodeSuccess {
 		t.Fatalf("query in flight during shutdown: %v", resp)
 	}
-	if err := <-stopped; err != nil {
+	if err := receive(t, stopped, "Shutdown return"); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	if te.Listening() {
@@ -102,10 +103,50 @@ func TestShutdownForcedWhenContextEnds(t *testing.T) {
 		c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
 		_, _, _ = c.Exchange(question("hang.example.", dns.TypeA), te.tcp)
 	}()
-	<-called
+	receive(t, called, "upstream call")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := te.Shutdown(ctx); err == nil || !strings.Contains(err.Error(), "forced") {
 		t.Fatalf("Shutdown with ended ctx = %v, want a forced-shutdown error", err)
+	}
+}
+
+func TestListensOnEveryAddress(t *testing.T) {
+	probe, err := net.ListenPacket("udp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	probe.Close()
+	te := startEngine(t, func(c *Config) { c.Listen = []string{"127.0.0.1:0", "[::1]:0"} })
+	udp, tcp := te.UDPAddrs(), te.TCPAddrs()
+	if len(udp) != 2 || len(tcp) != 2 {
+		t.Fatalf("UDPAddrs %v TCPAddrs %v, want two each", udp, tcp)
+	}
+	for i := range udp {
+		for _, target := range []struct{ network, addr string }{{"udp", udp[i].String()}, {"tcp", tcp[i].String()}} {
+			c := &dns.Client{Net: target.network, Timeout: 5 * time.Second}
+			resp, _, err := c.Exchange(question("www.example.", dns.TypeA), target.addr)
+			if err != nil || resp.Rcode != dns.RcodeSuccess {
+				t.Fatalf("%s %s: %v %v", target.network, target.addr, resp, err)
+			}
+		}
+	}
+}
+
+func TestStartReportsBindError(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0") // no SO_REUSEPORT: nobody can share it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	e, err := New(Config{Listen: []string{taken.Addr().String()}, Upstream: newFakeUpstream()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err == nil || !strings.Contains(err.Error(), "listen tcp") {
+		t.Fatalf("Start = %v, want a TCP bind error", err)
+	}
+	if e.Listening() || len(e.UDPAddrs()) != 0 {
+		t.Fatalf("after a failed Start: Listening %v, UDP addresses %v", e.Listening(), e.UDPAddrs())
 	}
 }

@@ -143,6 +143,9 @@ func zoneAnswer(req *dns.Msg) *dns.Msg {
 		resp.Rcode = dns.RcodeServerFailure
 	case name == "mismatch.example.":
 		resp.Question[0].Name = "other.example."
+	case name == "tc.example.":
+		resp.Truncated = true
+		resp.Answer = []dns.RR{&dns.A{Hdr: hdr(dns.TypeA, 20), A: net.IPv4(192, 0, 2, 8)}}
 	case name == "zero.example.":
 		resp.Answer = []dns.RR{&dns.A{Hdr: hdr(dns.TypeA, 0), A: net.IPv4(192, 0, 2, 9)}}
 	case name == "big.example." && q.Qtype == dns.TypeTXT:
@@ -295,4 +298,17 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// receive waits for a value from ch. The bound only turns a hang into a
+// failure; it is not a timing assertion.
+func receive[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s within 10s", what)
+	}
+	panic("unreachable")
 }

@@ -52,6 +52,7 @@ type counters struct {
 	coalesced atomic.Uint64
 	malformed atomic.Uint64
 	invalid   atomic.Uint64
+	overflow  atomic.Uint64
 	_         [64]byte // no false sharing with the next socket's counters
 }
 
@@ -74,7 +75,7 @@ type metrics struct {
 	duration prometheus.Histogram
 
 	requestsDesc, hitsDesc, missesDesc, staleDesc, prefetchDesc, coalescedDesc, malformedDesc,
-	invalidDesc, entriesDesc *prometheus.Desc
+	invalidDesc, overflowDesc, entriesDesc *prometheus.Desc
 }
 
 func newMetrics(namespace string, c *cache) *metrics {
@@ -97,6 +98,7 @@ func newMetrics(namespace string, c *cache) *metrics {
 		coalescedDesc: desc("coalesced_total", "Cache misses that joined an identical upstream request already in flight."),
 		malformedDesc: desc("malformed_total", "Client packets dropped or answered FORMERR because they were not valid queries."),
 		invalidDesc:   desc("upstream_invalid_total", "Upstream replies rejected because their question did not match."),
+		overflowDesc:  desc("miss_overflow_total", "Cache misses answered SERVFAIL because MaxInflightMisses were being resolved already."),
 		entriesDesc:   desc("cache_entries", "Entries in the cache, stale ones included."),
 	}
 }
@@ -113,7 +115,7 @@ func (m *metrics) newCounters() *counters {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.requestsDesc, m.hitsDesc, m.missesDesc, m.staleDesc, m.prefetchDesc,
-		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.entriesDesc} {
+		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.overflowDesc, m.entriesDesc} {
 		ch <- d
 	}
 	m.duration.Describe(ch)
@@ -122,8 +124,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	var sum struct {
-		requests                                                     [numProtos][numQtypeLabels][numRcodeLabels]uint64
-		hits, misses, stale, prefetch, coalesced, malformed, invalid uint64
+		requests                                                               [numProtos][numQtypeLabels][numRcodeLabels]uint64
+		hits, misses, stale, prefetch, coalesced, malformed, invalid, overflow uint64
 	}
 	m.mu.Lock()
 	for _, c := range m.sets {
@@ -141,6 +143,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		sum.coalesced += c.coalesced.Load()
 		sum.malformed += c.malformed.Load()
 		sum.invalid += c.invalid.Load()
+		sum.overflow += c.overflow.Load()
 	}
 	m.mu.Unlock()
 	for p := range sum.requests {
@@ -157,7 +160,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		d *prometheus.Desc
 		v uint64
 	}{{m.hitsDesc, sum.hits}, {m.missesDesc, sum.misses}, {m.staleDesc, sum.stale}, {m.prefetchDesc, sum.prefetch},
-		{m.coalescedDesc, sum.coalesced}, {m.malformedDesc, sum.malformed}, {m.invalidDesc, sum.invalid}} {
+		{m.coalescedDesc, sum.coalesced}, {m.malformedDesc, sum.malformed}, {m.invalidDesc, sum.invalid},
+		{m.overflowDesc, sum.overflow}} {
 		ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(c.v))
 	}
 	ch <- prometheus.MustNewConstMetric(m.entriesDesc, prometheus.GaugeValue, float64(m.cache.len()))

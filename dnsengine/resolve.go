@@ -109,19 +109,28 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 	return resolution{en: en}
 }
 
-// staleOr returns the entry for key when it may still be served (fresh, or
-// expired less than StaleMax ago), else SERVFAIL.
+// staleOr is the answer when the upstream failed: the entry for key if it is
+// still fresh, or expired less than StaleMax ago (then marked so that the
+// next queries get it at once for staleRefreshTime), else SERVFAIL.
 func (e *Engine) staleOr(key []byte, now int64) resolution {
 	en := e.cache.get(key)
-	switch {
-	case en == nil:
-		return resolution{}
-	case now < en.expires:
+	if en != nil && now < en.expires {
 		return resolution{en: en}
-	case now < en.expires+int64(e.cfg.StaleMax):
-		return resolution{en: en, stale: true}
 	}
-	return resolution{}
+	if en = e.staleCandidate(key, now); en == nil {
+		return resolution{}
+	}
+	en.refreshFailed.Store(now)
+	return resolution{en: en, stale: true}
+}
+
+// staleCandidate returns the entry for key if it has expired less than StaleMax ago.
+func (e *Engine) staleCandidate(key []byte, now int64) *entry {
+	en := e.cache.get(key)
+	if en == nil || now < en.expires || now >= en.expires+int64(e.cfg.StaleMax) {
+		return nil
+	}
+	return en
 }
 
 // validateReply checks that resp answers q: same ID, a response, the same single question.

@@ -35,9 +35,9 @@ func TestCoalescing(t *testing.T) {
 			replies <- resp
 		}()
 	}
-	<-called // the first miss is at the upstream...
+	receive(t, called, "upstream call") // the first miss is at the upstream...
 	for range clients - 1 {
-		<-joined // ...and every other one waits for it
+		receive(t, joined, "coalesced miss") // ...and every other one waits for it
 	}
 	close(gate)
 	wg.Wait()
@@ -107,5 +107,66 @@ func TestUpstreamFailureWithoutCacheIsServfail(t *testing.T) {
 	}
 	if got := te.metricValue(t, "requests_total", map[string]string{"rcode": "SERVFAIL"}); got != 2 {
 		t.Fatalf("requests_total{rcode=SERVFAIL} = %v, want 2", got)
+	}
+}
+
+func TestStaleAnswerTimerAndRefreshWindow(t *testing.T) {
+	te := startEngine(t, func(c *Config) {
+		c.StaleAnswerTimeout = 10 * time.Millisecond
+		c.UpstreamTimeout = 100 * time.Millisecond
+	})
+	ask := func(step string) {
+		t.Helper()
+		resp := te.query(t, "udp", question("www.example.", dns.TypeA))
+		if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) == 0 || resp.Answer[0].Header().Ttl != staleTTL {
+			t.Fatalf("%s: reply %v, want the stale answer", step, resp)
+		}
+	}
+	te.query(t, "udp", question("www.example.", dns.TypeA)) // cached for 20s
+	called := make(chan string, 4)
+	te.up.Hold(make(chan struct{}), called) // the upstream now hangs until its deadline
+	te.clock.Advance(21 * time.Second)
+
+	ask("expired, upstream hanging") // answered stale by the timer
+	receive(t, called, "upstream call")
+	te.waitFlight(keyOf(t, "www.example.", dns.TypeA, false)) // the refresh fails
+	ask("within the stale refresh time")
+	if got := te.up.Total(); got != 2 {
+		t.Fatalf("upstream calls %d, want 2: no refresh within %v of a failed one", got, staleRefreshTime)
+	}
+	te.clock.Advance(staleRefreshTime)
+	ask("after the stale refresh time")
+	receive(t, called, "upstream call")
+	if got := te.metricValue(t, "cache_stale_total", nil); got != 3 {
+		t.Fatalf("cache_stale_total = %v, want 3", got)
+	}
+}
+
+func TestMissOverflowIsServfail(t *testing.T) {
+	te := startEngine(t, func(c *Config) { c.MaxInflightMisses = 1 })
+	gate, called := make(chan struct{}), make(chan string, 1)
+	te.up.Hold(gate, called)
+	first := make(chan *dns.Msg)
+	go func() {
+		c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+		resp, _, err := c.Exchange(question("www.example.", dns.TypeA), te.udp)
+		if err != nil {
+			t.Errorf("first query: %v", err)
+		}
+		first <- resp
+	}()
+	receive(t, called, "upstream call") // the only miss slot is taken
+	if resp := te.query(t, "udp", question("other.example.", dns.TypeA)); resp.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("second miss: rcode %s, want SERVFAIL", dns.RcodeToString[resp.Rcode])
+	}
+	close(gate)
+	if resp := receive(t, first, "first reply"); resp == nil || resp.Rcode != dns.RcodeSuccess {
+		t.Fatalf("first query: %v", resp)
+	}
+	if got := te.metricValue(t, "miss_overflow_total", nil); got != 1 {
+		t.Fatalf("miss_overflow_total = %v, want 1", got)
+	}
+	if resp := te.query(t, "udp", question("other.example.", dns.TypeA)); resp.Rcode != dns.RcodeSuccess {
+		t.Fatalf("after the slot was released: rcode %s, want NOERROR", dns.RcodeToString[resp.Rcode])
 	}
 }

@@ -11,9 +11,11 @@ import (
 type outcome int
 
 const (
-	replyNow      outcome = iota // send the returned reply
-	noReply                      // drop the packet
-	needsUpstream                // a cache miss: detach the request and call answerMiss off the read loop
+	replyNow outcome = iota // send the returned reply
+	noReply                 // drop the packet
+	// needsUpstream is a cache miss: detach the request and call answerMiss off
+	// the read loop. It holds one of MaxInflightMisses, which answerMiss releases.
+	needsUpstream
 )
 
 // serve runs one packet through the request path: parse, look up, and write the
@@ -31,15 +33,25 @@ func (e *Engine) serve(pkt, dst []byte, r *request, p proto, c *counters, now in
 		}
 	}
 	en := e.cache.get(r.key)
-	if en == nil || now >= en.expires {
+	var reply []byte
+	switch {
+	case en != nil && now < en.expires:
+		c.hits.Add(1)
+		if en.hit(now, e.prefetchHits) {
+			e.prefetch(r, en, c)
+		}
+		reply = writeAnswer(dst, &en.answer, r, en.remaining(now), r.limit(p))
+	case en != nil && en.staleNow(now, int64(e.cfg.StaleMax)):
+		c.stale.Add(1)
+		reply = writeAnswer(dst, &en.answer, r, staleTTL, r.limit(p))
+	case e.inflightMisses.Add(1) > int64(e.cfg.MaxInflightMisses):
+		e.inflightMisses.Add(-1)
+		c.overflow.Add(1)
+		reply = writeQuestionReply(dst, r, dns.RcodeServerFailure, false)
+	default:
 		c.misses.Add(1)
 		return nil, needsUpstream
 	}
-	c.hits.Add(1)
-	if en.hit(now, e.prefetchHits) {
-		e.prefetch(r, en, c)
-	}
-	reply := writeAnswer(dst, &en.answer, r, en.remaining(now), r.limit(p))
 	c.countReply(p, r.qtype, reply)
 	return reply, replyNow
 }
@@ -120,10 +132,29 @@ func (r *request) detach() *request {
 }
 
 // answerMiss resolves a detached request through the upstream (coalesced) and
-// returns the reply. It blocks for up to the upstream timeout.
+// returns the reply. It blocks for up to the upstream timeout, or up to
+// StaleAnswerTimeout when an expired entry could be served stale.
 func (e *Engine) answerMiss(r *request, p proto, c *counters) []byte {
+	defer e.inflightMisses.Add(-1)
 	start := time.Now()
-	res := e.resolve(r, c)
+	var res resolution
+	if stale := e.staleCandidate(r.key, e.nowNanos()); stale != nil {
+		done := make(chan resolution, 1)
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			done <- e.resolve(r, c)
+		}()
+		timer := time.NewTimer(e.cfg.StaleAnswerTimeout)
+		select {
+		case res = <-done:
+		case <-timer.C:
+			res = resolution{en: stale, stale: true}
+		}
+		timer.Stop()
+	} else {
+		res = e.resolve(r, c)
+	}
 	now := e.nowNanos()
 	var reply []byte
 	switch {

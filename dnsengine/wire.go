@@ -3,6 +3,7 @@ package dnsengine
 import (
 	"encoding/binary"
 	"errors"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -22,7 +23,10 @@ const (
 	maxTCPReply = dns.MaxMsgSize
 	// staleTTL is the TTL of answers served stale, RFC 8767 section 4's recommendation.
 	staleTTL = 30
-	optRRLen = 11
+	// staleRefreshTime is how long after a failed refresh an expired entry is
+	// answered stale at once, without asking the upstream again (RFC 8767 section 5).
+	staleRefreshTime = 30 * time.Second
+	optRRLen         = 11
 
 	// Header flag bits, high byte (byte 2) and low byte (byte 3).
 	flagQR     = 0x80

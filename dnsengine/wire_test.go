@@ -190,8 +190,8 @@ func TestTCPPipelining(t *testing.T) {
 	if first.Id != 3 {
 		t.Fatalf("first reply has ID %d, want 3: the cached answer overtakes the two misses", first.Id)
 	}
-	<-called
-	<-called
+	receive(t, called, "upstream call")
+	receive(t, called, "upstream call")
 	close(gate)
 	got := map[uint16]int{}
 	for range 2 {
