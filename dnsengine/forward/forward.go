@@ -18,8 +18,8 @@
 // retried), and when a query on it times out while nothing at all has been
 // read from it since that query was sent (a black-holed connection).
 //
-// UDP sends each query under a random ID from a connected socket, reused
-// (up to MaxConnsPerServer idle per server) only after a clean exchange. Replies
+// UDP sends each query under a random ID from a connected socket, reused (up
+// to MaxConnsPerServer idle per server) only after a clean exchange. Replies
 // whose ID or question do not match are dropped and counted, and reading goes
 // on until the attempt's deadline. An ICMP port-unreachable (ECONNREFUSED) ends
 // the attempt at once; this is what makes failover fast when a node-local
@@ -51,13 +51,14 @@
 //     ErrClosed, context errors and syscall errors such as ECONNREFUSED.
 //
 // Every reply returned carries the caller's message ID. The request is packed
-// once and never modified.
+// once and otherwise left alone; miekg/dns's Pack rewrites the extended-RCODE
+// bits of its OPT record, so one *dns.Msg must not be in concurrent calls.
 //
 // # Health
 //
 // Health tracks reachability. Each upstream address has an atomic counter of
-// consecutive failures: timeouts, refused connections (ICMP port unreachable,
-// TCP RST) and broken connections. Any matching reply, whatever its RCODE,
+// consecutive failures: timeouts, refused or unreachable (ICMP, TCP RST) and
+// broken connections. Any matching reply, whatever its RCODE,
 // resets it: a server that answers SERVFAIL or REFUSED is up, and what it
 // cannot resolve is a property of the name (a broken delegation, an external
 // name in a closed cluster), not of the server. Counting those replies would
@@ -75,9 +76,10 @@
 // On Config.Registerer, prefixed with Config.Namespace:
 // upstream_requests_total{server,transport} (attempts, probes included),
 // upstream_errors_total{server,reason} with reason one of timeout, refused
-// (connection refused, host or network unreachable: ICMP or TCP RST), closed (connection
-// closed or broken), mismatch (reply dropped: wrong ID or question, or late),
-// servfail (RCODE SERVFAIL or REFUSED), other;
+// (connection refused, host or network unreachable: ICMP or TCP RST), closed
+// (connection closed or broken), mismatch (reply dropped: wrong ID or
+// question, or late), servfail (RCODE SERVFAIL or REFUSED), other (such as a
+// malformed reply);
 // upstream_request_duration_seconds{server} (attempts that got a reply),
 // upstream_healthy{server} (1 up, 0 down) and
 // upstream_tcp_connections{server} (open pooled connections).
