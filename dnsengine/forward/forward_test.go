@@ -876,6 +876,7 @@ func BenchmarkExchange(b *testing.B) {
 			}
 			b.SetParallelism(tt.parallelism)
 			b.RunParallel(func(pb *testing.PB) {
+				req := query("bench.example.") // one message per goroutine
 				for pb.Next() {
 					if _, err := f.Exchange(context.Background(), req); err != nil {
 						b.Error(err)
