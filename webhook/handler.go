@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -98,9 +101,46 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if !resp.Allowed {
 		return h.allowOnError(ctx, errPatch, fmt.Errorf("create patch: %s", resp.Result.Message))
 	}
+	if resp, err = keepUnknownFields(resp, req.Object.Raw, pod, plan); err != nil {
+		return h.allowOnError(ctx, errPatch, err)
+	}
 	h.metrics.injected(plan.Mode)
 	log.V(1).Info("pod injected", "mode", plan.Mode, "warnings", len(plan.Warnings))
 	return resp.WithWarnings(plan.Warnings...)
+}
+
+// keepUnknownFields drops the removals that the decode round trip alone
+// causes: fields a newer API server sent that this build's types do not know
+// are missing from the mutated pod, and the diff would strip them from the
+// user's pod. Removals inside the container list the stub was inserted into
+// stay: the diff pairs list elements by index, so after the insertion a
+// removal at one index concerns the field of another element.
+func keepUnknownFields(resp admission.Response, raw []byte, decoded *corev1.Pod, plan Plan) (admission.Response, error) {
+	roundTrip, err := json.Marshal(decoded)
+	if err != nil {
+		return resp, fmt.Errorf("marshal decoded pod: %w", err)
+	}
+	lost, err := jsonpatch.CreatePatch(raw, roundTrip)
+	if err != nil {
+		return resp, fmt.Errorf("diff decoded pod: %w", err)
+	}
+	unknown := map[string]bool{}
+	for _, op := range lost {
+		if op.Operation == "remove" {
+			unknown[op.Path] = true
+		}
+	}
+	shifted := "" // JSON pointer prefix of the list the stub went into
+	if plan.Stub != nil {
+		shifted = "/spec/containers/"
+		if plan.Stub.Native {
+			shifted = "/spec/initContainers/"
+		}
+	}
+	resp.Patches = slices.DeleteFunc(resp.Patches, func(op jsonpatch.JsonPatchOperation) bool {
+		return op.Operation == "remove" && unknown[op.Path] && (shifted == "" || !strings.HasPrefix(op.Path, shifted))
+	})
+	return resp, nil
 }
 
 // allowOnError admits the pod unchanged: DNS rewriting is an optimisation,

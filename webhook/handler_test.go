@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -216,4 +217,95 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestHandlerKeepsUnknownFields: fields this build does not know (sent by a
+// newer API server) survive the patch, except inside the container list the
+// stub was inserted into, where they are dropped rather than moved onto
+// another container.
+func TestHandlerKeepsUnknownFields(t *testing.T) {
+	const raw = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"app","namespace":"team-a","annotations":%s},
+		"spec":{"futurePodField":"keep","dnsPolicy":"ClusterFirst",
+		"initContainers":[{"name":"init","image":"registry.example/init:1","futureField":"init"}],
+		"containers":[{"name":"app","image":"registry.example/app:1","futureField":"app"}]}}`
+	tests := []struct {
+		name        string
+		annotations string
+		native      bool
+		keepInit    bool
+		keepApp     bool
+	}{
+		{"nodecache", `{}`, true, true, true},
+		{"stub as native sidecar", `{"localdns.io/mode":"stub"}`, true, false, true},
+		{"stub as regular container", `{"localdns.io/mode":"stub"}`, false, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			metrics, err := NewMetrics(prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			scheme := runtime.NewScheme()
+			if err := corev1.AddToScheme(scheme); err != nil {
+				t.Fatal(err)
+			}
+			reader := &fakeReader{namespaces: map[string]map[string]string{testNS: {LabelInject: namespaceEnabled}}}
+			h := NewHandler(testConfig(t, "--kube-dns-ip=10.0.0.10"), tt.native, reader, reader, scheme, metrics)
+			req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				UID: "uid", Operation: admissionv1.Create, Namespace: testNS,
+				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Object: runtime.RawExtension{Raw: []byte(fmt.Sprintf(raw, tt.annotations))},
+			}}
+			resp := h.Handle(t.Context(), req)
+			ops, err := json.Marshal(resp.Patches)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patch, err := jsonpatch.DecodePatch(ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patched, err := patch.Apply(req.Object.Raw)
+			if err != nil {
+				t.Fatalf("apply %s: %v", ops, err)
+			}
+			var got struct {
+				Spec struct {
+					FuturePodField string `json:"futurePodField"`
+					DNSPolicy      string `json:"dnsPolicy"`
+					InitContainers []struct {
+						Name        string `json:"name"`
+						FutureField string `json:"futureField"`
+					} `json:"initContainers"`
+					Containers []struct {
+						Name        string `json:"name"`
+						FutureField string `json:"futureField"`
+					} `json:"containers"`
+				} `json:"spec"`
+			}
+			if err := json.Unmarshal(patched, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.Spec.DNSPolicy != string(corev1.DNSNone) || got.Spec.FuturePodField != "keep" {
+				t.Fatalf("dnsPolicy %q, futurePodField %q: %s", got.Spec.DNSPolicy, got.Spec.FuturePodField, patched)
+			}
+			for _, list := range [][]struct {
+				Name        string `json:"name"`
+				FutureField string `json:"futureField"`
+			}{got.Spec.InitContainers, got.Spec.Containers} {
+				for _, c := range list {
+					want := ""
+					switch {
+					case c.Name == "init" && tt.keepInit:
+						want = "init"
+					case c.Name == "app" && tt.keepApp:
+						want = "app"
+					}
+					if c.FutureField != want {
+						t.Errorf("container %s: futureField %q, want %q (%s)", c.Name, c.FutureField, want, patched)
+					}
+				}
+			}
+		})
+	}
 }
