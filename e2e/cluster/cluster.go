@@ -128,7 +128,29 @@ func (c *Cluster) cleanup() error {
 	if err := os.RemoveAll(c.runDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.runDir, err))
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, c.remains(recs))...)
+}
+
+// remains reports what of the cluster still exists after a cleanup.
+func (c *Cluster) remains(daemons []daemonRecord) error {
+	var left []error
+	for _, d := range daemons {
+		if d.alive() {
+			left = append(left, fmt.Errorf("%s (pid %d) still runs", d.name, d.pid))
+		}
+	}
+	for _, path := range []string{c.netnsPath(), c.runDir} {
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			left = append(left, fmt.Errorf("%s still exists", path))
+		}
+	}
+	if mounts, err := mountsUnder(c.runDir); err != nil || len(mounts) > 0 {
+		left = append(left, fmt.Errorf("mounts left under %s: %v (%v)", c.runDir, mounts, err))
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("cleanup incomplete: %w", errors.Join(left...))
+	}
+	return nil
 }
 
 // removeContainerLogLinks removes the kubelet's symlinks in

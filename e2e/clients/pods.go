@@ -1,0 +1,77 @@
+package clients
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/localdns/localdns/e2e/cluster"
+)
+
+// Kinds of client, one image each.
+const (
+	Glibc = "glibc" // gaiload, getaddrinfo of glibc
+	Musl  = "musl"  // gaiload, getaddrinfo of musl (static)
+	Go    = "go"    // dnsload, Go's resolver
+)
+
+// Kinds lists every client kind.
+var Kinds = []string{Glibc, Musl, Go}
+
+// imageRef is the image of a client kind.
+func imageRef(kind string) string { return "localdns.test/e2e/client-" + kind + ":1" }
+
+// Images are the client images of b, for cluster.BuildAndImport.
+func (b Binaries) Images() []cluster.ImageSpec {
+	return []cluster.ImageSpec{
+		{Ref: imageRef(Glibc), Entrypoint: []string{"/gaiload"}, FilesWithLibs: map[string]string{"/gaiload": b.Glibc}},
+		{Ref: imageRef(Musl), Entrypoint: []string{"/gaiload"}, Files: map[string]string{"/gaiload": b.Musl}},
+		{Ref: imageRef(Go), Entrypoint: []string{"/dnsload"}, Files: map[string]string{"/dnsload": b.Go}},
+	}
+}
+
+// Load is one load run's shape.
+type Load struct {
+	Host        string
+	Concurrency int
+	// Duration and Slow are rounded to whole seconds and milliseconds for
+	// gaiload.
+	Duration   time.Duration
+	Slow       time.Duration
+	MaxLookups int64
+}
+
+// args are the client's flags for l.
+func (l Load) args(kind string) ([]string, error) {
+	switch kind {
+	case Glibc, Musl:
+		return []string{"-h", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", fmt.Sprint(int64(l.Duration.Seconds())),
+			"-l", fmt.Sprint(l.Slow.Milliseconds()), "-m", fmt.Sprint(l.MaxLookups)}, nil
+	case Go:
+		return []string{"-host", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", l.Duration.String(),
+			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-json"}, nil
+	}
+	return nil, fmt.Errorf("unknown client kind %q", kind)
+}
+
+// PodManifest is a pod (restartPolicy Never) running the client of kind
+// with load; its log is the client's JSON result (see ParseResult).
+func PodManifest(namespace, name, kind string, l Load) ([]byte, error) {
+	args, err := l.args(kind)
+	if err != nil {
+		return nil, err
+	}
+	pod := map[string]any{
+		"apiVersion": "v1",
+		"kind":       "Pod",
+		"metadata":   map[string]any{"name": name, "namespace": namespace, "labels": map[string]string{"app": "localdns-e2e-client"}},
+		"spec": map[string]any{
+			"restartPolicy":                 "Never",
+			"terminationGracePeriodSeconds": 0,
+			"containers": []map[string]any{{
+				"name": "load", "image": imageRef(kind), "imagePullPolicy": "Never", "args": args,
+			}},
+		},
+	}
+	return json.Marshal(pod)
+}
