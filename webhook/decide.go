@@ -132,6 +132,7 @@ func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
 		warnings = append(warnings, modeWarning)
 	}
 	if settings.Fallback && env.KubeDNSIP == "" {
+		warnings = append(warnings, "localdns: the kube-dns ClusterIP for the fallback is not known; pod left unchanged")
 		return skip(SkipKubeDNSUnknown)
 	}
 

@@ -148,8 +148,8 @@ func TestDecideOptIn(t *testing.T) {
 			name: "init container named localdns-stub", pod: newPod(stubInit), ns: enabledNS(), env: nativeEnv,
 			want: SkipStubExists, warnings: []string{"already has a container named localdns-stub"},
 		},
-		{name: "kube-dns unknown", pod: newPod(), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown},
-		{name: "kube-dns unknown in stub mode", pod: newPod(annotate(AnnotationMode, "stub")), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown},
+		{name: "kube-dns unknown", pod: newPod(), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown, warnings: []string{"kube-dns ClusterIP for the fallback is not known"}},
+		{name: "kube-dns unknown in stub mode", pod: newPod(annotate(AnnotationMode, "stub")), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown, warnings: []string{"kube-dns ClusterIP for the fallback is not known"}},
 		{name: "kube-dns unknown but no fallback wanted", pod: newPod(annotate(AnnotationFallback, "false")), ns: enabledNS(), env: Env{}},
 		{name: "kube-dns from flag needs no discovery", flags: []string{"--kube-dns-ip=10.0.0.10"}, pod: newPod(), ns: enabledNS(), env: Env{KubeDNSIP: "10.0.0.10"}},
 	}

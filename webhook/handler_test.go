@@ -113,12 +113,12 @@ func TestHandler(t *testing.T) {
 		{
 			name:   "headless kube-dns Service is unknown",
 			cached: &fakeReader{namespaces: enabled, services: map[string]string{"kube-dns": corev1.ClusterIPNone}}, live: &fakeReader{},
-			op: admissionv1.Create, pod: newPod(), result: resultSkipped, reason: string(SkipKubeDNSUnknown),
+			op: admissionv1.Create, pod: newPod(), wantWarnings: 1, result: resultSkipped, reason: string(SkipKubeDNSUnknown),
 		},
 		{
 			name:   "no kube-dns Service",
 			cached: &fakeReader{namespaces: enabled}, live: &fakeReader{},
-			op: admissionv1.Create, pod: newPod(), result: resultSkipped, reason: string(SkipKubeDNSUnknown),
+			op: admissionv1.Create, pod: newPod(), wantWarnings: 1, result: resultSkipped, reason: string(SkipKubeDNSUnknown),
 		},
 		{
 			name: "update is not mutated", flags: []string{"--kube-dns-ip=10.0.0.10"},
