@@ -97,7 +97,7 @@ func (e *Engine) parseSlow(pkt, dst []byte, r *request, c *counters) (reply []by
 		if opt != nil {
 			resp.SetEdns0(ednsPayload, opt.Do())
 		}
-		out, err := resp.PackBuffer(dst)
+		out, err := resp.PackBuffer(dst[:cap(dst)]) // miekg sizes by len, not cap
 		if err != nil {
 			c.malformed.Add(1)
 			return writeFormErr(dst, pkt), false
