@@ -11,7 +11,6 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -154,8 +153,7 @@ func (h *Handler) allowOnError(ctx context.Context, kind string, err error) admi
 // namespace reads the namespace's labels: from the cache, or from the API
 // server when the cache has not caught up with a namespace created just now.
 func (h *Handler) namespace(ctx context.Context, name string) (Namespace, error) {
-	meta := &metav1.PartialObjectMetadata{}
-	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	meta := namespaceMetadata()
 	key := client.ObjectKey{Name: name}
 	err := h.cached.Get(ctx, key, meta)
 	if apierrors.IsNotFound(err) {
