@@ -150,3 +150,65 @@ func TestStartReportsBindError(t *testing.T) {
 		t.Fatalf("after a failed Start: Listening %v, UDP addresses %v", e.Listening(), e.UDPAddrs())
 	}
 }
+
+// TestSecondInstanceSharesPort is the rolling update: a second engine binds the
+// address of a running one (SO_REUSEPORT), and serves alone once the first stops.
+func TestSecondInstanceSharesPort(t *testing.T) {
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.Addr().String() // a port that was free a moment ago
+	probe.Close()
+	first := startEngine(t, func(c *Config) { c.Listen = []string{addr} })
+	second := startEngine(t, func(c *Config) { c.Listen = []string{addr} })
+	if err := first.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		if resp := second.query(t, network, question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeSuccess {
+			t.Fatalf("%s after the first instance stopped: %v", network, resp)
+		}
+	}
+	if got := second.up.Total(); got != 1 {
+		t.Fatalf("second instance's upstream calls %d, want 1", got)
+	}
+}
+
+func TestTCPConnectionHandling(t *testing.T) {
+	te := startEngine(t, func(c *Config) { c.TCPIdleTimeout = 50 * time.Millisecond })
+	dial := func() *dns.Conn {
+		conn, err := net.Dial("tcp", te.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		return &dns.Conn{Conn: conn}
+	}
+	t.Run("idle connection closed", func(t *testing.T) {
+		co := dial()
+		if _, err := co.Read(make([]byte, 2)); err == nil {
+			t.Fatal("read on an idle connection succeeded, want EOF once the idle timeout closes it")
+		}
+	})
+	t.Run("malformed message gets FORMERR, connection stays", func(t *testing.T) {
+		co := dial()
+		bad := []byte{0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1} // compression loop
+		if _, err := co.Write(bad); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := co.ReadMsg()
+		if err != nil || resp.Id != 0xabcd || resp.Rcode != dns.RcodeFormatError {
+			t.Fatalf("reply %v, %v; want FORMERR with ID 0xabcd", resp, err)
+		}
+		if err := co.WriteMsg(question("www.example.", dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := co.ReadMsg(); err != nil || resp.Rcode != dns.RcodeSuccess {
+			t.Fatalf("next query on the same connection: %v, %v", resp, err)
+		}
+	})
+}
