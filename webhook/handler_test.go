@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -304,6 +305,44 @@ func TestHandlerKeepsUnknownFields(t *testing.T) {
 					if c.FutureField != want {
 						t.Errorf("container %s: futureField %q, want %q (%s)", c.Name, c.FutureField, want, patched)
 					}
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHandle measures one admission in-process: decode, decide, apply,
+// diff into a JSON patch.
+func BenchmarkHandle(b *testing.B) {
+	for _, mode := range []Mode{ModeNodeCache, ModeStub} {
+		b.Run(string(mode), func(b *testing.B) {
+			metrics, err := NewMetrics(prometheus.NewRegistry())
+			if err != nil {
+				b.Fatal(err)
+			}
+			scheme := runtime.NewScheme()
+			if err := corev1.AddToScheme(scheme); err != nil {
+				b.Fatal(err)
+			}
+			cfg, err := ParseFlags("bench", []string{"--kube-dns-ip=10.0.0.10"}, func(string) string { return "" }, io.Discard)
+			if err != nil {
+				b.Fatal(err)
+			}
+			reader := &fakeReader{namespaces: map[string]map[string]string{testNS: {LabelInject: namespaceEnabled}}}
+			h := NewHandler(cfg, true, reader, reader, scheme, metrics)
+			raw, err := json.Marshal(newPod(annotate(AnnotationMode, string(mode))))
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+				UID: "uid", Operation: admissionv1.Create, Namespace: testNS,
+				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Object: runtime.RawExtension{Raw: raw},
+			}}
+			b.ReportAllocs()
+			for b.Loop() {
+				if resp := h.Handle(b.Context(), req); len(resp.Patches) == 0 {
+					b.Fatal("no patch")
 				}
 			}
 		})
