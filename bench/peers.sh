@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Peer benchmark (`make bench`): localdns-nodecache against CoreDNS configured
+# like NodeLocal DNSCache, unbound, dnsdist, dnsmasq and a trivial C responder
+# (the ceiling), one after the other, on loopback, all in front of the same
+# fake kube-dns (hack/fakedns: TTL 5, SOA on negative answers), with the same
+# dnsperf load. For each server:
+#   1. warm-up: one pass over a 10k-name working set (2500 Services x A, AAAA,
+#      search-expansion NXDOMAIN, SRV), then one pass over the hot names;
+#      VmRSS is read here ("RSS after the 10k working set");
+#   2. measurement: dnsperf -c 8 -T 1 -q 200 -l BENCH_SECONDS over the hot
+#      names (bench/queries/hot.txt, 400 names); the server's utime+stime
+#      delta (/proc/<pid>/stat) over the answers is its CPU per answer;
+#   3. latency pass: the same load for BENCH_P99_SECONDS with dnsperf -v (one
+#      line per query, parsed for p99; dnsperf 2.10 has no histogram). Kept
+#      apart so that printing does not slow the measurement;
+#   4. peak RSS (VmHWM), then the server is stopped.
+# Writes the table to stdout and to BENCH_RESULTS (default bench/results.md).
+#
+# Environment: BENCH_SECONDS (15), BENCH_P99_SECONDS (5), BENCH_ROUNDS (1;
+# each round measures every server, the summary takes the median),
+# BENCH_PEERS (all: "localdns coredns unbound dnsdist dnsmasq ceiling"),
+# BENCH_PORT_BASE (25400; ports BASE..BASE+9 on 127.0.0.1), NODECACHE (a
+# prebuilt binary; default: built from this tree), COREDNS (default: built
+# once by e2e/hack/provision-coredns.sh), BENCH_PROFILE=1 (after the rounds,
+# `perf record` localdns under the same load; report in bench/profile.txt).
+#
+# Network: every server listens on 127.0.0.1 and forwards only to the fake;
+# no configuration names /etc/resolv.conf. Every dnsperf run is bounded by
+# -l/-n and by timeout(1); every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_RUN=${BENCH_SECONDS:-15}
+P99_SECONDS=${BENCH_P99_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-1}
+PEERS=${BENCH_PEERS:-localdns coredns unbound dnsdist dnsmasq ceiling}
+PORT_BASE=${BENCH_PORT_BASE:-25400}
+RESULTS=${BENCH_RESULTS:-bench/results.md}
+PROFILE=${BENCH_PROFILE:-0}
+SERVICES=2500 # x 4 query names = the 10k-name working set
+LOAD=(-c 8 -T 1 -q 200)
+
+UPSTREAM_PORT=$PORT_BASE
+DNS_PORT=$((PORT_BASE + 1))
+METRICS_PORT=$((PORT_BASE + 2)) # localdns /metrics, CoreDNS prometheus
+HEALTH_PORT=$((PORT_BASE + 3))  # CoreDNS health
+
+for cmd in dnsperf go gcc unbound dnsdist dnsmasq; do
+  command -v "$cmd" >/dev/null || { echo "bench: $cmd is needed (hack/install-deps.sh)" >&2; exit 1; }
+done
+for v in SECONDS_RUN P99_SECONDS ROUNDS PORT_BASE; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench: $v must be a positive integer" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+fake_pid=
+server_pid=
+stop_pid() { # stop_pid PID: TERM, then KILL after 5 s.
+  [ -n "$1" ] || return 0
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+cleanup() {
+  stop_pid "$server_pid"
+  stop_pid "$fake_pid"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap "exit 130" INT TERM HUP PIPE
+
+log() { echo "bench: $*" >&2; }
+
+# --- binaries -------------------------------------------------------------
+NODECACHE=${NODECACHE:-}
+if [ -z "$NODECACHE" ]; then
+  NODECACHE=$work/localdns-nodecache
+  go build -o "$NODECACHE" ./cmd/localdns-nodecache
+fi
+COREDNS=${COREDNS:-}
+case " $PEERS " in *" coredns "*)
+  [ -n "$COREDNS" ] || COREDNS="$(e2e/hack/provision-coredns.sh)/coredns" ;;
+esac
+go build -o "$work/fakedns" ./hack/fakedns
+gcc -O2 -Wall -pthread -o "$work/ceiling" bench/ceiling.c
+
+# --- query files ----------------------------------------------------------
+hot=bench/queries/hot.txt
+hot_services=$(($(wc -l <"$hot") / 4))
+{
+  for ((i = hot_services; i < SERVICES; i++)); do
+    s="svc-$i.default.svc.cluster.local"
+    printf '%s A\n%s AAAA\n%s.default.svc.cluster.local A\n_http._tcp.%s SRV\n' "$s" "$s" "$s" "$s"
+  done
+  cat "$hot" # hot names last: the freshest entries when the measurement starts
+} >"$work/working-set"
+echo "kubernetes.default.svc.cluster.local A" >"$work/ready"
+
+# --- servers --------------------------------------------------------------
+# start_NAME launches one server on 127.0.0.1:DNS_PORT in front of the fake,
+# in the foreground of a background job; config files go to $work.
+start_localdns() {
+  "$NODECACHE" --listen "127.0.0.1:$DNS_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+    --setup-interface=false --setup-rules=false --metrics-addr "127.0.0.1:$METRICS_PORT" \
+    2>"$work/server.log" &
+  server_pid=$!
+}
+
+# NodeLocal DNSCache's Corefile (k8s.io/dns cluster/addons/dns/nodelocaldns),
+# its cluster.local and reverse blocks; its "." block forwards to the node's
+# resolv.conf, which a benchmark here must not touch, so it is left out.
+start_coredns() {
+  local zone
+  : >"$work/Corefile"
+  for zone in cluster.local in-addr.arpa ip6.arpa; do
+    cat >>"$work/Corefile" <<EOF
+$zone:$DNS_PORT {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    reload
+    loop
+    bind 127.0.0.1
+    forward . 127.0.0.1:$UPSTREAM_PORT {
+        force_tcp
+    }
+    prometheus 127.0.0.1:$METRICS_PORT
+    health 127.0.0.1:$HEALTH_PORT
+}
+EOF
+  done
+  "$COREDNS" -conf "$work/Corefile" -pidfile "" >"$work/server.log" 2>&1 &
+  server_pid=$!
+}
+
+start_unbound() {
+  cat >"$work/unbound.conf" <<EOF
+server:
+    num-threads: 2
+    so-reuseport: yes
+    interface: 127.0.0.1
+    port: $DNS_PORT
+    do-ip6: no
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "$work"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    module-config: "iterator"
+    qname-minimisation: no
+    do-not-query-localhost: no
+    tcp-upstream: yes
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$UPSTREAM_PORT
+    forward-tcp-upstream: yes
+EOF
+  unbound -d -c "$work/unbound.conf" >"$work/server.log" 2>&1 &
+  server_pid=$!
+}
+
+start_dnsdist() {
+  cat >"$work/dnsdist.conf" <<EOF
+setSecurityPollSuffix("")
+setLocal("127.0.0.1:$DNS_PORT", {reusePort=true})
+addLocal("127.0.0.1:$DNS_PORT", {reusePort=true})
+newServer({address="127.0.0.1:$UPSTREAM_PORT", tcpOnly=true, checkName="kubernetes.default.svc.cluster.local."})
+getPool(""):setCache(newPacketCache(100000, {maxTTL=86400, minTTL=0}))
+EOF
+  dnsdist --supervised --disable-syslog -C "$work/dnsdist.conf" >"$work/server.log" 2>&1 &
+  server_pid=$!
+}
+
+start_dnsmasq() {
+  dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-poll \
+    --server="127.0.0.1#$UPSTREAM_PORT" --listen-address=127.0.0.1 --bind-interfaces \
+    --port="$DNS_PORT" --cache-size=10000 --dns-forward-max=1000 --pid-file="$work/dnsmasq.pid" \
+    --log-facility=- >"$work/server.log" 2>&1 &
+  server_pid=$!
+}
+
+start_ceiling() {
+  "$work/ceiling" 127.0.0.1 "$DNS_PORT" >"$work/server.log" 2>&1 &
+  server_pid=$!
+}
+
+# --- measuring ------------------------------------------------------------
+perf_query() { # perf_query OUT ARGS...: dnsperf at the server, bounded.
+  local out=$1
+  shift
+  timeout 300 dnsperf -s 127.0.0.1 -p "$DNS_PORT" "$@" >"$out" 2>&1
+}
+stat_of() { awk -v k="$2" '$1 == k ":" {print $2}' "$1"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+status_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$server_pid/status"; }
+
+wait_ready() {
+  for _ in $(seq 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    if perf_query "$work/ready.out" -d "$work/ready" -n 1 -t 1 &&
+      grep -q 'Queries completed: *1 ' "$work/ready.out"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "$1 did not answer:"
+  cat "$work/server.log" >&2
+  return 1
+}
+
+# measure NAME ROUND: appends one row to $work/rows:
+# name round qps mean_us p99_us max_ms cpu_us_per_answer rss_ws_kib hwm_kib lost rcodes
+measure() {
+  local name=$1 round=$2
+  log "round $round: $name"
+  "start_$name"
+  wait_ready "$name"
+  perf_query "$work/warm.out" -d "$work/working-set" -n 1 "${LOAD[@]}" -t 2 ||
+    { log "$name: warm-up failed"; cat "$work/warm.out" >&2; return 1; }
+  perf_query "$work/warm-hot.out" -d "$hot" -n 1 "${LOAD[@]}" -t 2
+  local rss_ws cpu_before cpu_after
+  rss_ws=$(status_kib VmRSS)
+
+  cpu_before=$(cpu_ticks)
+  perf_query "$work/run.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" ||
+    { log "$name: dnsperf failed"; cat "$work/run.out" >&2; return 1; }
+  cpu_after=$(cpu_ticks)
+  perf_query "$work/lat.out" -d "$hot" "${LOAD[@]}" -l "$P99_SECONDS" -v
+  local hwm
+  hwm=$(status_kib VmHWM)
+  stop_pid "$server_pid"
+  server_pid=
+
+  local completed lost qps mean max p99 rcodes
+  completed=$(awk '/Queries completed:/ {print $3}' "$work/run.out")
+  lost=$(awk '/Queries lost:/ {print $3}' "$work/run.out")
+  qps=$(awk '/Queries per second:/ {printf "%.0f", $4}' "$work/run.out")
+  # "Average Latency (s):  0.000071 (min 0.000010, max 0.004212)"
+  read -r mean max < <(awk '/Average Latency/ {gsub(/[(),]/, ""); print $4, $8}' "$work/run.out")
+  # "> NOERROR name A 0.000123": the 99th percentile of the last field.
+  p99=$(awk '/^> / {print $NF}' "$work/lat.out" | sort -g |
+    awk '{v[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; print (NR ? v[i] : "nan")}')
+  rcodes=$(awk -F': *' '/Response codes:/ {gsub(/ /, "_", $2); print $2}' "$work/run.out")
+  awk -v n="$name" -v r="$round" -v q="$qps" -v m="$mean" -v p="$p99" -v x="$max" \
+    -v t=$((cpu_after - cpu_before)) -v hz="$(getconf CLK_TCK)" -v c="$completed" \
+    -v ws="$rss_ws" -v h="$hwm" -v l="$lost" -v rc="$rcodes" 'BEGIN {
+      printf "%s %d %d %.1f %.1f %.2f %.2f %d %d %d %s\n", n, r, q, m * 1e6, p * 1e6, x * 1e3,
+        (c > 0 ? t / hz / c * 1e6 : 0), ws, h, l, rc }' >>"$work/rows"
+}
+
+# --- the run --------------------------------------------------------------
+"$work/fakedns" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$SERVICES" 2>"$work/fakedns.log" &
+fake_pid=$!
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
+: >"$work/rows"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for name in $PEERS; do
+    measure "$name" "$round"
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- the report -----------------------------------------------------------
+version_of() {
+  case $1 in
+  localdns) git describe --always --dirty 2>/dev/null || echo "this tree" ;;
+  coredns) "$COREDNS" -version 2>/dev/null | head -1 ;;
+  unbound) unbound -V 2>/dev/null | awk 'NR == 1 {print $2}' ;;
+  dnsdist) dnsdist --version 2>/dev/null | awk 'NR == 1 {print $2}' ;;
+  dnsmasq) dnsmasq --version 2>/dev/null | awk 'NR == 1 {print $3}' ;;
+  ceiling) echo "bench/ceiling.c" ;;
+  esac
+}
+
+# The summary: per server the median of each column over the rounds, then
+# ratios and verdicts. awk reads "name value..." rows sorted by name.
+summary() {
+  sort -k1,1 -k2,2n "$work/rows" | awk -v peers="$PEERS" -v rounds="$ROUNDS" '
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { n[$1]++; for (c = 3; c <= 10; c++) col[$1, c, n[$1]] = $c; qpsrun[$1] = qpsrun[$1] (qpsrun[$1] == "" ? "" : ", ") $3
+      rc = $11; gsub(/_/, " ", rc); rcodes[$1] = rc }
+    END {
+      np = split(peers, order, " ")
+      for (k = 1; k <= np; k++) {
+        s = order[k]
+        for (c = 3; c <= 10; c++) { delete a; for (i = 1; i <= n[s]; i++) a[i] = col[s, c, i]; med[s, c] = median(a, n[s]) }
+      }
+      # columns: 3 qps, 4 mean us, 5 p99 us, 6 max ms, 7 cpu us/answer, 8 rss after ws KiB, 9 hwm KiB, 10 lost
+      print "| server | QPS | x CoreDNS | x unbound | % of ceiling | mean | p99 | max | CPU/answer | RSS after 10k names | peak RSS | lost |"
+      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      for (k = 1; k <= np; k++) {
+        s = order[k]
+        printf "| %s | %d | %s | %s | %s | %.0f us | %.0f us | %.2f ms | %.2f us | %.1f MiB | %.1f MiB | %d |\n", s, med[s, 3],
+          ratio(med[s, 3], med["coredns", 3]), ratio(med[s, 3], med["unbound", 3]),
+          ("ceiling" in n) ? sprintf("%.0f%%", 100 * med[s, 3] / med["ceiling", 3]) : "-",
+          med[s, 4], med[s, 5], med[s, 6], med[s, 7], med[s, 8] / 1024, med[s, 9] / 1024, med[s, 10]
+      }
+      print ""
+      print "Response codes of the last measurement run (the mix is 3/4 NOERROR, 1/4 NXDOMAIN; the ceiling answers NOERROR to all):"
+      for (k = 1; k <= np; k++) printf "- %s: %s\n", order[k], rcodes[order[k]]
+      if (rounds > 1) {
+        print ""
+        print "QPS of each round:"
+        for (k = 1; k <= np; k++) printf "- %s: %s\n", order[k], qpsrun[order[k]]
+      }
+      if (!("localdns" in n)) exit
+      print ""
+      print "| target (design.md) | localdns | reference | verdict |"
+      print "|---|---:|---:|---|"
+      l = "localdns"
+      if ("coredns" in n) verdict("QPS >= 2x CoreDNS", med[l, 3], 2 * med["coredns", 3], "%d", ">=")
+      best = 0; bestcpu = 0; bestname = ""; cpuname = ""
+      split("unbound dnsdist dnsmasq", cpeers, " ")
+      for (k in cpeers) { p = cpeers[k]; if (!(p in n)) continue
+        if (med[p, 3] > best) { best = med[p, 3]; bestname = p }
+        if (bestcpu == 0 || med[p, 7] < bestcpu) { bestcpu = med[p, 7]; cpuname = p } }
+      if (bestname != "") verdict("QPS >= every C/C++ peer (best: " bestname ")", med[l, 3], best, "%d", ">=")
+      if ("ceiling" in n) verdict("QPS >= 90% of the ceiling", med[l, 3], 0.9 * med["ceiling", 3], "%d", ">=")
+      if (cpuname != "") verdict("CPU/answer <= 0.8x best C/C++ peer (" cpuname ", us)", med[l, 7], 0.8 * bestcpu, "%.2f", "<=")
+      lowest = 0; lowname = ""
+      split("coredns unbound dnsdist dnsmasq", allpeers, " ")
+      for (k in allpeers) { p = allpeers[k]; if (!(p in n)) continue
+        if (lowname == "" || med[p, 4] < lowest) { lowest = med[p, 4]; lowname = p } }
+      if (lowname != "") verdict("mean latency <= every peer (lowest: " lowname ", us)", med[l, 4], lowest, "%.1f", "<=")
+      verdict("RSS after the 10k-name working set < 40 MiB", med[l, 8] / 1024, 40, "%.1f", "<")
+      verdict("peak RSS (VmHWM) < 40 MiB", med[l, 9] / 1024, 40, "%.1f", "<")
+    }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "-" }
+    function verdict(what, v, ref, f, op,   ok) {
+      ok = (op == ">=" && v >= ref) || (op == "<=" && v <= ref) || (op == "<" && v < ref)
+      printf "| %s | " f " | " f " | %s |\n", what, v, ref, ok ? "met" : "**missed**"
+    }'
+}
+
+report() {
+  local cmd="bench/peers.sh"
+  [ "$ROUNDS" = 1 ] || cmd="BENCH_ROUNDS=$ROUNDS $cmd"
+  cat <<EOF
+# localdns — peer benchmark
+
+Produced by \`$cmd\` (\`make bench\`) on $started.
+
+Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r);
+load average (1/5/15 min) $load_before at the start, $load_after at the end.
+dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}'), load \`dnsperf ${LOAD[*]} -l $SECONDS_RUN\`
+on 127.0.0.1 over \`bench/queries/hot.txt\` (400 names: A, AAAA, search-expansion NXDOMAIN, SRV
+of 100 Services), after a warm-up pass over a 10k-name working set; every server in front of the same
+\`hack/fakedns\` (TTL 5, SOA on negative answers). $ROUNDS round(s); the table holds medians.
+
+Versions: $(for p in $PEERS; do printf '%s %s; ' "$p" "$(version_of "$p")"; done | sed 's/; $//').
+
+EOF
+  summary
+  cat <<'EOF'
+
+## How to read it
+- **QPS**, **mean**, **max**: dnsperf's own figures for the measurement run. **p99**: from a separate
+  run of the same load with `dnsperf -v` (one line per query; dnsperf 2.10 prints no percentiles), kept
+  apart because printing every query costs the client CPU that the QPS run must not lose.
+- **CPU/answer**: the server process's utime+stime delta (`/proc/<pid>/stat`, all threads) over the
+  measurement run, divided by the answers dnsperf received. It does not depend on how fast dnsperf is, so
+  it still ranks the servers when they all saturate the client (dnsperf and the server share the CPUs).
+- **RSS after 10k names**: VmRSS right after the warm-up (the 10k-name working set and the hot names);
+  **peak RSS**: VmHWM at the end.
+- Ratios are of medians; `x CoreDNS` / `x unbound` are QPS ratios, `% of ceiling` is the share of the C
+  responder's QPS.
+
+## The servers
+- **localdns**: `localdns-nodecache --listen 127.0.0.1:P --upstream 127.0.0.1:F --setup-interface=false
+  --setup-rules=false` (TCP to the upstream, prefetch, defaults otherwise).
+- **coredns**: NodeLocal DNSCache's Corefile for `cluster.local`, `in-addr.arpa`, `ip6.arpa`: errors,
+  cache (success 9984 30, denial 9984 5), reload, loop, bind, forward with `force_tcp`, prometheus,
+  health. Its `.` block (forward to the node's resolv.conf) is left out: nothing here may use it.
+- **unbound**: 2 threads, SO_REUSEPORT, `module-config: "iterator"` (no DNSSEC validation), forward-zone
+  `.` to the fake over TCP (`forward-tcp-upstream`), `do-not-query-localhost: no`, no chroot, no remote
+  control, no root hints used (everything is forwarded), qname minimisation off.
+- **dnsdist**: 2 listeners on the same address (SO_REUSEPORT), a packet cache of 100k entries, the fake
+  as its one backend over TCP (`tcpOnly`), health-checked with a cluster name,
+  `setSecurityPollSuffix("")` (no security-poll query to a public name).
+- **dnsmasq**: `--no-resolv --no-hosts --server=127.0.0.1#F --cache-size=10000` (single-threaded; it
+  forwards over UDP, it has no TCP-upstream option).
+- **ceiling**: `bench/ceiling.c`, one SO_REUSEPORT socket and thread per CPU, recvmmsg/sendmmsg batches
+  of 64, every query answered with one canned A record (its question echoed, EDNS dropped); no lookup,
+  no allocation. No DNS server can answer faster on this machine.
+
+## Targets (design.md)
+QPS >= 2x CoreDNS, >= every C/C++ peer (unbound, dnsdist, dnsmasq), >= 90% of the ceiling; CPU per
+answer <= 0.8x the best C/C++ peer's; mean latency no worse than any peer's; RSS under 40 MiB after a
+10k-name working set.
+EOF
+}
+
+report | tee "$RESULTS.tmp"
+mv "$RESULTS.tmp" "$RESULTS"
+log "written to $RESULTS"
