@@ -28,7 +28,7 @@ type Stub struct {
 
 // Start builds the forwarder and the engine from cfg, starts the ops
 // listener when cfg.MetricsAddr is set, and binds every listen address. It
-// returns once the stub answers, or with the first error and nothing left running.
+// returns once the stub is serving, or with the first error and nothing left running.
 func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -161,9 +161,6 @@ func (s *Stub) ready() error {
 
 // UDPAddrs returns the bound UDP addresses, one per listen address.
 func (s *Stub) UDPAddrs() []net.Addr { return s.engine.UDPAddrs() }
-
-// TCPAddrs returns the bound TCP addresses, one per listen address.
-func (s *Stub) TCPAddrs() []net.Addr { return s.engine.TCPAddrs() }
 
 // MetricsAddr returns the ops listener's address, or nil when metrics are off.
 func (s *Stub) MetricsAddr() net.Addr {
