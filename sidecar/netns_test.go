@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -342,4 +343,58 @@ func httpGetInNetns(ns, addr, path string) (code int, body string) {
 	}()
 	<-done
 	return code, body
+}
+
+// TestStubNonRootInNetns runs the stub the way the webhook's container spec
+// does: uid 65532, every capability dropped but NET_BIND_SERVICE from the
+// bounding set, no new privileges. Such a process's effective set is empty,
+// so binding 127.0.0.1:53 needs the pod sysctl ip_unprivileged_port_start=53,
+// which the webhook sets; without it the stub exits 1 at once, saying why.
+func TestStubNonRootInNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces and switch users (CI runs as root)")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Fatalf("setpriv (util-linux) is needed: %v", err)
+	}
+	bin := buildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub")["localdns-stub"]
+	// t.TempDir's directories are 0700: let uid 65532 reach the binary.
+	for dir := filepath.Dir(bin); dir != os.TempDir() && dir != "/"; dir = filepath.Dir(dir) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod := newNetns(t, "pod")
+	argv := []string{"ip", "netns", "exec", pod, "setpriv", "--reuid", "65532", "--regid", "65532", "--clear-groups",
+		"--bounding-set", "-all,+net_bind_service", "--no-new-privs",
+		bin, "--listen", "127.0.0.1:53", "--node-cache", "127.0.0.2:53"} // nothing there: SERVFAIL, still an answer
+
+	t.Run("without the sysctl: bind refused", func(t *testing.T) {
+		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "permission denied") {
+			t.Errorf("got %v, want exit status 1 with \"permission denied\":\n%s", err, out)
+		}
+	})
+
+	t.Run("with ip_unprivileged_port_start=53: serves", func(t *testing.T) {
+		nsRun(t, pod, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53")
+		stub := startProcess(t, "localdns-stub (uid 65532)", argv...)
+		waitUntil(t, "the stub's probe to pass", func() (bool, string) {
+			out, err := exec.Command("ip", "netns", "exec", pod, bin, "probe", "--listen", "127.0.0.1:53").CombinedOutput()
+			return err == nil, string(out) + stub.logs()
+		})
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", stub.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Uid:\t65532\t65532\t65532\t65532", "CapEff:\t0000000000000000"} {
+			if !strings.Contains(string(status), want) {
+				t.Errorf("/proc/<stub>/status lacks %q:\n%s", want, status)
+			}
+		}
+		if code := stub.terminate(t); code != 0 {
+			t.Errorf("exit status %d after SIGTERM, want 0%s", code, stub.logs())
+		}
+	})
 }
