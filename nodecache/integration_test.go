@@ -22,11 +22,13 @@ import (
 // TestNodeCacheInNetns runs the real binary the way a node runs it, in a
 // closed topology of two namespaces joined by a veth pair:
 //
-//	client ns (dig, getent)  --veth 192.0.2.0/24-->  node ns: localdns-nodecache on 169.254.20.10:53
-//	                                                          fakedns (kube-dns) on 127.0.0.1:5301
+//	client ns (dig, getent)  --veth 192.0.2.0/24, fd00:2::/64-->  node ns: localdns-nodecache on
+//	                                                               169.254.20.10:53 and [fd00:20::10]:53,
+//	                                                               fakedns (kube-dns) on 127.0.0.1:5301
 //
-// It checks answers over UDP and TCP through real resolvers, the interface
-// and every rule, that DNS takes no conntrack entry, repair after a flush,
+// It checks answers over UDP and TCP, IPv4 and IPv6, through real resolvers,
+// the addresses and every rule, that DNS to the listen IPs takes no conntrack
+// entry (while other DNS does), repair after a flush,
 // metrics and readiness, that SIGTERM exits 0 leaving the setup (so clients
 // are refused at once, not left to time out), that a new instance adopts the
 // setup, and that `cleanup` removes it.
@@ -41,6 +43,7 @@ func TestNodeCacheInNetns(t *testing.T) {
 	nodeNS, clientNS := newNetns(t, "node"), newNetns(t, "client")
 	nsRun(t, nodeNS, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-client", "netns", clientNS)
 	nsRun(t, nodeNS, "ip", "addr", "add", "192.0.2.1/24", "dev", "veth-node")
+	nsRun(t, nodeNS, "ip", "-6", "addr", "add", "fd00:2::1/64", "dev", "veth-node", "nodad")
 	nsRun(t, nodeNS, "ip", "link", "set", "veth-node", "up")
 	nsRun(t, clientNS, "ip", "addr", "add", "192.0.2.2/24", "dev", "veth-client")
 	// A global IPv6 address makes glibc's AI_ADDRCONFIG ask for AAAA too: A and
@@ -48,6 +51,7 @@ func TestNodeCacheInNetns(t *testing.T) {
 	nsRun(t, clientNS, "ip", "-6", "addr", "add", "fd00:2::2/64", "dev", "veth-client", "nodad")
 	nsRun(t, clientNS, "ip", "link", "set", "veth-client", "up")
 	nsRun(t, clientNS, "ip", "route", "add", "169.254.20.10/32", "via", "192.0.2.1")
+	nsRun(t, clientNS, "ip", "-6", "route", "add", "fd00:20::10/128", "via", "fd00:2::1")
 	// glibc in the client namespace resolves through the node cache only:
 	// `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf.
 	writeNetnsResolvConf(t, clientNS, "nameserver 169.254.20.10\n"+
@@ -59,7 +63,9 @@ func TestNodeCacheInNetns(t *testing.T) {
 	// translates it does not, so without this "no entry" would prove nothing.
 	// The rule also makes `iptables`'s backend the one holding more rules, so
 	// --iptables-mode=auto must pick the backend this test inspects.
-	nsRun(t, nodeNS, "iptables", "-t", "filter", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	for _, family := range []string{family4, family6} {
+		nsRun(t, nodeNS, family, "-t", "filter", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	}
 	wantBackend := "backend=nft"
 	if strings.Contains(run(t, "iptables", "-V"), "legacy") {
 		wantBackend = "backend=legacy"
@@ -67,8 +73,9 @@ func TestNodeCacheInNetns(t *testing.T) {
 
 	upstream := startProcess(t, "fakedns", "ip", "netns", "exec", nodeNS, bin["fakedns"], "--listen", "127.0.0.1:5301", "--services", "10")
 	defer upstream.stop(t)
-	listen := netip.MustParseAddrPort("169.254.20.10:53")
-	nodecacheArgs := []string{"--listen", listen.String(), "--upstream", "127.0.0.1:5301", "--metrics-addr", "127.0.0.1:9253",
+	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53"), netip.MustParseAddrPort("[fd00:20::10]:53")}
+	listenFlag := listen[0].String() + "," + listen[1].String()
+	nodecacheArgs := []string{"--listen", listenFlag, "--upstream", "127.0.0.1:5301", "--metrics-addr", "127.0.0.1:9253",
 		"--setup-interface", "--setup-rules", "--interface-name", "ldtest0", "--reconcile-interval", "100ms"}
 	cache := startProcess(t, "nodecache", append([]string{"ip", "netns", "exec", nodeNS, bin["localdns-nodecache"]}, nodecacheArgs...)...)
 
@@ -78,22 +85,26 @@ func TestNodeCacheInNetns(t *testing.T) {
 	})
 
 	t.Run("answers", func(t *testing.T) {
-		dig := func(args ...string) string {
-			return nsRun(t, clientNS, append([]string{"dig", "@169.254.20.10", "+time=2", "+tries=2"}, args...)...)
+		digAt := func(server string, args ...string) string {
+			return nsRun(t, clientNS, append([]string{"dig", "@" + server, "+time=2", "+tries=2"}, args...)...)
 		}
+		dig := func(args ...string) string { return digAt("169.254.20.10", args...) }
 		tests := []struct {
-			name string
-			args []string
-			want string
+			name   string
+			server string
+			args   []string
+			want   string
 		}{
-			{"A over UDP", []string{"+short", "svc-1.default.svc.cluster.local", "A"}, "10.97.0.1\n"},
-			{"A over UDP, cached", []string{"+short", "svc-1.default.svc.cluster.local", "A"}, "10.97.0.1\n"},
-			{"AAAA over TCP", []string{"+tcp", "+short", "svc-2.default.svc.cluster.local", "AAAA"}, "fd00:97::2\n"},
-			{"SRV over TCP", []string{"+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"}, "0 100 80 svc-3.default.svc.cluster.local.\n"},
+			{"A over UDP", "169.254.20.10", []string{"+short", "svc-1.default.svc.cluster.local", "A"}, "10.97.0.1\n"},
+			{"A over UDP, cached", "169.254.20.10", []string{"+short", "svc-1.default.svc.cluster.local", "A"}, "10.97.0.1\n"},
+			{"AAAA over TCP", "169.254.20.10", []string{"+tcp", "+short", "svc-2.default.svc.cluster.local", "AAAA"}, "fd00:97::2\n"},
+			{"SRV over TCP", "169.254.20.10", []string{"+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"}, "0 100 80 svc-3.default.svc.cluster.local.\n"},
+			{"IPv6 listen address, UDP", "fd00:20::10", []string{"+short", "svc-7.default.svc.cluster.local", "AAAA"}, "fd00:97::7\n"},
+			{"IPv6 listen address, TCP", "fd00:20::10", []string{"+tcp", "+short", "svc-7.default.svc.cluster.local", "A"}, "10.97.0.7\n"},
 		}
 		for _, tc := range tests {
-			if got := dig(tc.args...); got != tc.want {
-				t.Errorf("%s: dig %q = %q, want %q", tc.name, tc.args, got, tc.want)
+			if got := digAt(tc.server, tc.args...); got != tc.want {
+				t.Errorf("%s: dig @%s %q = %q, want %q", tc.name, tc.server, tc.args, got, tc.want)
 			}
 		}
 		if out := dig("nope.default.svc.cluster.local", "A"); !strings.Contains(out, "status: NXDOMAIN") || !strings.Contains(out, "SOA") {
@@ -116,17 +127,24 @@ func TestNodeCacheInNetns(t *testing.T) {
 	})
 
 	t.Run("conntrack bypassed", func(t *testing.T) {
-		// Tracking is on in the node namespace (the upstream connection on
-		// 127.0.0.1:5301 has an entry), but no DNS flow to the listen IP has one.
-		ct := func(args ...string) string {
-			return nsRun(t, nodeNS, append([]string{"conntrack", "-L"}, args...)...)
+		// Control: DNS to the node's veth address (not a listen IP; nothing
+		// listens there) is tracked, which shows tracking is on for both
+		// families. DNS to the listen IPs, over UDP and TCP, must have no entry.
+		for _, server := range []string{"192.0.2.1", "fd00:2::1"} {
+			_ = exec.Command("ip", "netns", "exec", clientNS, "dig", "@"+server, "+time=1", "+tries=1", "control.cluster.local").Run()
 		}
-		if out := ct("-p", "tcp", "--dport", "5301"); !strings.Contains(out, "dport=5301") {
-			t.Errorf("no conntrack entry for the upstream connection; is tracking on in the namespace?\n%s", out)
+		tests := []struct{ family, control, listenIP string }{
+			{"ipv4", "dst=192.0.2.1 ", "dst=169.254.20.10 "},
+			{"ipv6", "dst=fd00:2::1 ", "dst=fd00:20::10 "},
 		}
-		for _, proto := range []string{"udp", "tcp"} {
-			if out := ct("-p", proto, "--dport", "53"); strings.Contains(out, "169.254.20.10") {
-				t.Errorf("DNS over %s to the listen IP was tracked:\n%s", proto, out)
+		for _, tc := range tests {
+			udp := nsRun(t, nodeNS, "conntrack", "-L", "-f", tc.family, "-p", "udp", "--dport", "53")
+			if !strings.Contains(udp, tc.control) {
+				t.Errorf("%s: the control query was not tracked; is tracking on?\n%s", tc.family, udp)
+			}
+			tcp := nsRun(t, nodeNS, "conntrack", "-L", "-f", tc.family, "-p", "tcp", "--dport", "53")
+			if strings.Contains(udp+tcp, tc.listenIP) {
+				t.Errorf("%s: DNS to the listen IP was tracked:\n%s%s", tc.family, udp, tcp)
 			}
 		}
 	})
@@ -204,7 +222,7 @@ func TestNodeCacheInNetns(t *testing.T) {
 
 	t.Run("cleanup removes the setup", func(t *testing.T) {
 		out, err := exec.Command("ip", "netns", "exec", nodeNS, bin["localdns-nodecache"], "cleanup",
-			"--listen", listen.String(), "--interface-name", "ldtest0").CombinedOutput()
+			"--listen", listenFlag, "--interface-name", "ldtest0").CombinedOutput()
 		if err != nil {
 			t.Fatalf("cleanup: %v\n%s", err, out)
 		}
@@ -352,19 +370,23 @@ func httpGetInNetns(t *testing.T, ns, addr, path string) (int, string) {
 	return code, body
 }
 
-// missingSetup lists what of the node setup is absent: the address, or a
-// rule (by chain and comment) as `iptables -S` shows it.
-func missingSetup(t *testing.T, ns string, listen netip.AddrPort) []string {
+// missingSetup lists what of the node setup is absent: an address, or a
+// rule (by chain and comment) as `iptables -S` / `ip6tables -S` show it.
+func missingSetup(t *testing.T, ns string, listen []netip.AddrPort) []string {
 	t.Helper()
 	var missing []string
-	if holder(t, ns, netip.PrefixFrom(listen.Addr(), 32).String()) == "" {
-		missing = append(missing, "address "+listen.Addr().String())
+	for _, ap := range listen {
+		if holder(t, ns, netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String()) == "" {
+			missing = append(missing, "address "+ap.Addr().String())
+		}
 	}
-	for _, table := range []string{"raw", "filter"} {
-		present := commentsIn([]byte(nsRun(t, ns, "iptables", "-t", table, "-S")))
-		for _, rl := range rulesFor([]netip.AddrPort{listen}) {
-			if rl.table == table && !present[rl.chain+" "+rl.comment] {
-				missing = append(missing, fmt.Sprintf("%s %s %q", table, rl.chain, rl.comment))
+	for _, family := range []string{family4, family6} {
+		for _, table := range []string{"raw", "filter"} {
+			present := commentsIn([]byte(nsRun(t, ns, family, "-t", table, "-S")))
+			for _, rl := range rulesFor(listen) {
+				if rl.family == family && rl.table == table && !present[rl.chain+" "+rl.comment] {
+					missing = append(missing, fmt.Sprintf("%s %s %s %q", family, table, rl.chain, rl.comment))
+				}
 			}
 		}
 	}
@@ -373,23 +395,28 @@ func missingSetup(t *testing.T, ns string, listen netip.AddrPort) []string {
 
 // assertNodeSetup checks the setup is entirely there (every rule exactly
 // once), or entirely gone.
-func assertNodeSetup(t *testing.T, ns string, listen netip.AddrPort, want bool) {
+func assertNodeSetup(t *testing.T, ns string, listen []netip.AddrPort, want bool) {
 	t.Helper()
 	if want {
 		if missing := missingSetup(t, ns, listen); len(missing) > 0 {
 			t.Errorf("node setup incomplete, missing:\n%s", strings.Join(missing, "\n"))
 		}
 	}
-	for _, table := range []string{"raw", "filter"} {
-		listed := nsRun(t, ns, "iptables", "-t", table, "-S")
-		n := strings.Count(listed, `--comment "localdns:`)
-		if wantN := map[bool]int{true: 8, false: 0}[want]; n != wantN {
-			t.Errorf("iptables -t %s: %d localdns rules, want %d:\n%s", table, n, wantN, listed)
+	for _, family := range []string{family4, family6} {
+		for _, table := range []string{"raw", "filter"} {
+			listed := nsRun(t, ns, family, "-t", table, "-S")
+			n := strings.Count(listed, `--comment "localdns:`)
+			if wantN := map[bool]int{true: 8, false: 0}[want]; n != wantN {
+				t.Errorf("%s -t %s: %d localdns rules, want %d:\n%s", family, table, n, wantN, listed)
+			}
 		}
 	}
 	if !want {
-		if dev := holder(t, ns, "169.254.20.10/32"); dev != "" {
-			t.Errorf("169.254.20.10/32 still on %s after cleanup", dev)
+		for _, ap := range listen {
+			prefix := netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String()
+			if dev := holder(t, ns, prefix); dev != "" {
+				t.Errorf("%s still on %s after cleanup", prefix, dev)
+			}
 		}
 		if links := nsRun(t, ns, "ip", "-o", "link"); slices.Contains(strings.Fields(links), "ldtest0:") {
 			t.Errorf("interface ldtest0 still present after cleanup")
