@@ -67,7 +67,8 @@ func TestProbe(t *testing.T) {
 	tests := []struct {
 		name    string
 		addr    netip.AddrPort
-		wantErr string // substring; empty = success
+		timeout time.Duration // default long: only "silent" waits it out
+		wantErr string        // substring; empty = success
 		wantOK  string
 	}{
 		{name: "stub up", addr: addrOf(up), wantOK: "SOA: NOERROR"},
@@ -77,13 +78,17 @@ func TestProbe(t *testing.T) {
 		{name: "wrong ID", addr: responder(t, edited(func(m *dns.Msg) { m.Id++ })), wantErr: "ID"},
 		{name: "not a response", addr: responder(t, edited(func(m *dns.Msg) { m.Response = false })), wantErr: "QR bit clear"},
 		{name: "other question", addr: responder(t, edited(func(m *dns.Msg) { m.Question[0].Name = "other.example." })), wantErr: "question"},
-		{name: "silent", addr: responder(t, func([]byte) []byte { return nil }), wantErr: "no reply"},
+		{name: "silent", addr: responder(t, func([]byte) []byte { return nil }), timeout: 100 * time.Millisecond, wantErr: "no reply within 100ms"},
 		{name: "truncated header", addr: responder(t, func(q []byte) []byte { return binary.BigEndian.AppendUint16(nil, binary.BigEndian.Uint16(q)) }),
 			wantErr: "malformed reply"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Probe(context.Background(), ProbeConfig{Addr: tc.addr, Name: probeTestDomain, Timeout: 300 * time.Millisecond})
+			timeout := 10 * time.Second
+			if tc.timeout != 0 {
+				timeout = tc.timeout
+			}
+			got, err := Probe(context.Background(), ProbeConfig{Addr: tc.addr, Name: probeTestDomain, Timeout: timeout})
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("Probe = %q, %v; want an error containing %q", got, err, tc.wantErr)

@@ -22,7 +22,8 @@ import (
 const probeTestDomain = "cluster.test."
 
 // testConfig is a stub on an ephemeral loopback port in front of the fakes.
-// The timeouts only bound how long a silent fake is waited for.
+// Its timeouts are long, so that a loaded machine cannot make an attempt
+// expire; tests about silent upstreams shorten them.
 func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
 	cfg := Config{
 		Command:             CommandServe,
@@ -30,9 +31,9 @@ func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
 		NodeCache:           nodeCache.addr,
 		ClusterDomain:       probeTestDomain,
 		CacheSize:           DefaultCacheSize,
-		NodeCacheUDPTimeout: 100 * time.Millisecond,
-		NodeCacheTCPTimeout: 200 * time.Millisecond,
-		FallbackTimeout:     5 * time.Second,
+		NodeCacheUDPTimeout: 10 * time.Second,
+		NodeCacheTCPTimeout: 10 * time.Second,
+		FallbackTimeout:     10 * time.Second,
 		UDPSockets:          1,
 		ShutdownTimeout:     5 * time.Second,
 	}
@@ -92,6 +93,8 @@ func TestFailoverOrder(t *testing.T) {
 		name       string
 		nodeCache  behaviour
 		noFallback bool
+		udpTimeout time.Duration // when set, for a node cache that stays silent
+		tcpTimeout time.Duration
 		wantNode   []string // transports the node cache saw, in order
 		wantKube   []string
 		wantAnswer string
@@ -100,11 +103,12 @@ func TestFailoverOrder(t *testing.T) {
 			wantNode: []string{"udp"}, wantAnswer: nodeCacheAnswer},
 		{name: "truncated over udp: node cache over tcp", nodeCache: truncateUDP,
 			wantNode: []string{"udp", "tcp"}, wantAnswer: nodeCacheAnswer},
-		{name: "udp lost: node cache over tcp", nodeCache: silentUDP,
+		{name: "udp lost: node cache over tcp", nodeCache: silentUDP, udpTimeout: 100 * time.Millisecond,
 			wantNode: []string{"udp", "tcp"}, wantAnswer: nodeCacheAnswer},
 		{name: "node cache servfail: kube-dns over tcp", nodeCache: servfail,
 			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
 		{name: "node cache hung: kube-dns over tcp", nodeCache: blackHole,
+			udpTimeout: 100 * time.Millisecond, tcpTimeout: 200 * time.Millisecond,
 			wantNode: []string{"udp", "tcp"}, wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
 		{name: "node cache gone (port unreachable): kube-dns over tcp", nodeCache: stopped,
 			wantKube: []string{"tcp"}, wantAnswer: kubeDNSAnswer},
@@ -123,6 +127,12 @@ func TestFailoverOrder(t *testing.T) {
 			cfg := testConfig(node, kube)
 			if tc.noFallback {
 				cfg.Fallback = netip.AddrPort{}
+			}
+			if tc.udpTimeout != 0 {
+				cfg.NodeCacheUDPTimeout = tc.udpTimeout
+			}
+			if tc.tcpTimeout != 0 {
+				cfg.NodeCacheTCPTimeout = tc.tcpTimeout
 			}
 			s := startStub(t, cfg)
 
