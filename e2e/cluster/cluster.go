@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -18,7 +19,7 @@ type Cluster struct {
 	runDir  string // removed on Down
 	logsDir string // kept until the next Up, for post-mortems
 	prog    *progress
-	seq     int           // start order of daemons, for stopping in reverse
+	seq     int           // start order of daemons, names their pid records
 	images  *imageBuilder // made on first use
 }
 
@@ -106,22 +107,25 @@ func (c *Cluster) Down() error {
 }
 
 // cleanup stops what a run (this one or a crashed earlier one of the same
-// name) left: recorded daemons in reverse start order, then anything else
+// name) left: recorded daemons, then anything else
 // in the node's or the pods' namespaces (shims, containers), then mounts,
 // pod and node namespaces, and the run directory.
 func (c *Cluster) cleanup() error {
 	var errs []error
 	recs, err := readDaemons(c.dir("pids"))
 	errs = append(errs, err)
+	// The state is thrown away, so no daemon needs another to stop cleanly:
+	// all at once, with a short grace, except etcd, which goes last (the
+	// API server's shutdown writes to it).
+	var first, last []daemonRecord
 	for _, r := range recs {
-		start := time.Now()
-		// The state is thrown away, so a short grace does: an API server
-		// still serving pods' watches takes 15 s and more to drain.
-		errs = append(errs, r.stop(5*time.Second))
-		if took := time.Since(start); took > 2*time.Second {
-			c.prog.printf("     %s (pid %d) took %s to stop", r.name, r.pid, took.Round(100*time.Millisecond))
+		if r.name == "etcd" {
+			last = append(last, r)
+		} else {
+			first = append(first, r)
 		}
 	}
+	errs = append(errs, c.stopAll(first), c.stopAll(last))
 	errs = append(errs, killNetns(c.netnsPath()), c.removeContainers())
 	errs = append(errs, unmountAll(c.runDir), c.removeNode(), c.removeContainerLogLinks())
 	removeEmptyContainerCgroups()
@@ -129,6 +133,23 @@ func (c *Cluster) cleanup() error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.runDir, err))
 	}
 	return errors.Join(append(errs, c.remains(recs))...)
+}
+
+// stopAll stops the daemons concurrently, so the slowest alone sets the pace.
+func (c *Cluster) stopAll(recs []daemonRecord) error {
+	errs := make([]error, len(recs))
+	var wg sync.WaitGroup
+	for i, r := range recs {
+		wg.Go(func() {
+			start := time.Now()
+			errs[i] = r.stop(5 * time.Second)
+			if took := time.Since(start); took > 2*time.Second {
+				c.prog.printf("     %s (pid %d) took %s to stop", r.name, r.pid, took.Round(100*time.Millisecond))
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // remains reports what of the cluster still exists after a cleanup.

@@ -121,6 +121,39 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 					t.Errorf("%s client: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
 				}
 			}
+
+			// The race emulation works: with 0.5% of the UDP packets to the
+			// ClusterIP dropped, glibc waits out its 5 s timeout. Each lookup
+			// sends 4 packets (A and AAAA, two search names), so about 2% of
+			// lookups stall; 20 threads for 8 s all but surely hit some.
+			remove, err := c.DropKubeDNSUDP(ctx, 0.005)
+			if err != nil {
+				t.Fatal(err)
+			}
+			baseline := clients.Load{Host: "kubernetes.default", Concurrency: 20, Duration: 8 * time.Second,
+				Slow: time.Second, MaxLookups: 100_000}
+			manifest, err := clients.PodManifest("default", "baseline-glibc", clients.Glibc, baseline)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs string
+			if err := c.Step("glibc client with 0.5% of UDP to kube-dns dropped", func() error {
+				logs, err = c.RunPod(ctx, "default", "baseline-glibc", manifest)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := clients.ParseResult([]byte(logs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("glibc with drops: %s", res)
+			if res.Over1s == 0 {
+				t.Errorf("no lookup took 1 s or more with 0.5%% of the UDP packets dropped: the emulation does not work")
+			}
+			if err := remove(); err != nil {
+				t.Error(err)
+			}
 		})
 	}
 }

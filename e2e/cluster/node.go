@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -141,4 +143,30 @@ func (c *Cluster) removeContainers() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DropKubeDNSUDP makes the node drop the given share (0..1) of UDP packets
+// from pods to the kube-dns ClusterIP's port 53: the effect of the
+// conntrack race on the parallel A/AAAA queries of glibc and musl, which
+// kernel 6.18 no longer shows. The rule sits in the raw table, before
+// conntrack and kube-proxy's DNAT, so it works under both proxy modes.
+// The returned function removes it; teardown removes it anyway.
+func (c *Cluster) DropKubeDNSUDP(ctx context.Context, share float64) (remove func() error, err error) {
+	if share <= 0 || share > 1 {
+		return nil, fmt.Errorf("drop share %v: want (0, 1]", share)
+	}
+	rule := []string{"PREROUTING", "-s", PodCIDR.String(), "-d", KubeDNSIP.String(), "-p", "udp", "--dport", "53",
+		"-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(share, 'f', -1, 64),
+		"-m", "comment", "--comment", "localdns-e2e: emulated conntrack race", "-j", "DROP"}
+	iptables := func(op string) error {
+		argv := append([]string{"iptables", "-w", "-t", "raw", op}, rule...)
+		if out, err := c.NodeCommand(ctx, argv...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if err := iptables("-A"); err != nil {
+		return nil, err
+	}
+	return func() error { return iptables("-D") }, nil
 }
