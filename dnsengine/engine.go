@@ -36,6 +36,7 @@ type Engine struct {
 	// UDP readers, TCP accept loops and connections, misses, prefetches.
 	wg             sync.WaitGroup
 	inflightMisses atomic.Int64
+	missesIdle     chan struct{} // signalled when inflightMisses drops to 0 during Shutdown
 	stopping       atomic.Bool
 	listening      atomic.Bool
 
@@ -57,11 +58,12 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		cache:   newCache(cfg.CacheSize, cfg.StaleMax),
-		flights: make(map[string]*flight),
-		conns:   make(map[net.Conn]struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		cache:      newCache(cfg.CacheSize, cfg.StaleMax),
+		flights:    make(map[string]*flight),
+		missesIdle: make(chan struct{}, 1),
+		conns:      make(map[net.Conn]struct{}),
 	}
 	if cfg.PrefetchHits > 0 {
 		e.prefetchHits = uint32(cfg.PrefetchHits)
@@ -116,9 +118,7 @@ func (e *Engine) Start() error {
 
 // closeListeners closes every socket (e.mu held).
 func (e *Engine) closeListeners() {
-	for _, u := range e.udp {
-		u.conn.Close()
-	}
+	e.closeUDP()
 	for _, ln := range e.tcp {
 		ln.Close()
 	}
@@ -161,9 +161,13 @@ func (e *Engine) Listening() bool {
 	return e.listening.Load()
 }
 
-// Shutdown stops reading new queries, waits for the queries in flight to be
-// answered, and closes every socket. When ctx ends first it aborts the
-// upstream requests, force-closes the connections and returns ctx's error.
+// Shutdown stops the engine gracefully. TCP listeners close at once and TCP
+// connections stop reading; the UDP sockets keep serving while the misses in
+// flight are answered (at most UpstreamTimeout), because a socket in an
+// SO_REUSEPORT group receives its share of queries until it is closed and a
+// socket not read would drop them. Then each UDP reader answers what is queued
+// and returns, and the sockets close. When ctx ends first, upstream requests
+// are aborted, sockets force-closed, and ctx's error returned.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
 	if !e.started || e.stopped {
@@ -173,47 +177,92 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	e.stopped = true
 	e.listening.Store(false)
 	e.stopping.Store(true)
-	past := time.Unix(1, 0)
-	for _, u := range e.udp {
-		u.conn.SetReadDeadline(past) // unblocks the reader; replies in flight can still be written
-	}
 	for _, ln := range e.tcp {
 		ln.Close()
 	}
 	for c := range e.conns {
-		c.SetReadDeadline(past) // handlers stop reading, answer what they have, then close
+		c.SetReadDeadline(pastDeadline) // handlers stop reading, answer what they have, then close
 	}
 	e.mu.Unlock()
 
-	done := make(chan struct{})
-	go func() {
-		e.wg.Wait()
-		close(done)
-	}()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = fmt.Errorf("dnsengine: shutdown forced: %w", ctx.Err())
+	err := e.waitMissesAnswered(ctx)
+	if err == nil {
+		e.mu.Lock()
+		for _, u := range e.udp {
+			u.conn.SetReadDeadline(pastDeadline) // the reader drains its queue and returns
+		}
+		e.mu.Unlock()
+		err = waitCtx(ctx, &e.wg)
+	}
+	if err != nil {
+		err = fmt.Errorf("dnsengine: shutdown forced: %w", err)
 		e.cancel()
 		e.mu.Lock()
 		for c := range e.conns {
 			c.Close()
 		}
-		for _, u := range e.udp {
-			u.conn.Close()
-		}
+		e.closeUDP()
 		e.mu.Unlock()
-		<-done
+		e.wg.Wait() // prompt now: upstream requests are cancelled, sockets closed
 	}
 	e.cancel()
 	e.mu.Lock()
-	for _, u := range e.udp {
-		u.conn.Close()
-	}
+	e.closeUDP()
 	e.mu.Unlock()
 	e.log.Info("dns engine stopped", "forced", err != nil)
 	return err
+}
+
+// pastDeadline makes blocked reads return at once.
+var pastDeadline = time.Unix(1, 0)
+
+// waitMissesAnswered waits until no miss is in flight, at most UpstreamTimeout
+// (a steady stream of new misses must not hold Shutdown up), or ctx's error.
+func (e *Engine) waitMissesAnswered(ctx context.Context) error {
+	limit := time.NewTimer(e.cfg.UpstreamTimeout)
+	defer limit.Stop()
+	for e.inflightMisses.Load() > 0 {
+		select {
+		case <-e.missesIdle:
+		case <-limit.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// missDone releases a miss slot and, during Shutdown, reports when none is left.
+func (e *Engine) missDone() {
+	if e.inflightMisses.Add(-1) == 0 && e.stopping.Load() {
+		select {
+		case e.missesIdle <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// waitCtx waits for wg, or returns ctx's error.
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// closeUDP closes every UDP socket (e.mu held); closing twice is harmless.
+func (e *Engine) closeUDP() {
+	for _, u := range e.udp {
+		u.conn.Close()
+	}
 }
 
 // trackConn registers a TCP connection for Shutdown; false when shutting down.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -21,6 +22,8 @@ const (
 	udpReadBuffer = 4096
 	// socketBuffer is the kernel buffer asked for per socket, to ride out bursts.
 	socketBuffer = 4 << 20
+	// udpDrainBatches bounds the batches a stopping reader answers from its queue.
+	udpDrainBatches = 64
 	// bindAttempts bounds the retries when port 0 picked a UDP port whose TCP twin is taken.
 	bindAttempts = 8
 )
@@ -126,32 +129,53 @@ func (e *Engine) serveUDP(u *udpListener) {
 	for {
 		n, err := u.batch.ReadBatch(reads, 0)
 		if err != nil {
-			if e.stopping.Load() || errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if e.stopping.Load() {
+				break
 			}
 			e.log.Warn("udp read failed", "addr", u.conn.LocalAddr(), "err", err)
 			continue
 		}
-		now := e.nowNanos()
-		out := 0
-		for i := range reads[:n] {
-			m := &reads[i]
-			if m.Flags&unix.MSG_TRUNC != 0 {
-				u.c.malformed.Add(1)
-				continue
-			}
-			reply, o := e.serve(m.Buffers[0][:m.N], writes[out].Buffers[0][:0], r, protoUDP, u.c, now)
-			switch o {
-			case replyNow:
-				writes[out].Buffers[0] = reply
-				writes[out].Addr = m.Addr
-				out++
-			case needsUpstream:
-				e.missUDP(u, r.detach(), m.Addr)
-			}
-		}
-		e.writeBatch(u, writes[:out])
+		e.answerBatch(u, reads[:n], writes, r)
 	}
+	// Shutdown: answer the queries already queued, which closing the socket
+	// would drop. Bounded, as the socket keeps receiving its share until closed.
+	if err := u.conn.SetReadDeadline(time.Time{}); err != nil {
+		return
+	}
+	for range udpDrainBatches {
+		n, err := u.batch.ReadBatch(reads, unix.MSG_DONTWAIT)
+		if err != nil || n == 0 {
+			return
+		}
+		e.answerBatch(u, reads[:n], writes, r)
+	}
+}
+
+// answerBatch answers the hits among the datagrams read into writes (sent as
+// one batch) and hands each miss to a goroutine.
+func (e *Engine) answerBatch(u *udpListener, reads, writes []ipv4.Message, r *request) {
+	now := e.nowNanos()
+	out := 0
+	for i := range reads {
+		m := &reads[i]
+		if m.Flags&unix.MSG_TRUNC != 0 {
+			u.c.malformed.Add(1)
+			continue
+		}
+		reply, o := e.serve(m.Buffers[0][:m.N], writes[out].Buffers[0][:0], r, protoUDP, u.c, now)
+		switch o {
+		case replyNow:
+			writes[out].Buffers[0] = reply
+			writes[out].Addr = m.Addr
+			out++
+		case needsUpstream:
+			e.missUDP(u, r.detach(), m.Addr)
+		}
+	}
+	e.writeBatch(u, writes[:out])
 }
 
 // writeBatch sends every reply, skipping one that the kernel refuses.

@@ -135,7 +135,7 @@ func (r *request) detach() *request {
 // returns the reply. It blocks for up to the upstream timeout, or up to
 // StaleAnswerTimeout when an expired entry could be served stale.
 func (e *Engine) answerMiss(r *request, p proto, c *counters) []byte {
-	defer e.inflightMisses.Add(-1)
+	defer e.missDone()
 	start := time.Now()
 	var res resolution
 	if stale := e.staleCandidate(r.key, e.nowNanos()); stale != nil {
