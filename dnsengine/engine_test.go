@@ -222,3 +222,25 @@ func TestTCPConnectionHandling(t *testing.T) {
 		}
 	})
 }
+
+// TestMetricNames pins the exported metric names (the nodecache and stub
+// documentation lists them under their own namespaces).
+func TestMetricNames(t *testing.T) {
+	te := startEngine(t, nil)
+	te.query(t, "udp", question("www.example.", dns.TypeA))
+	mfs, err := te.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = true
+	}
+	for _, name := range []string{"requests_total", "cache_hits_total", "cache_misses_total", "cache_stale_total",
+		"cache_prefetch_total", "cache_entries", "coalesced_total", "malformed_total", "upstream_invalid_total",
+		"miss_overflow_total", "miss_duration_seconds"} {
+		if !got["test_"+name] {
+			t.Errorf("metric test_%s missing; have %v", name, got)
+		}
+	}
+}
