@@ -156,6 +156,7 @@ server:
     qname-minimisation: no
     do-not-query-localhost: no
     tcp-upstream: yes
+    outgoing-num-tcp: 64
 remote-control:
     control-enable: no
 forward-zone:
@@ -256,6 +257,33 @@ measure() {
         (c > 0 ? t / hz / c * 1e6 : 0), ws, h, l, rc }' >>"$work/rows"
 }
 
+# profile_localdns: perf record (call graphs through Go's frame pointers) of
+# localdns under the measurement load, after the same warm-up; the flat and
+# the caller-inclusive tops go to bench/profile.txt.
+profile_localdns() {
+  command -v perf >/dev/null || { log "BENCH_PROFILE: perf is needed (Debian linux-perf)"; return 1; }
+  log "profile: localdns under perf record"
+  start_localdns
+  wait_ready localdns
+  perf_query "$work/warm.out" -d "$work/working-set" -n 1 "${LOAD[@]}" -t 2
+  perf_query "$work/warm-hot.out" -d "$hot" -n 1 "${LOAD[@]}" -t 2
+  perf_query "$work/prof.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
+  local load_pid=$!
+  timeout $((SECONDS_RUN + 30)) perf record -q -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep "$SECONDS_RUN" 2>/dev/null || true
+  wait "$load_pid"
+  stop_pid "$server_pid"
+  server_pid=
+  {
+    echo "# localdns-nodecache under dnsperf ${LOAD[*]} -l $SECONDS_RUN (bench/peers.sh, BENCH_PROFILE=1), $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "# $(awk '/Queries per second:/ {printf "%.0f QPS", $4}' "$work/prof.out") while profiled (perf record -F 1999 -g); load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# flat: where the samples are (self time, by symbol)"
+    perf report -i "$work/perf.data" --stdio --no-children -F overhead,sym -g none --percent-limit 0.7 2>&1 | awk '!/^#/ && NF'
+    echo "# inclusive: what each function costs with its callees ([k] kernel, [.] the process)"
+    perf report -i "$work/perf.data" --stdio --children --sort sym -g none --percent-limit 3 2>&1 | awk '!/^#/ && NF'
+  } >bench/profile.txt
+  log "profile written to bench/profile.txt"
+}
+
 # --- the run --------------------------------------------------------------
 "$work/fakedns" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$SERVICES" 2>"$work/fakedns.log" &
 fake_pid=$!
@@ -268,6 +296,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+[ "$PROFILE" != 1 ] || profile_localdns
 
 # --- the report -----------------------------------------------------------
 version_of() {
@@ -385,7 +414,8 @@ EOF
   health. Its `.` block (forward to the node's resolv.conf) is left out: nothing here may use it.
 - **unbound**: 2 threads, SO_REUSEPORT, `module-config: "iterator"` (no DNSSEC validation), forward-zone
   `.` to the fake over TCP (`forward-tcp-upstream`), `do-not-query-localhost: no`, no chroot, no remote
-  control, no root hints used (everything is forwarded), qname minimisation off.
+  control, no root hints used (everything is forwarded), qname minimisation off, 64 upstream TCP
+  connections per thread (the default 10 queues the warm-up's misses).
 - **dnsdist**: 2 listeners on the same address (SO_REUSEPORT), a packet cache of 100k entries, the fake
   as its one backend over TCP (`tcpOnly`), health-checked with a cluster name,
   `setSecurityPollSuffix("")` (no security-poll query to a public name).
