@@ -5,6 +5,7 @@
 //	go run ./e2e/cmd/cluster [flags] check     a pod resolves kubernetes.default via kube-dns
 //	go run ./e2e/cmd/cluster [flags] kubectl ARGS...
 //	go run ./e2e/cmd/cluster [flags] down      stop everything, remove every trace
+//	go run ./e2e/cmd/cluster [flags] seeds     the seeds' test (glibc, musl, Go clients) on an up cluster
 //	go run ./e2e/cmd/cluster [flags] smoke     up, check, down (also on failure or Ctrl-C)
 package main
 
@@ -19,10 +20,12 @@ import (
 	"syscall"
 
 	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/e2e/seeds"
 )
 
 type options struct {
 	cfg     cluster.Config
+	seeds   seeds.Config
 	command string
 	args    []string
 }
@@ -34,8 +37,15 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "cluster name: the node's network namespace and run directory")
 	fs.StringVar(&cfg.BaseDir, "base-dir", cfg.BaseDir, "directory holding run and log directories")
 	fs.StringVar(&cfg.ProxyMode, "proxy-mode", cfg.ProxyMode, "kube-proxy mode: iptables or nftables")
+	sc := seeds.Default()
+	fs.StringVar(&sc.Namespace, "seeds-namespace", sc.Namespace, "seeds: namespace of the client pods")
+	fs.IntVar(&sc.CThreads, "seeds-threads", sc.CThreads, "seeds: getaddrinfo threads of the glibc and musl clients")
+	fs.DurationVar(&sc.CDuration, "seeds-c-duration", sc.CDuration, "seeds: run time of the glibc and musl clients")
+	fs.IntVar(&sc.GoConcurrency, "seeds-go-concurrency", sc.GoConcurrency, "seeds: concurrent lookups of the Go client")
+	fs.DurationVar(&sc.GoDuration, "seeds-go-duration", sc.GoDuration, "seeds: run time of the Go client")
+	fs.Float64Var(&sc.Drop, "seeds-drop", sc.Drop, "seeds: share of UDP packets to the kube-dns ClusterIP dropped (emulated conntrack race); 0 for none")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|down|smoke|kubectl ARGS...")
+		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|kubectl ARGS...")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -45,18 +55,25 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		fs.Usage()
 		return options{}, errors.New("missing command")
 	}
-	o := options{cfg: cfg, command: fs.Arg(0), args: fs.Args()[1:]}
+	o := options{cfg: cfg, seeds: sc, command: fs.Arg(0), args: fs.Args()[1:]}
 	switch o.command {
-	case "up", "check", "down", "smoke", "kubectl":
+	case "up", "check", "seeds", "down", "smoke", "kubectl":
 	default:
 		return options{}, fmt.Errorf("unknown command %q", o.command)
+	}
+	if err := sc.Validate(); err != nil {
+		return options{}, err
 	}
 	return o, nil
 }
 
 func main() {
 	o, err := parseOptions(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:", err)
 		os.Exit(2)
 	}
 	// Ctrl-C cancels the boot or the check; teardown then still runs.
@@ -94,6 +111,8 @@ func run(ctx context.Context, o options) error {
 	switch o.command {
 	case "check":
 		return check(ctx, c)
+	case "seeds":
+		return runSeeds(ctx, c, o)
 	case "kubectl":
 		cmd := c.KubectlCommand(ctx, o.args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -101,6 +120,19 @@ func run(ctx context.Context, o options) error {
 	default: // down
 		return c.Down()
 	}
+}
+
+func runSeeds(ctx context.Context, c *cluster.Cluster, o options) error {
+	work, err := os.MkdirTemp("", "localdns-seeds-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	rows, err := seeds.Run(ctx, c, o.cfg.RepoDir, work, o.seeds)
+	if err != nil {
+		return err
+	}
+	return seeds.WriteTable(os.Stdout, rows)
 }
 
 func check(ctx context.Context, c *cluster.Cluster) error {
