@@ -75,6 +75,7 @@ func (c *Cluster) boot(ctx context.Context) error {
 		{"apply CoreDNS as kube-dns", func() error { return c.applyKubeDNS(ctx) }},
 		{"wait for node Ready", func() error { return c.waitNodeReady(ctx) }},
 		{"wait for kube-dns (2 replicas) ready", func() error { return c.waitKubeDNS(ctx) }},
+		{"node reaches pods through a ClusterIP (the API server's path to webhooks)", func() error { return c.checkNodeToService(ctx) }},
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
