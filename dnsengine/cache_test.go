@@ -54,6 +54,7 @@ func TestNegativeAndUncacheable(t *testing.T) {
 		{"nx.example.", dns.TypeA, dns.RcodeNameError, 3, true},        // min(SOA TTL 60, MINIMUM 3)
 		{"nx-long.example.", dns.TypeA, dns.RcodeNameError, 5, true},   // capped at MaxNegativeTTL
 		{"nodata.example.", dns.TypeAAAA, dns.RcodeSuccess, 2, true},   // NODATA: min(SOA TTL 2, MINIMUM 100)
+		{"cname-nx.example.", dns.TypeA, dns.RcodeNameError, 1, true},  // the CNAME's TTL 1 is smaller than the SOA's
 		{"nx-nosoa.example.", dns.TypeA, dns.RcodeNameError, 0, false}, // RFC 2308: no SOA, no caching
 		{"zero.example.", dns.TypeA, dns.RcodeSuccess, 0, false},       // TTL 0
 		{"tc.example.", dns.TypeA, dns.RcodeSuccess, 0, false},         // truncated

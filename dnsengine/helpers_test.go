@@ -137,6 +137,10 @@ func zoneAnswer(req *dns.Msg) *dns.Msg {
 	case name == "nx-long.example.":
 		resp.Rcode = dns.RcodeNameError
 		resp.Ns = []dns.RR{soa(600, 600)}
+	case name == "cname-nx.example.":
+		resp.Rcode = dns.RcodeNameError
+		resp.Answer = []dns.RR{&dns.CNAME{Hdr: hdr(dns.TypeCNAME, 1), Target: "gone.example."}}
+		resp.Ns = []dns.RR{soa(60, 60)}
 	case name == "nx-nosoa.example.":
 		resp.Rcode = dns.RcodeNameError
 	case name == "servfail.example.":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -202,21 +203,27 @@ func (e *Engine) cacheTTL(resp *dns.Msg) uint32 {
 	}
 	switch {
 	case resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0:
-		ttl := durationSeconds(e.cfg.MaxTTL)
-		for _, section := range [][]dns.RR{resp.Answer, resp.Ns, resp.Extra} {
-			for _, rr := range section {
-				ttl = min(ttl, rr.Header().Ttl)
-			}
-		}
-		return ttl
+		return min(durationSeconds(e.cfg.MaxTTL), minTTL(resp.Answer, resp.Ns, resp.Extra))
 	case resp.Rcode == dns.RcodeNameError || resp.Rcode == dns.RcodeSuccess:
 		for _, rr := range resp.Ns {
 			if soa, ok := rr.(*dns.SOA); ok {
-				return min(soa.Hdr.Ttl, soa.Minttl, durationSeconds(e.cfg.MaxNegativeTTL))
+				// A CNAME chain before the NXDOMAIN expires with its own TTL.
+				return min(soa.Hdr.Ttl, soa.Minttl, durationSeconds(e.cfg.MaxNegativeTTL), minTTL(resp.Answer))
 			}
 		}
 	}
 	return 0
+}
+
+// minTTL is the smallest TTL of the records in sections (MaxUint32 if none).
+func minTTL(sections ...[]dns.RR) uint32 {
+	ttl := uint32(math.MaxUint32)
+	for _, section := range sections {
+		for _, rr := range section {
+			ttl = min(ttl, rr.Header().Ttl)
+		}
+	}
+	return ttl
 }
 
 // durationSeconds rounds d up to whole seconds.
