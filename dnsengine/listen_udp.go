@@ -55,8 +55,11 @@ func reusePort(_, _ string, rc syscall.RawConn) error {
 }
 
 // bind opens cfg.UDPSockets UDP sockets and one TCP listener on addr. With
-// port 0 the TCP listener takes the port UDP got; it is bound without
-// SO_REUSEPORT then, so that it cannot silently share someone else's port.
+// port 0 the TCP listener takes the port UDP got, bound without SO_REUSEPORT
+// so that it cannot silently share another listener's port. That also catches
+// the kernel handing out a UDP port already held by another SO_REUSEPORT
+// engine of the same user (which it may do for port 0): that engine has its
+// TCP listener there, so the bind fails and is retried on a new port.
 func (e *Engine) bind(addr string) ([]*udpListener, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
