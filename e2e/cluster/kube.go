@@ -47,26 +47,27 @@ func (c *Cluster) Apply(ctx context.Context, manifest []byte) error {
 	return err
 }
 
-// errDaemonExited ends a wait at once: waiting on a dead kubelet only
-// wastes minutes.
+// errDaemonExited marks a wait ended early because a daemon died: waiting
+// on a dead kubelet only wastes minutes.
 var errDaemonExited = errors.New("a cluster daemon exited")
 
-// poll calls check until it succeeds, returns errDaemonExited, ctx ends or
-// timeout passes. The error then carries check's last error from before
-// the end (the one cut short by the deadline says nothing).
-func poll(ctx context.Context, timeout time.Duration, what string, check func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// waitFor calls check until it succeeds, ctx ends or defaultTimeout
+// passes, and fails at once when a daemon of the cluster has exited. The
+// error carries check's last error from before the end (the one cut short
+// by the deadline says nothing).
+func (c *Cluster) waitFor(ctx context.Context, what string, check func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, defaultTimeout)
 	defer cancel()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
+		if err := c.checkDaemons(); err != nil {
+			return fmt.Errorf("waiting for %s: %w", what, err)
+		}
 		err := check(ctx)
 		if err == nil {
 			return nil
-		}
-		if errors.Is(err, errDaemonExited) {
-			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
 		if ctx.Err() == nil || last == nil {
 			last = err
@@ -77,16 +78,6 @@ func poll(ctx context.Context, timeout time.Duration, what string, check func(ct
 		case <-tick.C:
 		}
 	}
-}
-
-// waitFor polls check like poll, and fails as soon as a daemon has exited.
-func (c *Cluster) waitFor(ctx context.Context, what string, check func(ctx context.Context) error) error {
-	return poll(ctx, defaultTimeout, what, func(ctx context.Context) error {
-		if err := c.checkDaemons(); err != nil {
-			return err
-		}
-		return check(ctx)
-	})
 }
 
 // checkDaemons returns errDaemonExited naming each recorded daemon that no

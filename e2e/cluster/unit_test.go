@@ -2,9 +2,13 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -90,5 +94,33 @@ func TestImageSpecArgsAreStable(t *testing.T) {
 		if got := spec.args(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("args() =\n%q\nwant\n%q", got, want)
 		}
+	}
+}
+
+// TestWaitForStopsWhenADaemonDied records a process that has exited and
+// checks a wait that would never succeed returns at once, naming it.
+func TestWaitForStopsWhenADaemonDied(t *testing.T) {
+	c, err := newCluster(Config{BaseDir: t.TempDir(), RepoDir: "/nonexistent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(c.dir("pids"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Our own pid with a start time it never had: alive() must say no.
+	rec := fmt.Sprintf("1 kubelet %d 1\n", os.Getpid())
+	if err := os.WriteFile(filepath.Join(c.dir("pids"), "01-kubelet"), []byte(rec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	err = c.waitFor(context.Background(), "never", func(context.Context) error {
+		calls++
+		return errors.New("not yet")
+	})
+	if !errors.Is(err, errDaemonExited) || !strings.Contains(err.Error(), "kubelet") {
+		t.Fatalf("waitFor() = %v, want errDaemonExited naming kubelet", err)
+	}
+	if calls != 0 {
+		t.Errorf("check ran %d times after the daemon died", calls)
 	}
 }
