@@ -33,6 +33,7 @@ const (
 	// "timeout:1" gives up (RFC 8767's client response timer, scaled down).
 	DefaultStaleAnswerTimeout = 500 * time.Millisecond
 	DefaultMaxInflightMisses  = 10000
+	DefaultMaxTCPConns        = 1000
 )
 
 // Config configures an Engine. Zero values mean the documented default.
@@ -71,6 +72,9 @@ type Config struct {
 	TCPIdleTimeout time.Duration
 	// TCPWriteTimeout bounds writing one reply on a TCP connection, default 2s.
 	TCPWriteTimeout time.Duration
+	// MaxTCPConns bounds the open TCP connections; more are closed at once
+	// (clients retry or use UDP), default 1000.
+	MaxTCPConns int
 	// Registerer receives the engine's metrics; nil = no metrics.
 	Registerer prometheus.Registerer
 	// Namespace prefixes every metric name, e.g. "localdns_nodecache".
@@ -106,6 +110,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		"UDP sockets":          int64(cfg.UDPSockets),
 		"TCP idle timeout":     int64(cfg.TCPIdleTimeout),
 		"TCP write timeout":    int64(cfg.TCPWriteTimeout),
+		"max TCP conns":        int64(cfg.MaxTCPConns),
 	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", name))
@@ -124,6 +129,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.PrefetchHits, DefaultPrefetchHits)
 	setDefault(&cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)
 	setDefault(&cfg.TCPWriteTimeout, DefaultTCPWriteTimeout)
+	setDefault(&cfg.MaxTCPConns, DefaultMaxTCPConns)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -265,11 +265,12 @@ func (e *Engine) closeUDP() {
 	}
 }
 
-// trackConn registers a TCP connection for Shutdown; false when shutting down.
+// trackConn registers a TCP connection for Shutdown; false when shutting
+// down or at MaxTCPConns.
 func (e *Engine) trackConn(c net.Conn) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.stopping.Load() {
+	if e.stopping.Load() || len(e.conns) >= e.cfg.MaxTCPConns {
 		return false
 	}
 	e.conns[c] = struct{}{}

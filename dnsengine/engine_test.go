@@ -186,7 +186,10 @@ func TestSecondInstanceSharesPort(t *testing.T) {
 }
 
 func TestTCPConnectionHandling(t *testing.T) {
-	te := startEngine(t, func(c *Config) { c.TCPIdleTimeout = 50 * time.Millisecond })
+	te := startEngine(t, func(c *Config) {
+		c.TCPIdleTimeout = 50 * time.Millisecond
+		c.MaxTCPConns = 1
+	})
 	dial := func() *dns.Conn {
 		conn, err := net.Dial("tcp", te.tcp)
 		if err != nil {
@@ -220,6 +223,13 @@ func TestTCPConnectionHandling(t *testing.T) {
 		if resp, err := co.ReadMsg(); err != nil || resp.Rcode != dns.RcodeSuccess {
 			t.Fatalf("next query on the same connection: %v, %v", resp, err)
 		}
+		// MaxTCPConns is 1: a second connection is closed at once.
+		if _, err := dial().Read(make([]byte, 2)); err == nil {
+			t.Fatal("second connection served, want it closed at MaxTCPConns 1")
+		}
+		if got := te.metricValue(t, "tcp_refused_total", nil); got != 1 {
+			t.Fatalf("tcp_refused_total = %v, want 1", got)
+		}
 	})
 }
 
@@ -238,7 +248,7 @@ func TestMetricNames(t *testing.T) {
 	}
 	for _, name := range []string{"requests_total", "cache_hits_total", "cache_misses_total", "cache_stale_total",
 		"cache_prefetch_total", "cache_entries", "coalesced_total", "malformed_total", "upstream_invalid_total",
-		"miss_overflow_total", "miss_duration_seconds"} {
+		"miss_overflow_total", "tcp_refused_total", "miss_duration_seconds"} {
 		if !got["test_"+name] {
 			t.Errorf("metric test_%s missing; have %v", name, got)
 		}

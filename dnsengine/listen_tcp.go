@@ -31,8 +31,13 @@ func (e *Engine) acceptTCP(ln net.Listener) {
 			continue
 		}
 		if !e.trackConn(conn) {
+			if e.stopping.Load() {
+				conn.Close()
+				return
+			}
+			e.shared.tcpRefused.Add(1)
 			conn.Close()
-			return
+			continue
 		}
 		e.wg.Add(1)
 		go e.serveTCP(conn)

@@ -44,16 +44,17 @@ func qtypeIndex(t uint16) int {
 // counters are the engine's counts. Each UDP socket has its own (written by
 // one goroutine, so the atomics are uncontended); TCP and background work share one.
 type counters struct {
-	requests  [numProtos][numQtypeLabels][numRcodeLabels]atomic.Uint64
-	hits      atomic.Uint64
-	misses    atomic.Uint64
-	stale     atomic.Uint64
-	prefetch  atomic.Uint64
-	coalesced atomic.Uint64
-	malformed atomic.Uint64
-	invalid   atomic.Uint64
-	overflow  atomic.Uint64
-	_         [64]byte // no false sharing with the next socket's counters
+	requests   [numProtos][numQtypeLabels][numRcodeLabels]atomic.Uint64
+	hits       atomic.Uint64
+	misses     atomic.Uint64
+	stale      atomic.Uint64
+	prefetch   atomic.Uint64
+	coalesced  atomic.Uint64
+	malformed  atomic.Uint64
+	invalid    atomic.Uint64
+	overflow   atomic.Uint64
+	tcpRefused atomic.Uint64
+	_          [64]byte // no false sharing with the next socket's counters
 }
 
 // countReply counts one reply by protocol, query type and the reply's rcode
@@ -75,7 +76,7 @@ type metrics struct {
 	duration prometheus.Histogram
 
 	requestsDesc, hitsDesc, missesDesc, staleDesc, prefetchDesc, coalescedDesc, malformedDesc,
-	invalidDesc, overflowDesc, entriesDesc *prometheus.Desc
+	invalidDesc, overflowDesc, tcpRefusedDesc, entriesDesc *prometheus.Desc
 }
 
 func newMetrics(namespace string, c *cache) *metrics {
@@ -90,16 +91,17 @@ func newMetrics(namespace string, c *cache) *metrics {
 			Help:      "Time to answer a query that missed the cache (hits are not timed, to keep them cheap).",
 			Buckets:   []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
-		requestsDesc:  desc("requests_total", "DNS queries answered, by protocol, query type and response code.", "proto", "qtype", "rcode"),
-		hitsDesc:      desc("cache_hits_total", "Queries answered from a fresh cache entry."),
-		missesDesc:    desc("cache_misses_total", "Queries that needed the upstream."),
-		staleDesc:     desc("cache_stale_total", "Queries answered from an expired entry because the upstream failed (RFC 8767)."),
-		prefetchDesc:  desc("cache_prefetch_total", "Popular entries refreshed before they expired."),
-		coalescedDesc: desc("coalesced_total", "Cache misses that joined an identical upstream request already in flight."),
-		malformedDesc: desc("malformed_total", "Client packets dropped or answered FORMERR because they were not valid queries."),
-		invalidDesc:   desc("upstream_invalid_total", "Upstream replies rejected because their question did not match."),
-		overflowDesc:  desc("miss_overflow_total", "Cache misses answered SERVFAIL because MaxInflightMisses were being resolved already."),
-		entriesDesc:   desc("cache_entries", "Entries in the cache, stale ones included."),
+		requestsDesc:   desc("requests_total", "DNS queries answered, by protocol, query type and response code.", "proto", "qtype", "rcode"),
+		hitsDesc:       desc("cache_hits_total", "Queries answered from a fresh cache entry."),
+		missesDesc:     desc("cache_misses_total", "Queries that needed the upstream."),
+		staleDesc:      desc("cache_stale_total", "Queries answered from an expired entry because the upstream failed (RFC 8767)."),
+		prefetchDesc:   desc("cache_prefetch_total", "Popular entries refreshed before they expired."),
+		coalescedDesc:  desc("coalesced_total", "Cache misses that joined an identical upstream request already in flight."),
+		malformedDesc:  desc("malformed_total", "Client packets dropped or answered FORMERR because they were not valid queries."),
+		invalidDesc:    desc("upstream_invalid_total", "Upstream replies rejected because their question did not match."),
+		overflowDesc:   desc("miss_overflow_total", "Cache misses answered SERVFAIL because MaxInflightMisses were being resolved already."),
+		tcpRefusedDesc: desc("tcp_refused_total", "TCP connections closed at once because MaxTCPConns were open."),
+		entriesDesc:    desc("cache_entries", "Entries in the cache, stale ones included."),
 	}
 }
 
@@ -115,7 +117,7 @@ func (m *metrics) newCounters() *counters {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.requestsDesc, m.hitsDesc, m.missesDesc, m.staleDesc, m.prefetchDesc,
-		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.overflowDesc, m.entriesDesc} {
+		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.overflowDesc, m.tcpRefusedDesc, m.entriesDesc} {
 		ch <- d
 	}
 	m.duration.Describe(ch)
@@ -124,8 +126,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	var sum struct {
-		requests                                                               [numProtos][numQtypeLabels][numRcodeLabels]uint64
-		hits, misses, stale, prefetch, coalesced, malformed, invalid, overflow uint64
+		requests                                                                           [numProtos][numQtypeLabels][numRcodeLabels]uint64
+		hits, misses, stale, prefetch, coalesced, malformed, invalid, overflow, tcpRefused uint64
 	}
 	m.mu.Lock()
 	for _, c := range m.sets {
@@ -144,6 +146,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		sum.malformed += c.malformed.Load()
 		sum.invalid += c.invalid.Load()
 		sum.overflow += c.overflow.Load()
+		sum.tcpRefused += c.tcpRefused.Load()
 	}
 	m.mu.Unlock()
 	for p := range sum.requests {
@@ -161,7 +164,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		v uint64
 	}{{m.hitsDesc, sum.hits}, {m.missesDesc, sum.misses}, {m.staleDesc, sum.stale}, {m.prefetchDesc, sum.prefetch},
 		{m.coalescedDesc, sum.coalesced}, {m.malformedDesc, sum.malformed}, {m.invalidDesc, sum.invalid},
-		{m.overflowDesc, sum.overflow}} {
+		{m.overflowDesc, sum.overflow}, {m.tcpRefusedDesc, sum.tcpRefused}} {
 		ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(c.v))
 	}
 	ch <- prometheus.MustNewConstMetric(m.entriesDesc, prometheus.GaugeValue, float64(m.cache.len()))
