@@ -1,6 +1,7 @@
 package dnsengine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -183,6 +184,7 @@ func (e *Engine) prepare(resp *dns.Msg, name string) (answer, uint32, error) {
 	if err != nil {
 		return answer{}, 0, fmt.Errorf("pack: %w", err)
 	}
+	wire = bytes.Clone(wire) // Pack sizes its buffer for the uncompressed message; keep only what is used
 	ttl := e.cacheTTL(resp)
 	a := answer{wire: wire}
 	if ttl > 0 {
