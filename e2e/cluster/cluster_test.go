@@ -49,21 +49,49 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 		t.Fatalf("build load clients: %v", err)
 	}
 
-	for _, mode := range []string{cluster.ProxyIPTables, cluster.ProxyNFTables} {
-		t.Run(mode, func(t *testing.T) {
-			cfg := cluster.DefaultConfig()
-			// A fixed name, so a crashed earlier run's leftovers are found.
-			cfg.Name = "localdns-e2e-test"
-			cfg.ProxyMode = mode
-			cfg.Progress = lineLogger{t}
+	newConfig := func(t *testing.T, mode string) cluster.Config {
+		cfg := cluster.DefaultConfig()
+		// A fixed name, so a crashed earlier run's leftovers are found.
+		cfg.Name = "localdns-e2e-test"
+		cfg.ProxyMode = mode
+		cfg.Progress = lineLogger{t}
+		return cfg
+	}
+	// Whatever a failed or filtered subtest left, nothing outlives the test.
+	t.Cleanup(func() {
+		c, err := cluster.Attach(newConfig(t, cluster.ProxyIPTables))
+		if err == nil {
+			err = c.Down()
+		}
+		if err != nil {
+			t.Errorf("final teardown: %v", err)
+		}
+	})
 
+	// The first run ends in a crash drill: every daemon SIGKILLed, pods,
+	// mounts and namespaces left behind. The second run's boot must clean
+	// that up (it fails if anything remains) and its Down must leave
+	// nothing.
+	for _, run := range []struct {
+		mode  string
+		crash bool
+	}{{cluster.ProxyIPTables, true}, {cluster.ProxyNFTables, false}} {
+		mode := run.mode
+		t.Run(mode, func(t *testing.T) {
 			start := time.Now()
-			c, err := cluster.Up(ctx, cfg)
+			c, err := cluster.Up(ctx, newConfig(t, mode))
 			if err != nil {
 				t.Fatalf("boot: %v", err)
 			}
 			t.Logf("boot (%s) took %s", mode, time.Since(start).Round(100*time.Millisecond))
 			t.Cleanup(func() {
+				if run.crash {
+					if err := c.KillDaemons(); err != nil {
+						t.Errorf("crash drill: %v", err)
+					}
+					t.Log("crash drill: daemons SIGKILLed, the rest left for the next boot to clean")
+					return
+				}
 				start := time.Now()
 				if err := c.Down(); err != nil {
 					t.Errorf("teardown: %v", err)

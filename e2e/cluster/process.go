@@ -60,6 +60,25 @@ func (c *Cluster) startDaemon(name string, argv ...string) error {
 	return nil
 }
 
+// KillDaemons SIGKILLs every daemon of the cluster and leaves the rest —
+// containers, mounts, namespaces, files — as a crash would: a drill for the
+// cleanup that the next Up (or Down) of the same name runs.
+func (c *Cluster) KillDaemons() error {
+	recs, err := readDaemons(c.dir("pids"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.alive() {
+			if err := syscall.Kill(r.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				errs = append(errs, fmt.Errorf("kill %s (pid %d): %w", r.name, r.pid, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // readDaemons returns the recorded daemons of a run directory, last started first.
 func readDaemons(pidDir string) ([]daemonRecord, error) {
 	entries, err := os.ReadDir(pidDir)
