@@ -10,13 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/miekg/dns"
+	"github.com/localdns/localdns/internal/flagutil"
 )
 
 // Command is what the process was asked to do.
@@ -103,7 +101,7 @@ func Parse(args []string, output io.Writer) (Config, error) {
 
 // setupFlags holds the raw values of the flags serving and cleanup share.
 type setupFlags struct {
-	listen        addrListFlag
+	listen        flagutil.List
 	iface         bool
 	rules         bool
 	interfaceName string
@@ -111,7 +109,7 @@ type setupFlags struct {
 }
 
 func (s *setupFlags) register(fs *flag.FlagSet) {
-	s.listen = addrListFlag{values: []string{DefaultListen}}
+	s.listen = flagutil.List{Values: []string{DefaultListen}}
 	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list")
 	fs.BoolVar(&s.iface, "setup-interface", true, "create (or adopt) the interface holding the listen IPs; falls back to adding them to lo where the kernel has no dummy interfaces")
 	fs.BoolVar(&s.rules, "setup-rules", true, "install iptables rules that skip conntrack (raw NOTRACK) and accept DNS to and from the listen IPs")
@@ -122,11 +120,11 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 // validate turns the shared flags into listen addresses and a SetupConfig.
 func (s *setupFlags) validate() ([]netip.AddrPort, SetupConfig, error) {
 	var errs []error
-	listen, err := parseAddrPorts("--listen", s.listen.values)
+	listen, err := flagutil.ParseAddrPorts("--listen", s.listen.Values)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if len(s.listen.values) == 0 {
+	if len(s.listen.Values) == 0 {
 		errs = append(errs, errors.New("--listen: at least one address is required"))
 	}
 	setup := SetupConfig{
@@ -168,8 +166,8 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	var (
 		setup             setupFlags
 		clusterDomain     string
-		upstream          addrListFlag
-		upstreamExternal  addrListFlag
+		upstream          flagutil.List
+		upstreamExternal  flagutil.List
 		upstreamTransport string
 		cacheSize         int
 		staleMax          time.Duration
@@ -199,15 +197,15 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	domain, err := parseDomain(clusterDomain)
+	domain, err := flagutil.ParseDomain(clusterDomain)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--cluster-domain: %w", err))
 	}
-	up, err := parseAddrPorts("--upstream", upstream.values)
+	up, err := flagutil.ParseAddrPorts("--upstream", upstream.Values)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	external, err := parseAddrPorts("--upstream-external", upstreamExternal.values)
+	external, err := flagutil.ParseAddrPorts("--upstream-external", upstreamExternal.Values)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -221,7 +219,7 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	if staleMax < 0 {
 		errs = append(errs, fmt.Errorf("--stale-max: %v is negative", staleMax))
 	}
-	if err := validHostPort(metricsAddr); err != nil {
+	if err := flagutil.ValidHostPort(metricsAddr); err != nil {
 		errs = append(errs, fmt.Errorf("--metrics-addr: %w", err))
 	}
 	if reconcileInterval <= 0 {
@@ -283,91 +281,6 @@ func parseFlagSet(fs *flag.FlagSet, args []string, output io.Writer) error {
 		fs.Usage()
 	}
 	return err
-}
-
-// addrListFlag collects addresses from repeated flags and comma lists. The
-// first Set replaces the default, later ones append.
-type addrListFlag struct {
-	values []string
-	set    bool
-}
-
-func (f *addrListFlag) String() string { return strings.Join(f.values, ",") }
-
-func (f *addrListFlag) Set(s string) error {
-	if !f.set {
-		f.values, f.set = nil, true
-	}
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			f.values = append(f.values, part)
-		}
-	}
-	return nil
-}
-
-// parseAddrPorts parses "ip", "ip:port", "ipv6" and "[ipv6]:port", defaulting
-// the port to 53, and drops duplicates.
-func parseAddrPorts(flagName string, values []string) ([]netip.AddrPort, error) {
-	var out []netip.AddrPort
-	seen := map[netip.AddrPort]bool{}
-	var errs []error
-	for _, v := range values {
-		ap, err := parseAddrPort(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", flagName, err))
-			continue
-		}
-		if !seen[ap] {
-			seen[ap] = true
-			out = append(out, ap)
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
-func parseAddrPort(s string) (netip.AddrPort, error) {
-	if ip, err := netip.ParseAddr(s); err == nil {
-		if ip.Zone() != "" {
-			return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
-		}
-		return netip.AddrPortFrom(ip.Unmap(), dnsPort), nil
-	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q is not an ip or ip:port (a hostname is not accepted)", s)
-	}
-	if ap.Addr().Zone() != "" {
-		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-}
-
-func parseDomain(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" || s == "." {
-		return "", errors.New("must not be empty or the root")
-	}
-	if _, ok := dns.IsDomainName(s); !ok {
-		return "", fmt.Errorf("%q is not a domain name", s)
-	}
-	return dns.CanonicalName(s), nil
-}
-
-func validHostPort(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port: %w", s, err)
-	}
-	if host != "" {
-		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
-			return fmt.Errorf("%q: host must be an IP, localhost or empty", s)
-		}
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("%q: bad port %q", s, port)
-	}
-	return nil
 }
 
 func validInterfaceName(name string) error {

@@ -14,14 +14,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/localdns/localdns/dnsengine"
+	"github.com/localdns/localdns/internal/flagutil"
 )
 
 // Command is what the process was asked to do.
@@ -81,7 +77,6 @@ const (
 	DefaultProbeTimeout = 800 * time.Millisecond
 	// DefaultGCPercent is the stub's GOGC when the environment sets none.
 	DefaultGCPercent = 50
-	dnsPort          = 53
 )
 
 // Parse reads the command line without the program name. A first argument
@@ -121,7 +116,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 		fs.PrintDefaults()
 	}
 	var (
-		listen              listFlag
+		listen              flagutil.List
 		nodeCache           string
 		fallback            string
 		clusterDomain       string
@@ -159,8 +154,8 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 			errs = append(errs, err)
 		}
 	}
-	listenValues := listen.values
-	if !listen.set {
+	listenValues := listen.Values
+	if !listen.Given {
 		listenValues = []string{DefaultListenV4}
 		if ipv6Up() {
 			listenValues = append(listenValues, DefaultListenV6)
@@ -168,15 +163,15 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	}
 	var cfg Config
 	var err error
-	cfg.Listen, err = parseAddrPorts(listenValues)
-	check(prefixed("--listen", err))
+	cfg.Listen, err = flagutil.ParseAddrPorts("--listen", listenValues)
+	check(err)
 	if len(listenValues) == 0 {
 		check(errors.New("--listen: at least one address is required"))
 	}
-	cfg.NodeCache, err = parseAddrPort(nodeCache)
+	cfg.NodeCache, err = flagutil.ParseAddrPort(nodeCache)
 	check(prefixed("--node-cache", err))
 	if fallback != "" {
-		cfg.Fallback, err = parseAddrPort(fallback)
+		cfg.Fallback, err = flagutil.ParseAddrPort(fallback)
 		check(prefixed("--fallback", err))
 		if cfg.Fallback == cfg.NodeCache && cfg.NodeCache.IsValid() {
 			// One address has one health state in the forwarder: the
@@ -184,7 +179,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 			check(fmt.Errorf("--fallback %s: must differ from --node-cache", cfg.Fallback))
 		}
 	}
-	cfg.ClusterDomain, err = parseDomain(clusterDomain)
+	cfg.ClusterDomain, err = flagutil.ParseDomain(clusterDomain)
 	check(prefixed("--cluster-domain", err))
 	for name, v := range map[string]time.Duration{
 		"--node-cache-udp-timeout": nodeCacheUDPTimeout,
@@ -206,7 +201,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 		check(fmt.Errorf("--udp-sockets: %d is not positive", udpSockets))
 	}
 	if metricsAddr != "" {
-		check(prefixed("--metrics-addr", validHostPort(metricsAddr)))
+		check(prefixed("--metrics-addr", flagutil.ValidHostPort(metricsAddr)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
@@ -248,13 +243,13 @@ func parseProbe(args []string, output io.Writer) (Config, error) {
 		return Config{}, fmt.Errorf("probe: unexpected argument %q", fs.Arg(0))
 	}
 	var errs []error
-	addr, err := parseAddrPort(listen)
+	addr, err := flagutil.ParseAddrPort(listen)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--listen: %w", err))
 	} else if addr.Port() == 0 {
 		errs = append(errs, fmt.Errorf("--listen %s: a port is needed to query", addr))
 	}
-	fqdn, err := parseDomain(name)
+	fqdn, err := flagutil.ParseDomain(name)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--name: %w", err))
 	}
@@ -267,85 +262,9 @@ func parseProbe(args []string, output io.Writer) (Config, error) {
 	return Config{Command: CommandProbe, Probe: ProbeConfig{Addr: addr, Name: fqdn, Timeout: timeout}}, nil
 }
 
-// listFlag collects values from repeated flags and comma lists.
-type listFlag struct {
-	values []string
-	set    bool
-}
-
-func (f *listFlag) String() string { return strings.Join(f.values, ",") }
-
-func (f *listFlag) Set(s string) error {
-	f.set = true
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			f.values = append(f.values, part)
-		}
-	}
-	return nil
-}
-
 func prefixed(flagName string, err error) error {
 	if err == nil {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", flagName, err)
-}
-
-// parseAddrPorts parses every value and drops duplicates.
-func parseAddrPorts(values []string) ([]netip.AddrPort, error) {
-	var out []netip.AddrPort
-	var errs []error
-	for _, v := range values {
-		ap, err := parseAddrPort(v)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case !slices.Contains(out, ap):
-			out = append(out, ap)
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
-// parseAddrPort accepts "ip", "ip:port", "ipv6" and "[ipv6]:port"; the port
-// defaults to 53. Host names are refused: the stub must not need DNS to start.
-func parseAddrPort(s string) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		ip, ipErr := netip.ParseAddr(s)
-		if ipErr != nil {
-			return netip.AddrPort{}, fmt.Errorf("%q is not an ip or ip:port (a host name is not accepted)", s)
-		}
-		ap = netip.AddrPortFrom(ip, dnsPort)
-	}
-	if ap.Addr().Zone() != "" {
-		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-}
-
-func parseDomain(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if s == "" || s == "." {
-		return "", errors.New("must not be empty or the root")
-	}
-	if _, ok := dns.IsDomainName(s); !ok {
-		return "", fmt.Errorf("%q is not a domain name", s)
-	}
-	return dns.CanonicalName(s), nil
-}
-
-func validHostPort(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port: %w", s, err)
-	}
-	if _, err := netip.ParseAddr(host); err != nil && host != "" && host != "localhost" {
-		return fmt.Errorf("%q: host must be an IP, localhost or empty", s)
-	}
-	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("%q: bad port %q", s, port)
-	}
-	return nil
 }

@@ -1,0 +1,110 @@
+// Package flagutil holds the command-line helpers the localdns DNS binaries
+// share: a repeatable, comma-separated list flag, and parsers for the
+// addresses and names their flags take. Each parser returns a plain error;
+// the caller prefixes the flag's name.
+package flagutil
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// DNSPort is the port of an address given without one.
+const DNSPort = 53
+
+// List collects values from repeated flags and comma-separated lists,
+// trimming spaces and dropping empty items. Values set before parsing are the
+// default: the first Set replaces them, later ones append.
+type List struct {
+	Values []string
+	Given  bool // Set was called: the flag is on the command line
+}
+
+func (f *List) String() string { return strings.Join(f.Values, ",") }
+
+// Set implements flag.Value.
+func (f *List) Set(s string) error {
+	if !f.Given {
+		f.Values, f.Given = nil, true
+	}
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			f.Values = append(f.Values, part)
+		}
+	}
+	return nil
+}
+
+// ParseAddrPorts parses every value with ParseAddrPort and drops duplicates,
+// keeping the first-seen order. Each bad value is one error, prefixed with
+// flagName; all of them are returned joined.
+func ParseAddrPorts(flagName string, values []string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	var errs []error
+	for _, v := range values {
+		ap, err := ParseAddrPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flagName, err))
+			continue
+		}
+		if !seen[ap] {
+			seen[ap] = true
+			out = append(out, ap)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// ParseAddrPort accepts "ip", "ip:port", "ipv6" and "[ipv6]:port"; the port
+// defaults to 53 and IPv4-mapped IPv6 addresses are unmapped. Host names are
+// refused (a DNS server must not need DNS to start), and so are zones.
+func ParseAddrPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		ip, ipErr := netip.ParseAddr(s)
+		if ipErr != nil {
+			return netip.AddrPort{}, fmt.Errorf("%q is not an ip or ip:port (a hostname is not accepted)", s)
+		}
+		ap = netip.AddrPortFrom(ip, DNSPort)
+	}
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// ParseDomain validates a domain name (not the root) and returns it
+// canonical: lower case, fully qualified.
+func ParseDomain(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "." {
+		return "", errors.New("must not be empty or the root")
+	}
+	if _, ok := dns.IsDomainName(s); !ok {
+		return "", fmt.Errorf("%q is not a domain name", s)
+	}
+	return dns.CanonicalName(s), nil
+}
+
+// ValidHostPort checks a listen address "host:port" whose host is an IP,
+// "localhost" or empty (every interface).
+func ValidHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && host != "localhost" {
+		return fmt.Errorf("%q: host must be an IP, localhost or empty", s)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
