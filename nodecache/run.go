@@ -9,7 +9,6 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/localdns/localdns/dnsengine"
 	"github.com/localdns/localdns/dnsengine/forward"
@@ -35,8 +34,7 @@ func Execute(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // serve prepares the node, serves DNS and, when ctx ends (SIGTERM), drains
 // and returns, leaving the interface and rules for the next instance.
 func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := ops.NewRegistry()
 
 	// Setup comes first: once the listen IPs exist, a client reaching them
 	// while nothing listens gets a port-unreachable and moves on to its

@@ -8,7 +8,6 @@ import (
 	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/localdns/localdns/dnsengine"
 	"github.com/localdns/localdns/dnsengine/forward"
@@ -37,8 +36,7 @@ func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 	var registry *prometheus.Registry
 	var registerer prometheus.Registerer
 	if cfg.MetricsAddr != "" {
-		registry = prometheus.NewRegistry()
-		registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		registry = ops.NewRegistry()
 		registerer = registry
 	}
 
