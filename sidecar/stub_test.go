@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/ops/opstest"
 )
 
 // probeTestDomain is the cluster domain of test stubs: the forwarder probes
@@ -205,17 +207,17 @@ func TestMetricsAndReadiness(t *testing.T) {
 	s := startStub(t, cfg)
 	base := "http://" + s.MetricsAddr().String()
 
-	if code, body := httpGet(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no upstream has answered yet") {
+	if code, body := opstest.Get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no upstream has answered yet") {
 		t.Errorf("/readyz before any query: %d %q, want 503 saying no upstream answered", code, body)
 	}
 	ask(t, s, freshName())
-	if code, body := httpGet(t, base+"/readyz"); code != http.StatusOK {
+	if code, body := opstest.Get(t, base+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after an answer: %d %q, want 200", code, body)
 	}
-	if code, _ := httpGet(t, base+"/healthz"); code != http.StatusOK {
+	if code, _ := opstest.Get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)
 	}
-	_, metrics := httpGet(t, base+"/metrics")
+	_, metrics := opstest.Get(t, base+"/metrics")
 	for _, want := range []string{
 		`localdns_stub_requests_total{proto="udp",qtype="A",rcode="NOERROR"} 1`,
 		`localdns_stub_cache_misses_total 1`,
@@ -294,19 +296,4 @@ func waitUntil(t testing.TB, what string, cond func() (bool, string)) {
 		}
 		<-tick.C
 	}
-}
-
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: read body: %v", url, err)
-	}
-	return resp.StatusCode, string(body)
 }

@@ -9,9 +9,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/localdns/localdns/internal/ops/opstest"
 )
 
 func TestEndpoints(t *testing.T) {
@@ -55,7 +56,7 @@ func TestEndpoints(t *testing.T) {
 			if tc.makeReady {
 				ready.Store(true)
 			}
-			code, body := get(t, base+tc.path)
+			code, body := opstest.Get(t, base+tc.path)
 			if code != tc.wantCode {
 				t.Errorf("GET %s: status %d, want %d (body %q)", tc.path, code, tc.wantCode, body)
 			}
@@ -72,7 +73,7 @@ func TestNilReadyMeansReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	if code, body := get(t, "http://"+srv.Addr().String()+"/readyz"); code != http.StatusOK {
+	if code, body := opstest.Get(t, "http://"+srv.Addr().String()+"/readyz"); code != http.StatusOK {
 		t.Fatalf("status %d (%q), want 200", code, body)
 	}
 }
@@ -138,19 +139,4 @@ func TestShutdownForcesAfterDeadline(t *testing.T) {
 	if err := srv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Shutdown with an ended context: %v, want context.Canceled", err)
 	}
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: read body: %v", url, err)
-	}
-	return resp.StatusCode, string(body)
 }
