@@ -74,6 +74,7 @@ log() { echo "bench: $*" >&2; }
 
 # --- binaries -------------------------------------------------------------
 NODECACHE=${NODECACHE:-}
+NODECACHE_GIVEN=$NODECACHE
 if [ -z "$NODECACHE" ]; then
   NODECACHE=$work/localdns-nodecache
   go build -o "$NODECACHE" ./cmd/localdns-nodecache
@@ -301,7 +302,12 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- the report -----------------------------------------------------------
 version_of() {
   case $1 in
-  localdns) git describe --always --dirty 2>/dev/null || echo "this tree" ;;
+  localdns)
+    if [ -n "${NODECACHE_GIVEN:-}" ]; then echo "$NODECACHE_GIVEN"; return; fi
+    local paths=(dnsengine nodecache cmd/localdns-nodecache go.mod)
+    echo "$(git log -1 --format=%h -- "${paths[@]}" 2>/dev/null || echo "this tree")$(
+      [ -z "$(git status --porcelain -- "${paths[@]}" 2>/dev/null)" ] || echo " + uncommitted changes")"
+    ;;
   coredns) "$COREDNS" -version 2>/dev/null | head -1 ;;
   unbound) unbound -V 2>/dev/null | awk 'NR == 1 {print $2}' ;;
   dnsdist) dnsdist --version 2>/dev/null | awk 'NR == 1 {print $2}' ;;
