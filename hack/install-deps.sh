@@ -13,6 +13,7 @@ APT_PACKAGES=(
   tcpdump
   containerd runc containernetworking-plugins # the single-node cluster of e2e/
   busybox-static              # e2e client images
+  gcc libc6-dev               # the glibc load client
 )
 STATICCHECK_VERSION=v0.8.2
 
