@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/localdns/localdns/internal/systest"
 )
 
 // BenchmarkStubDNSPerf measures the stub as it ships, for the report: the
@@ -24,7 +26,7 @@ func BenchmarkStubDNSPerf(b *testing.B) {
 	if _, err := exec.LookPath("dnsperf"); err != nil {
 		b.Skip("dnsperf is not installed (hack/install-deps.sh installs it)")
 	}
-	bin := buildBinaries(b, "github.com/localdns/localdns/cmd/localdns-stub", "github.com/localdns/localdns/hack/fakedns")
+	bin := systest.BuildBinaries(b, "github.com/localdns/localdns/cmd/localdns-stub", "github.com/localdns/localdns/hack/fakedns")
 	info, err := os.Stat(bin["localdns-stub"])
 	if err != nil {
 		b.Fatal(err)
@@ -44,18 +46,18 @@ func BenchmarkStubDNSPerf(b *testing.B) {
 		for _, metrics := range []bool{false, true} {
 			b.Run(fmt.Sprintf("%s/metrics=%v", workload.name, metrics), func(b *testing.B) {
 				upstream := unusedAddr(b).String()
-				startProcess(b, "fakedns", bin["fakedns"], "--listen", upstream, "--services", strconv.Itoa(workload.services))
+				systest.Start(b, "fakedns", bin["fakedns"], "--listen", upstream, "--services", strconv.Itoa(workload.services))
 				listen := unusedAddr(b)
 				args := []string{bin["localdns-stub"], "--listen", listen.String(), "--node-cache", upstream}
 				if metrics {
 					args = append(args, "--metrics-addr", unusedAddr(b).String())
 				}
-				stub := startProcess(b, "localdns-stub", args...)
-				waitUntil(b, "the stub to answer", func() (bool, string) {
+				stub := systest.Start(b, "localdns-stub", args...)
+				systest.WaitFor(b, "the stub to answer", func() (bool, string) {
 					out, err := exec.Command(bin["localdns-stub"], "probe", "--listen", listen.String()).CombinedOutput()
-					return err == nil, string(out) + stub.logs()
+					return err == nil, string(out) + stub.Logs()
 				})
-				pid := stub.cmd.Process.Pid
+				pid := stub.Pid()
 				idleRSS := procStatusKiB(b, pid, "VmRSS")
 				for b.Loop() {
 					out, err := exec.Command("dnsperf", "-s", listen.Addr().String(), "-p", strconv.Itoa(int(listen.Port())),
@@ -71,8 +73,8 @@ func BenchmarkStubDNSPerf(b *testing.B) {
 					b.ReportMetric(dnsperfStat(b, out, `Queries lost:\s+(\d+)`), "lost")
 					b.ReportMetric(cpuSeconds(b, pid), "cpu_s")
 				}
-				if code := stub.terminate(b); code != 0 {
-					b.Errorf("stub exit status %d%s", code, stub.logs())
+				if code := stub.Terminate(b); code != 0 {
+					b.Errorf("stub exit status %d%s", code, stub.Logs())
 				}
 			})
 		}

@@ -1,25 +1,20 @@
 package sidecar
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/localdns/localdns/internal/systest"
 )
 
 // The closed topology of TestStubInNetns; nothing in it routes anywhere else.
@@ -46,67 +41,65 @@ const (
 // the ClusterIP over TCP only (an iptables counter on the pod's UDP to it
 // stays 0); and that once the node cache is restarted the stub uses it again.
 func TestStubInNetns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces (CI runs as root)")
-	}
+	systest.RequireRoot(t)
 	for _, tool := range []string{"ip", "iptables", "dig", "getent", "musl-gcc"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed (hack/install-deps.sh installs it): %v", tool, err)
 		}
 	}
-	bin := buildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub",
+	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub",
 		"github.com/localdns/localdns/cmd/localdns-nodecache", "github.com/localdns/localdns/hack/fakedns")
 	muslResolve := filepath.Join(t.TempDir(), "resolve-musl")
 	if out, err := exec.Command("musl-gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", muslResolve, "testdata/resolve.c").CombinedOutput(); err != nil {
 		t.Fatalf("musl-gcc: %v\n%s", err, out)
 	}
 
-	node, pod := newNetns(t, "node"), newNetns(t, "pod")
-	nsRun(t, node, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-pod", "netns", pod)
-	nsRun(t, node, "ip", "addr", "add", nodeIP+"/24", "dev", "veth-node")
-	nsRun(t, node, "ip", "link", "set", "veth-node", "up")
-	nsRun(t, node, "ip", "addr", "add", kubeDNSPodIP+"/32", "dev", "lo")
+	node, pod := systest.NewNetns(t, "node"), systest.NewNetns(t, "pod")
+	systest.NetnsRun(t, node, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-pod", "netns", pod)
+	systest.NetnsRun(t, node, "ip", "addr", "add", nodeIP+"/24", "dev", "veth-node")
+	systest.NetnsRun(t, node, "ip", "link", "set", "veth-node", "up")
+	systest.NetnsRun(t, node, "ip", "addr", "add", kubeDNSPodIP+"/32", "dev", "lo")
 	// Service IPs need a route for a node's own connections to be routed at
 	// all before DNAT rewrites them (a real node has a default route).
-	nsRun(t, node, "ip", "route", "add", "10.96.0.0/12", "dev", "veth-node")
-	nsRun(t, pod, "ip", "addr", "add", podIP+"/24", "dev", "veth-pod")
-	nsRun(t, pod, "ip", "link", "set", "veth-pod", "up")
-	nsRun(t, pod, "ip", "route", "add", nodeCacheIP+"/32", "via", nodeIP)
-	nsRun(t, pod, "ip", "route", "add", "10.96.0.0/12", "via", nodeIP)
+	systest.NetnsRun(t, node, "ip", "route", "add", "10.96.0.0/12", "dev", "veth-node")
+	systest.NetnsRun(t, pod, "ip", "addr", "add", podIP+"/24", "dev", "veth-pod")
+	systest.NetnsRun(t, pod, "ip", "link", "set", "veth-pod", "up")
+	systest.NetnsRun(t, pod, "ip", "route", "add", nodeCacheIP+"/32", "via", nodeIP)
+	systest.NetnsRun(t, pod, "ip", "route", "add", "10.96.0.0/12", "via", nodeIP)
 	// The ClusterIP as kube-proxy's iptables mode makes it: DNAT for traffic
 	// from pods (PREROUTING) and from the node itself (OUTPUT: the node cache).
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
 		for _, proto := range []string{"udp", "tcp"} {
-			nsRun(t, node, "iptables", "-t", "nat", "-A", chain, "-d", clusterIP+"/32", "-p", proto, "--dport", "53",
+			systest.NetnsRun(t, node, "iptables", "-t", "nat", "-A", chain, "-d", clusterIP+"/32", "-p", proto, "--dport", "53",
 				"-j", "DNAT", "--to-destination", kubeDNSPodIP+":53")
 		}
 	}
 	// Counters (rules without a target) of every packet from the pod to the ClusterIP.
 	for _, proto := range []string{"udp", "tcp"} {
-		nsRun(t, node, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth-node", "-d", clusterIP+"/32",
+		systest.NetnsRun(t, node, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth-node", "-d", clusterIP+"/32",
 			"-p", proto, "--dport", "53", "-m", "comment", "--comment", "pod-to-clusterip-"+proto)
 	}
 	// What the webhook writes for a stub-mode pod; nsswitch so that glibc asks DNS only.
-	writeNetnsFile(t, pod, "resolv.conf", "nameserver 127.0.0.1\nnameserver "+nodeCacheIP+"\n"+
+	systest.WriteNetnsFile(t, pod, "resolv.conf", "nameserver 127.0.0.1\nnameserver "+nodeCacheIP+"\n"+
 		"search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2\n")
-	writeNetnsFile(t, pod, "nsswitch.conf", "hosts: files dns\n")
+	systest.WriteNetnsFile(t, pod, "nsswitch.conf", "hosts: files dns\n")
 
-	startProcess(t, "fakedns", "ip", "netns", "exec", node, bin["fakedns"], "--listen", kubeDNSPodIP+":53", "--services", "50")
+	systest.Start(t, "fakedns", "ip", "netns", "exec", node, bin["fakedns"], "--listen", kubeDNSPodIP+":53", "--services", "50")
 	nodeCacheArgs := []string{"ip", "netns", "exec", node, bin["localdns-nodecache"], "--listen", nodeCacheIP + ":53",
 		"--upstream", clusterIP + ":53", "--setup-interface", "--setup-rules", "--metrics-addr", nodeMetrics}
-	nodeCache := startProcess(t, "localdns-nodecache", nodeCacheArgs...)
-	waitUntil(t, "the node cache to be ready", func() (bool, string) {
-		code, body := httpGetInNetns(node, nodeMetrics, "/readyz")
-		return code == http.StatusOK, fmt.Sprintf("/readyz: %d %s%s", code, body, nodeCache.logs())
+	nodeCache := systest.Start(t, "localdns-nodecache", nodeCacheArgs...)
+	systest.WaitFor(t, "the node cache to be ready", func() (bool, string) {
+		code, body := systest.HTTPGet(t, node, nodeMetrics, "/readyz")
+		return code == http.StatusOK, fmt.Sprintf("/readyz: %d %s%s", code, body, nodeCache.Logs())
 	})
 	// The webhook's container arguments, plus metrics to look inside.
-	stub := startProcess(t, "localdns-stub", "ip", "netns", "exec", pod, bin["localdns-stub"],
+	stub := systest.Start(t, "localdns-stub", "ip", "netns", "exec", pod, bin["localdns-stub"],
 		"--listen", "127.0.0.1:53", "--node-cache", nodeCacheIP+":53", "--fallback", clusterIP+":53", "--cache-size", "1000",
 		"--metrics-addr", stubMetrics)
 	// The webhook's exec startup probe.
-	waitUntil(t, "the stub's probe to pass", func() (bool, string) {
+	systest.WaitFor(t, "the stub's probe to pass", func() (bool, string) {
 		out, err := exec.Command("ip", "netns", "exec", pod, bin["localdns-stub"], "probe", "--listen", "127.0.0.1:53").CombinedOutput()
-		return err == nil, string(out) + stub.logs()
+		return err == nil, string(out) + stub.Logs()
 	})
 
 	svc := 0
@@ -142,7 +135,7 @@ func TestStubInNetns(t *testing.T) {
 	t.Run("answers through the node cache", func(t *testing.T) {
 		lookup(t)
 		lookup(t)
-		if out := nsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"); out != "0 100 80 svc-3.default.svc.cluster.local.\n" {
+		if out := systest.NetnsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"); out != "0 100 80 svc-3.default.svc.cluster.local.\n" {
 			t.Errorf("SRV over TCP to the stub: %q", out)
 		}
 		m := metricsInNetns(t, pod, stubMetrics)
@@ -155,7 +148,7 @@ func TestStubInNetns(t *testing.T) {
 	})
 
 	t.Run("node cache SIGKILLed: answers through the TCP fallback", func(t *testing.T) {
-		nodeCache.signal(t, syscall.SIGKILL)
+		nodeCache.Signal(t, syscall.SIGKILL)
 		tcpBefore := clusterIPPackets("tcp")
 		for range 3 {
 			lookup(t)
@@ -173,15 +166,15 @@ func TestStubInNetns(t *testing.T) {
 	})
 
 	t.Run("node cache back: used again", func(t *testing.T) {
-		restarted := startProcess(t, "localdns-nodecache (restarted)", nodeCacheArgs...)
+		restarted := systest.Start(t, "localdns-nodecache (restarted)", nodeCacheArgs...)
 		healthy := fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s:53"}`, nodeCacheIP)
-		waitUntil(t, "the stub to see the node cache healthy again", func() (bool, string) {
+		systest.WaitFor(t, "the stub to see the node cache healthy again", func() (bool, string) {
 			m := metricsInNetns(t, pod, stubMetrics)
-			return m[healthy] == 1, fmt.Sprintf("%s = %v%s", healthy, m[healthy], restarted.logs())
+			return m[healthy] == 1, fmt.Sprintf("%s = %v%s", healthy, m[healthy], restarted.Logs())
 		})
 		before := metricsInNetns(t, pod, stubMetrics)
 		lookup(t)
-		if out := nsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+short", "svc-40.default.svc.cluster.local"); out != "10.97.0.40\n" {
+		if out := systest.NetnsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+short", "svc-40.default.svc.cluster.local"); out != "10.97.0.40\n" {
 			t.Errorf("dig through the stub: %q", out)
 		}
 		after := metricsInNetns(t, pod, stubMetrics)
@@ -201,63 +194,15 @@ func TestStubInNetns(t *testing.T) {
 	if n := clusterIPPackets("udp"); n != 0 {
 		t.Errorf("%d UDP packets from the pod reached the ClusterIP; the stub must reach it over TCP only", n)
 	}
-	if code := stub.terminate(t); code != 0 {
-		t.Errorf("stub exit status %d after SIGTERM, want 0%s", code, stub.logs())
-	}
-}
-
-var netnsSeq atomic.Int64
-
-// newNetns creates a network namespace with a name unique to this process,
-// brings lo up, and deletes it (with every interface and rule in it) at cleanup.
-func newNetns(t *testing.T, role string) string {
-	t.Helper()
-	name := fmt.Sprintf("ldstub-%s-%d-%d", role, os.Getpid(), netnsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	nsRun(t, name, "ip", "link", "set", "lo", "up")
-	return name
-}
-
-// nsRun runs a command inside the namespace, failing the test when it fails;
-// it returns stdout.
-func nsRun(t *testing.T, ns string, argv ...string) string {
-	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("in %s: %s: %v: %s", ns, strings.Join(argv, " "), err, stderr.String())
-	}
-	return string(out)
-}
-
-// writeNetnsFile writes /etc/netns/<ns>/<file>, which `ip netns exec`
-// bind-mounts over /etc/<file> for what it runs: the host's own files are
-// never seen by the test's clients.
-func writeNetnsFile(t *testing.T, ns, file, content string) {
-	t.Helper()
-	dir := filepath.Join("/etc/netns", ns)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.WriteFile(filepath.Join(dir, file), []byte(content), 0o644); err != nil {
-		t.Fatal(err)
+	if code := stub.Terminate(t); code != 0 {
+		t.Errorf("stub exit status %d after SIGTERM, want 0%s", code, stub.Logs())
 	}
 }
 
 // iptablesPackets returns the packet counter of the rule with the comment.
 func iptablesPackets(t *testing.T, ns, table, chain, comment string) int {
 	t.Helper()
-	for line := range strings.Lines(nsRun(t, ns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x")) {
+	for line := range strings.Lines(systest.NetnsRun(t, ns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x")) {
 		if strings.Contains(line, "/* "+comment+" */") {
 			n, err := strconv.Atoi(strings.Fields(line)[0])
 			if err != nil {
@@ -273,7 +218,7 @@ func iptablesPackets(t *testing.T, ns, table, chain, comment string) int {
 // metricsInNetns scrapes /metrics inside the namespace into series -> value.
 func metricsInNetns(t *testing.T, ns, addr string) map[string]float64 {
 	t.Helper()
-	code, body := httpGetInNetns(ns, addr, "/metrics")
+	code, body := systest.HTTPGet(t, ns, addr, "/metrics")
 	if code != http.StatusOK {
 		t.Fatalf("GET %s/metrics in %s: %d %s", addr, ns, code, body)
 	}
@@ -309,65 +254,24 @@ func upstreamSeries(m map[string]float64) string {
 	return seriesWithPrefix(m, "localdns_stub_upstream_")
 }
 
-// httpGetInNetns fetches a path from a server inside the namespace, from an
-// OS thread moved into it and never moved back (the runtime discards the
-// thread when the goroutine ends). A failed connection reads as status 0.
-func httpGetInNetns(ns, addr, path string) (code int, body string) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		handle, err := netns.GetFromName(ns)
-		if err != nil {
-			body = err.Error()
-			return
-		}
-		defer handle.Close()
-		if err := netns.Set(handle); err != nil {
-			body = err.Error()
-			return
-		}
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			body = err.Error()
-			return
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			body = err.Error()
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		code, body = resp.StatusCode, string(b)
-	}()
-	<-done
-	return code, body
-}
-
 // TestStubNonRootInNetns runs the stub the way the webhook's container spec
 // does: uid 65532, every capability dropped but NET_BIND_SERVICE from the
 // bounding set, no new privileges. Such a process's effective set is empty,
 // so binding 127.0.0.1:53 needs the pod sysctl ip_unprivileged_port_start=53,
 // which the webhook sets; without it the stub exits 1 at once, saying why.
 func TestStubNonRootInNetns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and switch users (CI runs as root)")
-	}
+	systest.RequireRoot(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Fatalf("setpriv (util-linux) is needed: %v", err)
 	}
-	bin := buildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub")["localdns-stub"]
+	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub")["localdns-stub"]
 	// t.TempDir's directories are 0700: let uid 65532 reach the binary.
 	for dir := filepath.Dir(bin); dir != os.TempDir() && dir != "/"; dir = filepath.Dir(dir) {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pod := newNetns(t, "pod")
+	pod := systest.NewNetns(t, "pod")
 	argv := []string{"ip", "netns", "exec", pod, "setpriv", "--reuid", "65532", "--regid", "65532", "--clear-groups",
 		"--bounding-set", "-all,+net_bind_service", "--no-new-privs",
 		bin, "--listen", "127.0.0.1:53", "--node-cache", "127.0.0.2:53"} // nothing there: SERVFAIL, still an answer
@@ -381,13 +285,13 @@ func TestStubNonRootInNetns(t *testing.T) {
 	})
 
 	t.Run("with ip_unprivileged_port_start=53: serves", func(t *testing.T) {
-		nsRun(t, pod, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53")
-		stub := startProcess(t, "localdns-stub (uid 65532)", argv...)
-		waitUntil(t, "the stub's probe to pass", func() (bool, string) {
+		systest.NetnsRun(t, pod, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53")
+		stub := systest.Start(t, "localdns-stub (uid 65532)", argv...)
+		systest.WaitFor(t, "the stub's probe to pass", func() (bool, string) {
 			out, err := exec.Command("ip", "netns", "exec", pod, bin, "probe", "--listen", "127.0.0.1:53").CombinedOutput()
-			return err == nil, string(out) + stub.logs()
+			return err == nil, string(out) + stub.Logs()
 		})
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", stub.cmd.Process.Pid))
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", stub.Pid()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,8 +300,8 @@ func TestStubNonRootInNetns(t *testing.T) {
 				t.Errorf("/proc/<stub>/status lacks %q:\n%s", want, status)
 			}
 		}
-		if code := stub.terminate(t); code != 0 {
-			t.Errorf("exit status %d after SIGTERM, want 0%s", code, stub.logs())
+		if code := stub.Terminate(t); code != 0 {
+			t.Errorf("exit status %d after SIGTERM, want 0%s", code, stub.Logs())
 		}
 	})
 }

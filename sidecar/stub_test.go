@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/localdns/localdns/internal/ops/opstest"
+	"github.com/localdns/localdns/internal/systest"
 )
 
 // probeTestDomain is the cluster domain of test stubs: the forwarder probes
@@ -179,7 +180,7 @@ func TestNodeCacheDiesAndReturns(t *testing.T) {
 
 	node.restart()
 	var back string
-	waitUntil(t, "queries to reach the restarted node cache", func() (bool, string) {
+	systest.WaitFor(t, "queries to reach the restarted node cache", func() (bool, string) {
 		back = freshName()
 		got := answeredBy(ask(t, s, back))
 		return got == nodeCacheAnswer, "last answer " + got
@@ -277,23 +278,4 @@ func unusedAddr(t testing.TB) netip.AddrPort {
 	f := startFake(t, "placeholder", nodeCacheAnswer)
 	f.stop()
 	return f.addr
-}
-
-// waitUntil polls cond until it holds, failing after a deadline with cond's
-// last description of the state. Polling, never sleeping, is the synchronisation.
-func waitUntil(t testing.TB, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; %s", what, state)
-		}
-		<-tick.C
-	}
 }
