@@ -4,33 +4,19 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
-	"github.com/localdns/localdns/internal/version"
+	"github.com/localdns/localdns/internal/cli"
 	"github.com/localdns/localdns/nodecache"
 )
 
 func main() {
 	cfg, err := nodecache.Parse(os.Args[1:], os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "localdns-nodecache: %v\n(see --help)\n", err)
-		os.Exit(2)
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "localdns-nodecache")
-	logger.Info("starting", "version", version.Version)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	cli.ExitOnParseError("localdns-nodecache", err)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	if err := nodecache.Execute(ctx, cfg, logger); err != nil {
-		logger.Error("exiting", "err", err)
-		os.Exit(1)
-	}
+	cli.Serve(ctx, "localdns-nodecache", func(ctx context.Context, logger *slog.Logger) error {
+		return nodecache.Execute(ctx, cfg, logger)
+	})
 }

@@ -4,36 +4,26 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
-	"syscall"
 
-	"github.com/localdns/localdns/internal/version"
+	"github.com/localdns/localdns/internal/cli"
 	"github.com/localdns/localdns/sidecar"
 )
 
 func main() {
 	cfg, err := sidecar.Parse(os.Args[1:], os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "localdns-stub:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	cli.ExitOnParseError("localdns-stub", err)
+	ctx, stop := cli.SignalContext()
 	defer stop()
 
 	if cfg.Command == sidecar.CommandProbe {
 		result, err := sidecar.Probe(ctx, cfg.Probe)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "localdns-stub probe: failed:", err)
-			os.Exit(1)
+			os.Exit(cli.ExitFailure)
 		}
 		fmt.Println("localdns-stub probe: ok:", result)
 		return
@@ -46,10 +36,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(sidecar.DefaultGCPercent)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "localdns-stub")
-	logger.Info("starting", "version", version.Version)
-	if err := sidecar.Run(ctx, cfg, logger); err != nil {
-		logger.Error("exiting", "err", err)
-		os.Exit(1)
-	}
+	cli.Serve(ctx, "localdns-stub", func(ctx context.Context, logger *slog.Logger) error {
+		return sidecar.Run(ctx, cfg, logger)
+	})
 }
