@@ -19,27 +19,12 @@ UPSTREAM_PORT=${BENCH_UPSTREAM_PORT:-5311}
 METRICS_PORT=${BENCH_METRICS_PORT:-9310}
 NODECACHE=${NODECACHE:-bin/localdns-nodecache}
 
-for cmd in dnsperf go; do
-  command -v "$cmd" >/dev/null || { echo "bench: $cmd is needed (hack/install-deps.sh)" >&2; exit 1; }
-done
-[ "$HOT_SERVICES" -le "$SERVICES" ] || { echo "bench: BENCH_HOT_SERVICES > BENCH_SERVICES" >&2; exit 1; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM HUP PIPE
+PROG=bench
+# shellcheck source=hack/lib.sh
+source hack/lib.sh
 
-# http_get PATH: from the node cache's ops listener (bash /dev/tcp, no curl).
-http_get() {
-  exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: bench\r\n\r\n' "$1" >&3
-  cat <&3
-  exec 3<&-
-}
+need dnsperf go
+[ "$HOT_SERVICES" -le "$SERVICES" ] || die "BENCH_HOT_SERVICES > BENCH_SERVICES"
 # queries FIRST COUNT: the four queries of Services FIRST..FIRST+COUNT-1.
 queries() {
   local i svc
@@ -52,17 +37,9 @@ upstream_requests() { http_get /metrics | awk '/^localdns_nodecache_upstream_req
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cache/stat"; }
 kib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 
-[ -x "$NODECACHE" ] || { echo "bench: building $NODECACHE"; go build -o "$NODECACHE" ./cmd/localdns-nodecache; }
-go build -o "$work/fakedns" ./hack/fakedns
-
-"$work/fakedns" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$SERVICES" 2>"$work/fakedns.log" &
-pids+=("$!")
-"$NODECACHE" --listen "127.0.0.1:$DNS_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
-  --setup-interface=false --setup-rules=false --metrics-addr "127.0.0.1:$METRICS_PORT" 2>"$work/nodecache.log" &
-cache=$!
-pids+=("$cache")
-for _ in $(seq 100); do http_get /readyz 2>/dev/null | grep -q '^ok' && break; sleep 0.1; done
-http_get /readyz | grep -q '^ok' || { echo "bench: node cache not ready:"; cat "$work/nodecache.log"; exit 1; }
+build
+start_fakedns "$SERVICES"
+start_nodecache
 
 # Hot names last, so they are the freshest entries when the measurement starts.
 { queries "$HOT_SERVICES" $((SERVICES - HOT_SERVICES)); queries 0 "$HOT_SERVICES"; } >"$work/working-set"

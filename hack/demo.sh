@@ -11,25 +11,12 @@ METRICS_PORT=${DEMO_METRICS_PORT:-9300}
 NODECACHE=${NODECACHE:-bin/localdns-nodecache}
 FAKEDNS=${FAKEDNS:-}   # a prebuilt hack/fakedns; built into a temp dir when empty
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap "exit 130" INT TERM HUP PIPE
+PROG=demo
+# shellcheck source=hack/lib.sh
+source hack/lib.sh
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 say() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
-# http_get PATH: GET from the metrics listener (bash /dev/tcp; no curl needed).
-http_get() {
-  exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: demo\r\n\r\n' "$1" >&3
-  cat <&3
-  exec 3<&-
-}
 # ask NAME TYPE [dig options...]: one query to the node cache, answer and timing.
 ask() {
   local name=$1 type=$2; shift 2
@@ -38,30 +25,15 @@ ask() {
     grep -E 'status:|^[^;].*IN|Query time' | grep -v '^;; WARNING' | sed 's/^/    /'
 }
 
-for cmd in dig go; do
-  command -v "$cmd" >/dev/null || { echo "demo: $cmd is needed" >&2; exit 1; }
-done
-[ -x "$NODECACHE" ] || { echo "demo: building $NODECACHE"; go build -o "$NODECACHE" ./cmd/localdns-nodecache; }
-if [ -z "$FAKEDNS" ]; then FAKEDNS="$work/fakedns"; go build -o "$FAKEDNS" ./hack/fakedns; fi
+need dig go
+build
 
 say "Fake kube-dns on 127.0.0.1:$UPSTREAM_PORT (CoreDNS-like: TTL 5, SOA on negative answers)"
-"$FAKEDNS" --listen "127.0.0.1:$UPSTREAM_PORT" --services 100 2>"$work/fakedns.log" &
-upstream=$!
-pids+=("$upstream")
+start_fakedns 100
 
 say "localdns-nodecache on 127.0.0.1:$DNS_PORT (node setup off: no root needed)"
-cmd=("$NODECACHE" --listen "127.0.0.1:$DNS_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT"
-     --setup-interface=false --setup-rules=false --metrics-addr "127.0.0.1:$METRICS_PORT")
-echo "\$ ${cmd[*]}"
-"${cmd[@]}" 2>"$work/nodecache.log" &
-pids+=("$!")
-
-for _ in $(seq 100); do
-  if http_get /readyz 2>/dev/null | grep -q '^ok'; then break; fi
-  kill -0 "${pids[1]}" 2>/dev/null || { echo "demo: the node cache exited:"; cat "$work/nodecache.log"; exit 1; }
-  sleep 0.1
-done
-http_get /readyz | grep -q '^ok' || { echo "demo: not ready after 10 s"; cat "$work/nodecache.log"; exit 1; }
+echo "\$ ${nodecache_cmd[*]}"
+start_nodecache
 echo "/readyz: ok (listening, and kube-dns answered the start-up probe)"
 
 say "First query: a cache miss, forwarded to kube-dns over TCP"
