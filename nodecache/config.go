@@ -156,13 +156,9 @@ func (s *setupFlags) validate() ([]netip.AddrPort, SetupConfig, error) {
 }
 
 func parseServe(args []string, output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("localdns-nodecache", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
-			"A node-local caching DNS forwarder in front of kube-dns. SIGTERM drains and exits, leaving\n"+
-			"the interface and rules in place for the next instance; \"cleanup\" removes them.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	fs := flagutil.NewFlagSet("localdns-nodecache", "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
+		"A node-local caching DNS forwarder in front of kube-dns. SIGTERM drains and exits, leaving\n"+
+		"the interface and rules in place for the next instance; \"cleanup\" removes them.\n\nFlags:\n")
 	var (
 		setup             setupFlags
 		clusterDomain     string
@@ -248,13 +244,9 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 }
 
 func parseCleanup(args []string, output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("localdns-nodecache cleanup", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: localdns-nodecache cleanup [flags]\n\n"+
-			"Removes what the node cache set up: rules whose comment starts with \"localdns:\", the\n"+
-			"interface (or, where it fell back to lo, the listen IPs' /32 and /128 on lo).\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	fs := flagutil.NewFlagSet("localdns-nodecache cleanup", "Usage: localdns-nodecache cleanup [flags]\n\n"+
+		"Removes what the node cache set up: rules whose comment starts with \"localdns:\", the\n"+
+		"interface (or, where it fell back to lo, the listen IPs' /32 and /128 on lo).\n\nFlags:\n")
 	var setup setupFlags
 	setup.register(fs)
 	if err := parseFlagSet(fs, args, output); err != nil {

@@ -9,7 +9,6 @@ package sidecar
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -106,15 +105,11 @@ func parse(args []string, output io.Writer, ipv6Up func() bool) (Config, error) 
 }
 
 func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, error) {
-	fs := flag.NewFlagSet("localdns-stub", flag.ContinueOnError)
+	fs := flagutil.NewFlagSet("localdns-stub", "Usage: localdns-stub [flags]\n       localdns-stub probe [probe flags]\n\n"+
+		"An in-pod DNS stub: answers on loopback from a small cache, asks the node cache (UDP, then\n"+
+		"TCP) and, when it fails, kube-dns over TCP only. SIGTERM drains and exits. \"probe\" asks the\n"+
+		"stub one question and exits 0 when it answers (the container's exec probe).\n\nFlags:\n")
 	fs.SetOutput(output)
-	fs.Usage = func() {
-		fmt.Fprintf(output, "Usage: localdns-stub [flags]\n       localdns-stub probe [probe flags]\n\n"+
-			"An in-pod DNS stub: answers on loopback from a small cache, asks the node cache (UDP, then\n"+
-			"TCP) and, when it fails, kube-dns over TCP only. SIGTERM drains and exits. \"probe\" asks the\n"+
-			"stub one question and exits 0 when it answers (the container's exec probe).\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	var (
 		listen              flagutil.List
 		nodeCache           string
@@ -219,15 +214,11 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 }
 
 func parseProbe(args []string, output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("localdns-stub probe", flag.ContinueOnError)
+	fs := flagutil.NewFlagSet("localdns-stub probe", "Usage: localdns-stub probe [flags]\n\n"+
+		"Sends one SOA query over UDP to the stub and exits 0 when a well-formed reply to it comes\n"+
+		"back, whatever its RCODE (that proves the stub serves); else prints why and exits 1. It is\n"+
+		"the container's exec probe: kubelet's own probes cannot reach the pod's 127.0.0.1.\n\nFlags:\n")
 	fs.SetOutput(output)
-	fs.Usage = func() {
-		fmt.Fprintf(output, "Usage: localdns-stub probe [flags]\n\n"+
-			"Sends one SOA query over UDP to the stub and exits 0 when a well-formed reply to it comes\n"+
-			"back, whatever its RCODE (that proves the stub serves); else prints why and exits 1. It is\n"+
-			"the container's exec probe: kubelet's own probes cannot reach the pod's 127.0.0.1.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	var (
 		listen  string
 		name    string

@@ -6,6 +6,7 @@ package flagutil
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,6 +18,18 @@ import (
 
 // DNSPort is the port of an address given without one.
 const DNSPort = 53
+
+// NewFlagSet returns a flag set that returns its errors (ContinueOnError)
+// and whose usage is the text about followed by every flag's default,
+// written to the set's output.
+func NewFlagSet(name, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), about)
+		fs.PrintDefaults()
+	}
+	return fs
+}
 
 // List collects values from repeated flags and comma-separated lists,
 // trimming spaces and dropping empty items. Values set before parsing are the

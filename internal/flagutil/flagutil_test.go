@@ -128,3 +128,20 @@ func TestValidHostPort(t *testing.T) {
 		}
 	}
 }
+
+func TestNewFlagSet(t *testing.T) {
+	fs := NewFlagSet("cmd", "Usage: cmd [flags]\n\nFlags:\n")
+	var out strings.Builder
+	fs.SetOutput(&out)
+	fs.String("name", "x", "the `thing` asked")
+	if err := fs.Parse([]string{"-h"}); err != flag.ErrHelp {
+		t.Fatalf("-h: %v, want flag.ErrHelp returned", err)
+	}
+	want := "Usage: cmd [flags]\n\nFlags:\n  -name thing\n    \tthe thing asked (default \"x\")\n"
+	if out.String() != want {
+		t.Errorf("usage:\n%q\nwant\n%q", out.String(), want)
+	}
+	if err := fs.Parse([]string{"-nope"}); err == nil || !strings.Contains(err.Error(), "flag provided but not defined") {
+		t.Errorf("unknown flag: %v, want it returned", err)
+	}
+}
