@@ -14,9 +14,20 @@
 // connections; every connection carries many outstanding queries, each
 // rewritten to an ID unique on that connection and matched back by ID and
 // question. A connection is closed when idle longer than Config.IdleTimeout,
-// when the server closes or breaks it (its waiting queries fail at once and are
-// retried), and when a query on it times out while nothing at all has been
-// read from it since that query was sent (a black-holed connection).
+// when the server closes or breaks it (replies already sent are still read;
+// the queries left unanswered are sent again, see below), and when a query on
+// it times out while nothing at all has been read from it since that query was
+// sent (a black-holed connection).
+//
+// Servers may close a connection after a number of queries (miekg/dns servers
+// after 128 by default, RFC 7766 lets any server close), dropping the
+// pipelined queries they had not read. When a server stops answering the
+// queries outstanding on a connection after answering later ones and closes
+// it, the pool learns that number and then sends at most that many queries on
+// each connection: one that reaches it takes no new queries, does not count
+// towards MaxConnsPerServer, and is closed once answered. The limit is
+// forgotten after 64 connections reached it, in case it was learnt from a
+// close for another reason, and learnt again at the next such close.
 //
 // UDP sends each query under a random ID from a connected socket, reused (up
 // to MaxConnsPerServer idle per server) only after a clean exchange. Replies
@@ -33,9 +44,12 @@
 // because they were down. The second half is the "all down" policy, and also
 // a last resort when every healthy server failed: a server marked down is still
 // better than no answer. Each attempt is bounded by its Server.Timeout and by
-// the caller's ctx; when ctx ends, Exchange stops. A query that was in flight
-// on a TCP connection that broke is retried once on another connection to the
-// same server before the server is charged with a failure.
+// the caller's ctx; when ctx ends, Exchange stops. A query that was written
+// but not answered on a TCP connection that closed or broke is sent again on
+// another connection to the same server, up to 3 times within the attempt
+// (a connection found closed before the query was written uses up one of
+// these too), before the server is charged with a failure. A server that
+// closes connections but answers the queries sent again is never charged.
 //
 // # Result contract of Exchange
 //
@@ -77,7 +91,8 @@
 // upstream_requests_total{server,transport} (attempts, probes included),
 // upstream_errors_total{server,reason} with reason one of timeout, refused
 // (connection refused, host or network unreachable: ICMP or TCP RST), closed
-// (connection closed or broken), mismatch (reply dropped: wrong ID or
+// (a query lost on a connection that closed or broke: counted once per query
+// and loss, whether it was then sent again or failed), mismatch (reply dropped: wrong ID or
 // question, or late), servfail (RCODE SERVFAIL or REFUSED), other (such as a
 // malformed reply);
 // upstream_request_duration_seconds{server} (attempts that got a reply),

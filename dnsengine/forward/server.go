@@ -57,27 +57,34 @@ func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dn
 	return u.exchangeTCP(ctx, wire, q)
 }
 
+// maxResends bounds how often one attempt sends its query again after a
+// connection closed or broke under it. Once the pool has learnt a server's
+// per-connection query limit, a query is lost at most once on a connection
+// dialed before that; the rest of the budget covers closes for other reasons
+// (idle timeouts, restarts) that coincide, and it stops a server that closes
+// every connection at once from being dialed in a loop.
+const maxResends = 3
+
 // exchangeTCP sends the query on a pooled connection. A query that was
-// waiting on a connection that closed or broke is retried once on another
-// connection (the pool drops broken ones), since servers close idle or
-// long-lived connections at will. A connection found closed before the query
-// went out does not use up that retry.
+// written but not answered on a connection that closed or broke is sent again
+// on another one (the pool drops closed ones; DNS queries are idempotent), up
+// to maxResends times within ctx, since servers close idle, long-lived or
+// much-used connections at will (RFC 7766). Each query so lost counts as an
+// error of reason closed; one that found its connection closed before it was
+// written is not lost, and only uses up a resend.
 func (u *upstream) exchangeTCP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
-	retried := false
-	for {
+	for resends := 0; ; resends++ {
 		c, err := u.pool.acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
 		resp, err := c.exchange(ctx, wire, q)
-		switch {
-		case errors.Is(err, errConnGone) && ctx.Err() == nil:
-			continue
-		case err == nil || retried || !errors.Is(err, errConnClosed) || ctx.Err() != nil:
+		if err == nil || resends == maxResends || !errors.Is(err, errConnClosed) || ctx.Err() != nil {
 			return resp, err
 		}
-		u.metrics.errors[reasonClosed].Inc()
-		retried = true
+		if !errors.Is(err, errConnGone) {
+			u.metrics.errors[reasonClosed].Inc()
+		}
 	}
 }
 

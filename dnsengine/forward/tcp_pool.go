@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -16,10 +17,24 @@ import (
 	"github.com/miekg/dns"
 )
 
+// relearnAfter is how many connections the pool retires at a learnt query
+// limit before it forgets the limit. The limit may have been learnt from a
+// close for another reason (a restart) or be gone; forgotten, it is found
+// again at the next close with queries outstanding, at the cost of resending
+// those queries once.
+const relearnAfter = 64
+
 // tcpPool holds the persistent connections to one server (RFC 7766). Queries
 // go to the least loaded connection; another is dialed when that one has
 // PipelineDepth queries outstanding and the pool is not full. One dial runs
 // at a time: queries that find no connection wait for it.
+//
+// Servers may close a connection after a number of queries (miekg/dns
+// servers after 128 by default), and pipelined queries they never read are
+// lost with it. The pool learns that number from such a close (queryLimit)
+// and sends no more than that many queries on each connection: one that has
+// reached it is retired: it takes no new queries, does not count towards
+// MaxConnsPerServer, and is closed once its queries are answered.
 type tcpPool struct {
 	addr        string
 	maxConns    int
@@ -28,6 +43,11 @@ type tcpPool struct {
 	metrics     *serverMetrics
 	dialer      net.Dialer
 	readers     sync.WaitGroup // one reader goroutine per connection
+
+	// queryLimit is the number of queries the server was last seen to answer
+	// on a connection before closing it with more outstanding; 0 = none seen.
+	queryLimit     atomic.Int32
+	retiredAtLimit atomic.Int32 // connections that reached queryLimit since it was learnt
 
 	mu      sync.Mutex
 	conns   []*pipeConn
@@ -61,9 +81,9 @@ func (p *tcpPool) acquire(ctx context.Context) (*pipeConn, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		c := p.leastLoaded()
-		if c != nil && (c.inflight.Load() < p.depth || len(p.conns) >= p.maxConns || p.dialing != nil) {
-			c.inflight.Add(1)
+		c, open := p.leastLoaded()
+		if c != nil && (c.inflight.Load() < p.depth || open >= p.maxConns || p.dialing != nil) {
+			c.reserve()
 			p.mu.Unlock()
 			return c, nil
 		}
@@ -104,7 +124,7 @@ func (p *tcpPool) dial(ctx context.Context) (*pipeConn, error) {
 		err = ErrClosed
 	default:
 		c = newPipeConn(p, nc)
-		c.inflight.Add(1) // the dialer's reservation
+		c.reserve() // the dialer's
 		p.conns = append(p.conns, c)
 		p.metrics.tcpConns.Inc()
 		p.readers.Add(1)
@@ -120,18 +140,35 @@ func (p *tcpPool) dial(ctx context.Context) (*pipeConn, error) {
 	return c, err
 }
 
-// leastLoaded returns the connection with the fewest queries outstanding, or nil. Called with p.mu held.
-func (p *tcpPool) leastLoaded() *pipeConn {
-	var best *pipeConn
+// leastLoaded returns the connection taking queries with the fewest
+// outstanding (nil if none) and how many connections take queries. Called
+// with p.mu held.
+func (p *tcpPool) leastLoaded() (best *pipeConn, open int) {
 	for _, c := range p.conns {
-		if c.dead.Load() {
+		if c.dead.Load() || c.retired() {
 			continue
 		}
+		open++
 		if best == nil || c.inflight.Load() < best.inflight.Load() {
 			best = c
 		}
 	}
-	return best
+	return best, open
+}
+
+// learnQueryLimit records that the server closed a connection after
+// answering n queries while more were outstanding on it.
+func (p *tcpPool) learnQueryLimit(n int32) {
+	p.queryLimit.Store(n)
+	p.retiredAtLimit.Store(0)
+}
+
+// retiredOne notes that a connection reached the learnt limit; after
+// relearnAfter of them the limit is forgotten.
+func (p *tcpPool) retiredOne(limit int32) {
+	if p.retiredAtLimit.Add(1) >= relearnAfter && p.queryLimit.CompareAndSwap(limit, 0) {
+		p.retiredAtLimit.Store(0)
+	}
 }
 
 // remove drops c from the pool, once.
@@ -172,7 +209,9 @@ type pipeConn struct {
 	pool     *tcpPool
 	nc       net.Conn
 	inflight atomic.Int32 // queries reserved on c or waiting for a reply
-	dead     atomic.Bool  // closed; acquire skips it until it leaves the pool
+	sent     atomic.Int32 // queries ever reserved on c
+	replies  atomic.Int32 // reply frames read from c
+	dead     atomic.Bool  // closed, or closing (a write failed); acquire skips it
 	lastRead atomic.Int64 // monotime of the last reply frame read
 
 	wmu     sync.Mutex // guards the write queue
@@ -213,6 +252,21 @@ func newPipeConn(p *tcpPool, nc net.Conn) *pipeConn {
 	return c
 }
 
+// reserve takes a place on c for one query. Called with the pool's lock held.
+func (c *pipeConn) reserve() {
+	c.inflight.Add(1)
+	if sent, limit := c.sent.Add(1), c.pool.queryLimit.Load(); sent == limit {
+		c.pool.retiredOne(limit)
+	}
+}
+
+// retired reports whether c has carried as many queries as the server answers
+// on one connection.
+func (c *pipeConn) retired() bool {
+	limit := c.pool.queryLimit.Load()
+	return limit > 0 && c.sent.Load() >= limit
+}
+
 // exchange sends one query on c, on the place acquire reserved, and waits for
 // its reply or ctx.
 func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
@@ -232,7 +286,7 @@ func (c *pipeConn) exchange(ctx context.Context, wire []byte, q *dns.Question) (
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, wire); err != nil {
-		c.shutdown(fmt.Errorf("write: %w", err)) // a partial frame leaves the stream unusable
+		c.writeFailed(err)
 	}
 	select {
 	case r := <-w.reply:
@@ -306,6 +360,19 @@ func (c *pipeConn) write(ctx context.Context, id uint16, wire []byte) error {
 	return err
 }
 
+// writeFailed takes c out of service after a failed write: a partial frame
+// leaves the stream unusable. When the peer closed or reset the connection,
+// replies it sent before may still be on their way, so the reader goes on
+// and hands them out until it reaches the end of the stream, which then fails
+// the queries left unanswered. Otherwise (a write timeout) c closes at once.
+func (c *pipeConn) writeFailed(err error) {
+	if classify(err) == reasonClosed {
+		c.dead.Store(true)
+		return
+	}
+	c.shutdown(fmt.Errorf("write: %w", err))
+}
+
 // forget removes a waiter that gave up; a late reply for it is then dropped.
 // It reports whether the waiter was still pending.
 func (c *pipeConn) forget(id uint16, w *waiter) bool {
@@ -334,7 +401,7 @@ func (c *pipeConn) readLoop() {
 	var buf []byte
 	for {
 		if _, err := io.ReadFull(r, length[:]); err != nil {
-			c.shutdown(fmt.Errorf("read: %w", err))
+			c.readFailed(err)
 			return
 		}
 		n := int(binary.BigEndian.Uint16(length[:]))
@@ -343,12 +410,33 @@ func (c *pipeConn) readLoop() {
 		}
 		buf = buf[:n]
 		if _, err := io.ReadFull(r, buf); err != nil {
-			c.shutdown(fmt.Errorf("read: %w", err))
+			c.readFailed(err)
 			return
 		}
+		c.replies.Add(1)
 		c.lastRead.Store(monotime())
 		c.deliver(buf) // Unpack copies; buf is reused
 	}
+}
+
+// readFailed closes c once its stream has ended or broken, failing the
+// queries still waiting. If the server stopped answering queries it had
+// before it answered others, it closed c after a number of queries (rather
+// than when idle, or than because it is gone): the pool learns that number.
+func (c *pipeConn) readFailed(err error) {
+	c.mu.Lock()
+	if replies := c.replies.Load(); replies > 0 && len(c.pending) > 0 {
+		oldest := int64(math.MaxInt64)
+		for _, w := range c.pending {
+			oldest = min(oldest, w.sentAt)
+		}
+		if c.lastRead.Load() >= oldest {
+			c.pool.learnQueryLimit(replies)
+		}
+	}
+	waiters := c.detachLocked()
+	c.mu.Unlock()
+	c.finish(waiters, fmt.Errorf("%w: read: %w", errConnClosed, err))
 }
 
 // deliver hands one reply frame to the query it answers, or drops it.
@@ -380,21 +468,27 @@ func (c *pipeConn) deliver(frame []byte) {
 }
 
 // becameIdleLocked notes that c has nothing in flight and makes sure the idle
-// timer will look at it. Called with c.mu held.
+// timer will look at it: after IdleTimeout, or at once when c is retired.
+// Called with c.mu held.
 func (c *pipeConn) becameIdleLocked() {
 	c.idleSince = time.Now()
 	if c.idleArmed || c.closed {
 		return
 	}
 	c.idleArmed = true
+	wait := c.pool.idleTimeout
+	if c.retired() {
+		wait = 0
+	}
 	if c.idleTimer == nil {
-		c.idleTimer = time.AfterFunc(c.pool.idleTimeout, c.expireIfIdle)
+		c.idleTimer = time.AfterFunc(wait, c.expireIfIdle)
 	} else {
-		c.idleTimer.Reset(c.pool.idleTimeout)
+		c.idleTimer.Reset(wait)
 	}
 }
 
-// expireIfIdle closes c when nothing has been in flight for IdleTimeout.
+// expireIfIdle closes c when nothing has been in flight for IdleTimeout, or
+// at all once it is retired.
 func (c *pipeConn) expireIfIdle() {
 	c.mu.Lock()
 	c.idleArmed = false
@@ -402,7 +496,7 @@ func (c *pipeConn) expireIfIdle() {
 		c.mu.Unlock()
 		return // busy again; the next idle moment re-arms the timer
 	}
-	if rest := c.pool.idleTimeout - time.Since(c.idleSince); rest > 0 {
+	if rest := c.pool.idleTimeout - time.Since(c.idleSince); rest > 0 && !c.retired() {
 		c.idleArmed = true
 		c.idleTimer.Reset(rest)
 		c.mu.Unlock()
