@@ -21,7 +21,8 @@
 # BENCH_PEERS (all: "localdns coredns unbound dnsdist dnsmasq ceiling"),
 # BENCH_PORT_BASE (25400; ports BASE..BASE+9 on 127.0.0.1), NODECACHE (a
 # prebuilt binary; default: built from this tree), COREDNS (default: built
-# once by e2e/hack/provision-coredns.sh), BENCH_PROFILE=1 (after the rounds,
+# once by e2e/hack/provision-coredns.sh), BENCH_NICE (0; e.g. -10 on a shared
+# machine), BENCH_PROFILE=1 (after the rounds,
 # `perf record` localdns under the same load; report in bench/profile.txt).
 #
 # Network: every server listens on 127.0.0.1 and forwards only to the fake;
@@ -51,6 +52,10 @@ done
 for v in SECONDS_RUN P99_SECONDS ROUNDS PORT_BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench: $v must be a positive integer" >&2; exit 1; }
 done
+# A negative niceness (root) keeps other work on a shared machine from
+# perturbing the servers and dnsperf as much; every process here inherits it.
+NICE=${BENCH_NICE:-0}
+[ "$NICE" = 0 ] || renice -n "$NICE" -p $$ >/dev/null
 
 work=$(mktemp -d)
 fake_pid=
@@ -344,7 +349,8 @@ summary() {
       }
       print ""
       print "Response codes of the last measurement run (the mix is 3/4 NOERROR, 1/4 NXDOMAIN; the ceiling answers NOERROR to all):"
-      for (k = 1; k <= np; k++) printf "- %s: %s\n", order[k], rcodes[order[k]]
+      for (k = 1; k <= np; k++) printf "- %s: %s%s\n", order[k], rcodes[order[k]],
+        rcodes[order[k]] ~ /SERVFAIL|REFUSED|FORMERR/ ? " — **failures counted as answers**" : ""
       if (rounds > 1) {
         print ""
         print "QPS of each round:"
@@ -388,7 +394,7 @@ report() {
 Produced by \`$cmd\` (\`make bench\`) on $started.
 
 Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r);
-load average (1/5/15 min) $load_before at the start, $load_after at the end.
+load average (1/5/15 min) $load_before at the start, $load_after at the end; niceness $NICE.
 dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}'), load \`dnsperf ${LOAD[*]} -l $SECONDS_RUN\`
 on 127.0.0.1 over \`bench/queries/hot.txt\` (400 names: A, AAAA, search-expansion NXDOMAIN, SRV
 of 100 Services), after a warm-up pass over a 10k-name working set; every server in front of the same
