@@ -5,6 +5,11 @@
 //
 // The zone holds kubernetes.default, kube-dns.kube-system and --services
 // Services svc-<i>.default, each with A, AAAA and an _http._tcp SRV record.
+//
+// Like CoreDNS (whose core/dnsserver sets MaxTCPQueries to -1), it serves any
+// number of queries on one TCP connection; --max-tcp-queries N closes each
+// connection after N, as miekg/dns servers do by default (128) and CoreDNS
+// releases that left it unset did.
 package main
 
 import (
@@ -23,10 +28,11 @@ import (
 )
 
 type config struct {
-	listen   []string
-	zone     string
-	services int
-	ttl      uint32
+	listen        []string
+	zone          string
+	services      int
+	ttl           uint32
+	maxTCPQueries int // per connection; -1 = unlimited
 }
 
 func parseFlags(args []string) (config, error) {
@@ -36,11 +42,12 @@ func parseFlags(args []string) (config, error) {
 		zone     = fs.String("zone", "cluster.local", "the cluster zone to answer")
 		services = fs.Int("services", 100, "how many svc-<i>.default Services the zone holds")
 		ttl      = fs.Uint("ttl", 5, "TTL of every record, as CoreDNS's kubernetes plugin uses")
+		maxTCP   = fs.Int("max-tcp-queries", -1, "queries served on one TCP connection before it is closed; -1 = unlimited, as CoreDNS")
 	)
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
-	cfg := config{zone: dns.CanonicalName(*zone), services: *services, ttl: uint32(*ttl)}
+	cfg := config{zone: dns.CanonicalName(*zone), services: *services, ttl: uint32(*ttl), maxTCPQueries: *maxTCP}
 	for a := range strings.SplitSeq(*listen, ",") {
 		if _, err := netip.ParseAddrPort(a); err != nil {
 			return config{}, fmt.Errorf("--listen: %w", err)
@@ -52,6 +59,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.services < 0 || cfg.services > 1<<16 {
 		return config{}, fmt.Errorf("--services: %d is not in 0..65536", cfg.services)
+	}
+	if cfg.maxTCPQueries == 0 || cfg.maxTCPQueries < -1 {
+		return config{}, fmt.Errorf("--max-tcp-queries: %d is neither positive nor -1", cfg.maxTCPQueries)
 	}
 	return cfg, nil
 }
@@ -159,7 +169,7 @@ func main() {
 	var servers []*dns.Server
 	for _, addr := range cfg.listen {
 		for _, network := range []string{"udp", "tcp"} {
-			srv := &dns.Server{Addr: addr, Net: network, Handler: mux}
+			srv := &dns.Server{Addr: addr, Net: network, Handler: mux, MaxTCPQueries: cfg.maxTCPQueries}
 			started := make(chan struct{})
 			srv.NotifyStartedFunc = func() { close(started) }
 			servers = append(servers, srv)
@@ -172,7 +182,8 @@ func main() {
 			}
 		}
 	}
-	fmt.Fprintf(os.Stderr, "fakedns: serving %s on %s (%d services, TTL %d)\n", cfg.zone, strings.Join(cfg.listen, ","), cfg.services, cfg.ttl)
+	fmt.Fprintf(os.Stderr, "fakedns: serving %s on %s (%d services, TTL %d, %d queries per TCP connection)\n",
+		cfg.zone, strings.Join(cfg.listen, ","), cfg.services, cfg.ttl, cfg.maxTCPQueries)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

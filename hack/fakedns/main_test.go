@@ -50,3 +50,26 @@ func TestAnswer(t *testing.T) {
 		})
 	}
 }
+
+func TestParseFlagsMaxTCPQueries(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    int
+		wantErr bool
+	}{
+		{nil, -1, false}, // unlimited by default, as CoreDNS
+		{[]string{"--max-tcp-queries", "128"}, 128, false},
+		{[]string{"--max-tcp-queries", "0"}, 0, true}, // miekg/dns would read 0 as its default 128
+		{[]string{"--max-tcp-queries", "-2"}, 0, true},
+	}
+	for _, tc := range tests {
+		cfg, err := parseFlags(tc.args)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("parseFlags(%q): error %v, want error %v", tc.args, err, tc.wantErr)
+			continue
+		}
+		if err == nil && cfg.maxTCPQueries != tc.want {
+			t.Errorf("parseFlags(%q): max TCP queries %d, want %d", tc.args, cfg.maxTCPQueries, tc.want)
+		}
+	}
+}
