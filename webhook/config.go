@@ -93,7 +93,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs.IntVar(&timeout, "timeout", 1, "default resolver timeout in seconds (1..30)")
 	fs.IntVar(&attempts, "attempts", 2, "default resolver attempts (1..5)")
 	fs.StringVar(&options, "options", "single-request-reopen", "extra default resolver options, name[:value],...")
-	fs.StringVar(&cfg.StubImage, "stub-image", "localdns-stub:"+version.Version, "image of the injected localdns-stub container")
+	fs.StringVar(&cfg.StubImage, "stub-image", "localdns/stub:"+version.Version, "image of the injected localdns-stub container")
 	fs.StringVar(&muslPatterns, "musl-image-patterns", "alpine,musl", "comma-separated substrings of image references that make mode auto inject the stub")
 	fs.StringVar(&cfg.NativeSidecars, "native-sidecars", NativeSidecarsAuto, "inject the stub as a native sidecar (init container, restartPolicy Always): auto (API server >= 1.29), true or false")
 	fs.StringVar(&cpuRequest, "stub-cpu-request", "10m", "CPU request of the stub container")

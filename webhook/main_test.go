@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/localdns/localdns/certs"
+	"github.com/localdns/localdns/internal/ops/opstest"
 	"github.com/localdns/localdns/internal/testenv"
 )
 
@@ -399,18 +398,5 @@ func (s *apiSuite) namespace(t *testing.T, clientset kubernetes.Interface, profi
 // httpGet fetches a path of the discover profile's metrics listener.
 func (s *apiSuite) httpGet(t *testing.T, path string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+s.metricsAddr+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: read body: %v", path, err)
-	}
-	return resp.StatusCode, string(body)
+	return opstest.Get(t, "http://"+s.metricsAddr+path)
 }

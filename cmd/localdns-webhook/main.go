@@ -4,9 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 	"os"
 
@@ -17,25 +14,20 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager/signals"
 
 	"github.com/localdns/localdns/certs"
+	"github.com/localdns/localdns/internal/cli"
 	"github.com/localdns/localdns/webhook"
 )
 
 func main() {
 	cfg, err := webhook.ParseFlags("localdns-webhook", os.Args[1:], os.Getenv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "localdns-webhook:", err)
-		os.Exit(2)
-	}
+	cli.ExitOnParseError("localdns-webhook", err)
 	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, nil))
 	ctrllog.SetLogger(logger)
 	klog.SetLogger(logger)
 
 	if err := run(signals.SetupSignalHandler(), cfg, logger); err != nil {
 		logger.Error(err, "localdns-webhook failed")
-		os.Exit(1)
+		os.Exit(cli.ExitFailure)
 	}
 }
 
