@@ -56,7 +56,8 @@ func (l Load) args(kind string) ([]string, error) {
 
 // PodManifest is a pod (restartPolicy Never) running the client of kind
 // with load; its log is the client's JSON result (see ParseResult).
-func PodManifest(namespace, name, kind string, l Load) ([]byte, error) {
+// annotations (may be nil) are the pod's, e.g. localdns.io/mode.
+func PodManifest(namespace, name, kind string, l Load, annotations map[string]string) ([]byte, error) {
 	args, err := l.args(kind)
 	if err != nil {
 		return nil, err
@@ -64,7 +65,8 @@ func PodManifest(namespace, name, kind string, l Load) ([]byte, error) {
 	pod := map[string]any{
 		"apiVersion": "v1",
 		"kind":       "Pod",
-		"metadata":   map[string]any{"name": name, "namespace": namespace, "labels": map[string]string{"app": "localdns-e2e-client"}},
+		"metadata": map[string]any{"name": name, "namespace": namespace, "annotations": annotations,
+			"labels": map[string]string{"app": "localdns-e2e-client"}},
 		"spec": map[string]any{
 			"restartPolicy":                 "Never",
 			"terminationGracePeriodSeconds": 0,

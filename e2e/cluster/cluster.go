@@ -219,6 +219,9 @@ func (c *Cluster) LogsDir() string { return c.logsDir }
 // the node namespace.
 func (c *Cluster) Kubeconfig() string { return filepath.Join(c.runDir, "admin.kubeconfig") }
 
+// Printf writes one line of the cluster's progress output (a heading).
+func (c *Cluster) Printf(format string, args ...any) { c.prog.printf(format, args...) }
+
 // Step runs fn as one reported step of the cluster's progress output.
 func (c *Cluster) Step(what string, fn func() error) error { return c.prog.step(what, fn) }
 

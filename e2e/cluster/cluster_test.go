@@ -129,7 +129,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			load := clients.Load{Host: "kubernetes.default", Concurrency: 10, Duration: 3 * time.Second,
 				Slow: time.Second, MaxLookups: 100_000}
 			for _, kind := range clients.Kinds {
-				manifest, err := clients.PodManifest("default", "load-"+kind, kind, load)
+				manifest, err := clients.PodManifest("default", "load-"+kind, kind, load, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -160,7 +160,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			}
 			baseline := clients.Load{Host: "kubernetes.default", Concurrency: 20, Duration: 8 * time.Second,
 				Slow: time.Second, MaxLookups: 100_000}
-			manifest, err := clients.PodManifest("default", "baseline-glibc", clients.Glibc, baseline)
+			manifest, err := clients.PodManifest("default", "baseline-glibc", clients.Glibc, baseline, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -186,3 +186,31 @@ func (c *Cluster) ImportImages(ctx context.Context, tars ...string) error {
 	}
 	return nil
 }
+
+// TagImage gives an imported image a second name in the node's containerd
+// (an image the manifests name, like the kubelet's usual pause image).
+func (c *Cluster) TagImage(ctx context.Context, src, dst string) error {
+	_, err := c.ctr(ctx, "images", "tag", "--force", src, dst)
+	return err
+}
+
+// PodResolvConf returns the resolv.conf that the kubelet had containerd
+// write for the pod with that UID: its sandbox's file, which every
+// container of the pod mounts as /etc/resolv.conf. It outlives the
+// containers, so a finished pod's can still be read.
+func (c *Cluster) PodResolvConf(ctx context.Context, podUID string) (string, error) {
+	out, err := c.ctr(ctx, "containers", "list", "-q",
+		`labels."io.cri-containerd.kind"==sandbox,labels."io.kubernetes.pod.uid"==`+podUID)
+	if err != nil {
+		return "", err
+	}
+	ids := strings.Fields(out)
+	if len(ids) != 1 {
+		return "", fmt.Errorf("pod %s has %d sandboxes, want 1", podUID, len(ids))
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir("containerd"), "root", "io.containerd.grpc.v1.cri", "sandboxes", ids[0], "resolv.conf"))
+	if err != nil {
+		return "", fmt.Errorf("read pod %s's resolv.conf: %w", podUID, err)
+	}
+	return string(b), nil
+}

@@ -24,11 +24,22 @@ const (
 	CoreDNSImage = "localdns.test/e2e/coredns:" + CoreDNSVersion
 )
 
+// LargeAnswerName has LargeAnswerRecords A records at the fake upstream:
+// its answer (about 1.7 kB) fits neither a plain 512-byte UDP response nor
+// Go's 1232-byte EDNS0 one, so every client gets it truncated over UDP and
+// must retry over TCP.
+const (
+	LargeAnswerName    = "big.large.test"
+	LargeAnswerRecords = 100
+)
+
 // templateData is what every template may use.
 type templateData struct {
 	Name, Dir, ContainerdSocket, ProxyMode, ClusterDomain string
 	PauseImage, BusyboxImage, CoreDNSImage                string
 	NodeIP, UpstreamIP, KubeDNSIP, PodCIDR                string
+	LargeAnswerName                                       string
+	LargeAnswerIPs                                        []string
 }
 
 func (c *Cluster) templateData() templateData {
@@ -45,7 +56,19 @@ func (c *Cluster) templateData() templateData {
 		UpstreamIP:       UpstreamIP.String(),
 		KubeDNSIP:        KubeDNSIP.String(),
 		PodCIDR:          PodCIDR.String(),
+		LargeAnswerName:  LargeAnswerName,
+		LargeAnswerIPs:   largeAnswerIPs(),
 	}
+}
+
+// largeAnswerIPs are the addresses of LargeAnswerName, in 10.100.1.0/24
+// (inside the node, never routed anywhere).
+func largeAnswerIPs() []string {
+	ips := make([]string, LargeAnswerRecords)
+	for i := range ips {
+		ips[i] = fmt.Sprintf("10.100.1.%d", i+1)
+	}
+	return ips
 }
 
 // render executes the named template with data.

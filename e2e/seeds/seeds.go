@@ -35,6 +35,9 @@ type Config struct {
 	// Drop is the share of UDP packets to the kube-dns ClusterIP dropped
 	// during the runs; 0 drops none.
 	Drop float64
+	// Annotations of the client pods (nil: none), e.g. localdns.io/mode:
+	// auto, which puts the musl client in stub mode.
+	Annotations map[string]string
 }
 
 // Default is the seeds' shape: 50 threads x 15 s of getaddrinfo for glibc
@@ -54,24 +57,34 @@ type Row struct {
 	dnsload.Result
 }
 
-// Run builds and imports the client images, creates the Service and runs
-// each client in turn. c's progress output shows every step.
+// Run prepares the cluster (Prepare), then runs each client in turn
+// (RunClients). c's progress output shows every step.
 func Run(ctx context.Context, c *cluster.Cluster, repoDir, workDir string, cfg Config) ([]Row, error) {
-	var bins clients.Binaries
+	if err := Prepare(ctx, c, repoDir, workDir, cfg); err != nil {
+		return nil, err
+	}
+	return RunClients(ctx, c, cfg)
+}
+
+// Prepare builds and imports the client images and creates the Service.
+func Prepare(ctx context.Context, c *cluster.Cluster, repoDir, workDir string, cfg Config) error {
 	if err := c.Step("build and import load client images (glibc, musl, Go)", func() error {
-		var err error
-		if bins, err = clients.Build(repoDir, workDir); err != nil {
+		bins, err := clients.Build(repoDir, workDir)
+		if err != nil {
 			return err
 		}
 		return c.BuildAndImport(ctx, bins.Images()...)
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	if err := c.Step("create Service "+cfg.ServiceNamespace+"/"+cfg.Service, func() error {
+	return c.Step("create Service "+cfg.ServiceNamespace+"/"+cfg.Service, func() error {
 		return c.Apply(ctx, serviceManifest(cfg.ServiceNamespace, cfg.Service))
-	}); err != nil {
-		return nil, err
-	}
+	})
+}
+
+// RunClients runs the glibc, musl and Go clients one after the other, with
+// the race emulated during the runs when cfg.Drop > 0.
+func RunClients(ctx context.Context, c *cluster.Cluster, cfg Config) ([]Row, error) {
 	if cfg.Drop > 0 {
 		var remove func() error
 		if err := c.Step(fmt.Sprintf("drop %.2g%% of UDP from pods to kube-dns %s (emulated conntrack race)", cfg.Drop*100, cluster.KubeDNSIP), func() error {
@@ -91,7 +104,7 @@ func Run(ctx context.Context, c *cluster.Cluster, repoDir, workDir string, cfg C
 			load.Concurrency, load.Duration = cfg.GoConcurrency, cfg.GoDuration
 		}
 		name := "seeds-" + kind
-		manifest, err := clients.PodManifest(cfg.Namespace, name, kind, load)
+		manifest, err := clients.PodManifest(cfg.Namespace, name, kind, load, cfg.Annotations)
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,9 @@
 //	go run ./e2e/cmd/cluster [flags] down      stop everything, remove every trace
 //	go run ./e2e/cmd/cluster [flags] seeds     the seeds' test (glibc, musl, Go clients) on an up cluster
 //	go run ./e2e/cmd/cluster [flags] smoke     up, check, down (also on failure or Ctrl-C)
+//	go run ./e2e/cmd/cluster [flags] install   build the localdns images, import them, apply the default overlay
+//	go run ./e2e/cmd/cluster [flags] uninstall the documented uninstall (make undeploy's sequence)
+//	go run ./e2e/cmd/cluster [flags] demo      boot, install, seeds' test before and after opt-in, tear down
 package main
 
 import (
@@ -18,16 +21,19 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/e2e/localdns"
 	"github.com/localdns/localdns/e2e/seeds"
 )
 
 type options struct {
-	cfg     cluster.Config
-	seeds   seeds.Config
-	command string
-	args    []string
+	cfg          cluster.Config
+	seeds        seeds.Config
+	demoDuration time.Duration
+	command      string
+	args         []string
 }
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
@@ -44,8 +50,12 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&sc.GoConcurrency, "seeds-go-concurrency", sc.GoConcurrency, "seeds: concurrent lookups of the Go client")
 	fs.DurationVar(&sc.GoDuration, "seeds-go-duration", sc.GoDuration, "seeds: run time of the Go client")
 	fs.Float64Var(&sc.Drop, "seeds-drop", sc.Drop, "seeds: share of UDP packets to the kube-dns ClusterIP dropped (emulated conntrack race); 0 for none")
+	var mode string
+	fs.StringVar(&mode, "seeds-mode", "", "seeds: localdns.io/mode annotation of the client pods (auto puts musl in stub mode); empty for none")
+	var demoDuration time.Duration
+	fs.DurationVar(&demoDuration, "demo-duration", 10*time.Second, "demo: run time of each client in each seeds' run (the seeds' own: 15s for glibc and musl, 30s for Go)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|kubectl ARGS...")
+		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|install|uninstall|demo|kubectl ARGS...")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,14 +65,20 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 		fs.Usage()
 		return options{}, errors.New("missing command")
 	}
-	o := options{cfg: cfg, seeds: sc, command: fs.Arg(0), args: fs.Args()[1:]}
+	if mode != "" {
+		sc.Annotations = map[string]string{localdns.ModeAnnotation: mode}
+	}
+	o := options{cfg: cfg, seeds: sc, demoDuration: demoDuration, command: fs.Arg(0), args: fs.Args()[1:]}
 	switch o.command {
-	case "up", "check", "seeds", "down", "smoke", "kubectl":
+	case "up", "check", "seeds", "down", "smoke", "install", "uninstall", "demo", "kubectl":
 	default:
 		return options{}, fmt.Errorf("unknown command %q", o.command)
 	}
 	if err := sc.Validate(); err != nil {
 		return options{}, err
+	}
+	if demoDuration < time.Second {
+		return options{}, fmt.Errorf("demo duration %s: want >= 1s", demoDuration)
 	}
 	return o, nil
 }
@@ -103,6 +119,8 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		return errors.Join(check(ctx, c), c.Down())
+	case "demo":
+		return demo(ctx, o)
 	}
 	c, err := cluster.Attach(o.cfg)
 	if err != nil {
@@ -113,6 +131,10 @@ func run(ctx context.Context, o options) error {
 		return check(ctx, c)
 	case "seeds":
 		return runSeeds(ctx, c, o)
+	case "install":
+		return install(ctx, c, o.cfg.RepoDir)
+	case "uninstall":
+		return localdns.Uninstall(ctx, c, o.cfg.RepoDir)
 	case "kubectl":
 		cmd := c.KubectlCommand(ctx, o.args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -144,4 +166,34 @@ func check(ctx context.Context, c *cluster.Cluster) error {
 	})
 	fmt.Print(out)
 	return err
+}
+
+// install builds the product images in a scratch directory and installs
+// them with the default overlay.
+func install(ctx context.Context, c *cluster.Cluster, repoDir string) error {
+	work, err := os.MkdirTemp("", "localdns-images-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	var imgs localdns.Images
+	if err := c.Step("build localdns binaries and images (hack/imagebuild -product)", func() error {
+		imgs, err = localdns.BuildImages(ctx, repoDir, work)
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := localdns.Install(ctx, c, repoDir, imgs); err != nil {
+		return err
+	}
+	return c.Step("node has "+localdns.LocalIP+" and the localdns: rules", func() error {
+		st, err := localdns.ReadNodeState(ctx, c)
+		if err != nil {
+			return err
+		}
+		if !st.HasSetup() {
+			return fmt.Errorf("node setup missing: addresses %q, %d rules", st.Addresses, len(st.Rules))
+		}
+		return nil
+	})
 }

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/localdns/localdns/e2e/clients"
+	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/e2e/localdns"
+	"github.com/localdns/localdns/e2e/seeds"
+)
+
+// demoNamespace is the namespace the demo opts in between its two runs.
+const demoNamespace = "default"
+
+// demo is `make demo`: boot the cluster, install localdns from its
+// manifests, run the seeds' test with the race emulated before and after
+// opting a namespace in, show what the pods got and the figures side by
+// side, tear everything down (also on failure or Ctrl-C).
+func demo(ctx context.Context, o options) (err error) {
+	begin := time.Now()
+	if err := demoPrerequisites(ctx, o.cfg); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "localdns-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	clientsDir := filepath.Join(work, "clients")
+	if err := os.Mkdir(clientsDir, 0o755); err != nil {
+		return err
+	}
+
+	// The product images build while the cluster boots.
+	type built struct {
+		imgs localdns.Images
+		err  error
+	}
+	images := make(chan built, 1)
+	go func() {
+		imgs, err := localdns.BuildImages(ctx, o.cfg.RepoDir, filepath.Join(work, "product"))
+		images <- built{imgs, err}
+	}()
+	c, err := cluster.Up(ctx, o.cfg)
+	if err != nil {
+		<-images
+		return err
+	}
+	defer func() {
+		err = errors.Join(err, c.Down())
+		fmt.Printf("demo took %s\n", time.Since(begin).Round(time.Second))
+	}()
+	var b built
+	if err := c.Step("localdns binaries and images built (hack/imagebuild -product, during the boot)", func() error {
+		b = <-images
+		return b.err
+	}); err != nil {
+		return err
+	}
+	if err := localdns.Install(ctx, c, o.cfg.RepoDir, b.imgs); err != nil {
+		return err
+	}
+	if err := c.Step("node has "+localdns.LocalIP+" and the localdns: NOTRACK rules", func() error {
+		st, err := localdns.ReadNodeState(ctx, c)
+		if err == nil && !st.HasSetup() {
+			err = fmt.Errorf("node setup missing: addresses %q, %d rules", st.Addresses, len(st.Rules))
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+
+	sc := o.seeds
+	sc.Namespace = demoNamespace
+	sc.CDuration, sc.GoDuration = o.demoDuration, o.demoDuration
+	sc.Annotations = nil
+	if err := seeds.Prepare(ctx, c, o.cfg.RepoDir, clientsDir, sc); err != nil {
+		return err
+	}
+	c.Printf("seeds' test, namespace %s NOT opted in (plain kube-dns ClusterIP)", demoNamespace)
+	before, err := seeds.RunClients(ctx, c, sc)
+	if err != nil {
+		return err
+	}
+	if err := c.Step(fmt.Sprintf("opt namespace %s in: label %s=enabled", demoNamespace, localdns.InjectLabel), func() error {
+		return localdns.EnsureNamespace(ctx, c, demoNamespace, true)
+	}); err != nil {
+		return err
+	}
+	// auto: the musl client's image matches the webhook's musl patterns,
+	// so it gets the stub; glibc and Go get the node cache.
+	sc.Annotations = map[string]string{localdns.ModeAnnotation: "auto"}
+	c.Printf("seeds' test, namespace %s opted in, pods annotated %s: auto", demoNamespace, localdns.ModeAnnotation)
+	after, err := seeds.RunClients(ctx, c, sc)
+	if err != nil {
+		return err
+	}
+	if err := showPods(ctx, c); err != nil {
+		return err
+	}
+
+	fmt.Printf("\nThe seeds' test on a real node (kube-proxy %s, 0.5%% of UDP to kube-dns dropped to emulate the conntrack race),\n"+
+		"glibc and musl %d threads, Go %d concurrent, %s each:\n\n", o.cfg.ProxyMode, sc.CThreads, sc.GoConcurrency, o.demoDuration)
+	var rows []seeds.Row
+	for i := range before {
+		b, a := before[i], after[i]
+		b.Client += " kube-dns"
+		a.Client += " localdns (" + modeOf(a.Client) + ")"
+		rows = append(rows, b, a)
+	}
+	if err := seeds.WriteTable(os.Stdout, rows); err != nil {
+		return err
+	}
+	var slow []string
+	for _, r := range after {
+		if r.Over1s > 0 || r.Errors > 0 {
+			slow = append(slow, fmt.Sprintf("%s: %d lookups >= 1 s, %d errors", r.Client, r.Over1s, r.Errors))
+		}
+	}
+	if len(slow) > 0 {
+		return fmt.Errorf("with localdns: %s", strings.Join(slow, "; "))
+	}
+	fmt.Println("\nwith localdns: zero lookups of 1 s or more, zero errors, for glibc, musl and Go")
+	return nil
+}
+
+// showPods prints, for each opted-in seeds pod, what the webhook stored
+// and the resolv.conf the kubelet wrote, and fails unless both are the
+// design's pod view.
+func showPods(ctx context.Context, c *cluster.Cluster) error {
+	fmt.Println("\nThe opted-in pods: stored spec (what the webhook wrote) and the kubelet-written /etc/resolv.conf")
+	var errs []error
+	for _, kind := range clients.Kinds {
+		name := "seeds-" + kind
+		p, err := localdns.GetPod(ctx, c, demoNamespace, name)
+		if err != nil {
+			return err
+		}
+		d := localdns.DNSConfig{}
+		if p.Spec.DNSConfig != nil {
+			d = *p.Spec.DNSConfig
+		}
+		var sidecars []string
+		for _, ic := range p.Spec.InitContainers {
+			sidecars = append(sidecars, fmt.Sprintf("%s (%s, restartPolicy %s)", ic.Name, ic.Image, ic.RestartPolicy))
+		}
+		fmt.Printf("  %s: %s=%s dnsPolicy=%s\n    dnsConfig: nameservers=%v searches=%v options=%v\n    native sidecars: %v\n",
+			name, localdns.InjectedAnnotation, p.Metadata.Annotations[localdns.InjectedAnnotation], p.Spec.DNSPolicy,
+			d.Nameservers, d.Searches, d.OptionStrings(), sidecars)
+		text, err := localdns.CheckPod(ctx, c, demoNamespace, name, modeOf(kind))
+		errs = append(errs, err)
+		fmt.Printf("    /etc/resolv.conf: %s\n", strings.ReplaceAll(strings.TrimSpace(text), "\n", " | "))
+	}
+	return errors.Join(errs...)
+}
+
+// modeOf is the mode localdns.io/mode: auto gives a client: the musl
+// client's image matches the webhook's musl patterns.
+func modeOf(kind string) string {
+	if kind == clients.Musl {
+		return localdns.ModeStub
+	}
+	return localdns.ModeNodeCache
+}
+
+// demoPrerequisites checks what the demo needs and names what is missing;
+// Kubernetes and CoreDNS, when absent, are built once (the cold path).
+func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the demo runs a Kubernetes node (network namespaces, containerd, kubelet): run it as root")
+	}
+	var missing []string
+	for _, tool := range []string{"go", "gcc", "musl-gcc", "containerd", "ctr", "runc", "etcd", "iptables", "conntrack", "nsenter", "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if _, err := os.Stat(cfg.BusyboxBinary); err != nil {
+		missing = append(missing, "busybox-static")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: run hack/install-deps.sh (as root)", strings.Join(missing, ", "))
+	}
+	var k8sMissing []string
+	for _, b := range []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"} {
+		if _, err := os.Stat(filepath.Join(cfg.K8sBinDir, b)); err != nil {
+			k8sMissing = append(k8sMissing, b)
+		}
+	}
+	if len(k8sMissing) > 0 {
+		fmt.Printf("building Kubernetes %s once (%s; 6-15 min cold, cached in %s afterwards)\n",
+			cluster.KubernetesVersion, strings.Join(k8sMissing, ", "), cfg.K8sBinDir)
+		if err := runScript(ctx, cfg.RepoDir, append([]string{"hack/provision-k8s.sh"}, k8sMissing...)...); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(cfg.CoreDNSBinary); err != nil {
+		fmt.Printf("building CoreDNS %s once (a few minutes cold, cached as %s)\n", cluster.CoreDNSVersion, cfg.CoreDNSBinary)
+		if err := runScript(ctx, cfg.RepoDir, "e2e/hack/provision-coredns.sh"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runScript(ctx context.Context, dir string, argv ...string) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
+	}
+	return nil
+}

@@ -1,0 +1,579 @@
+package localdns_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/localdns/localdns/e2e/clients"
+	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/e2e/dnsload"
+	"github.com/localdns/localdns/e2e/localdns"
+	"github.com/localdns/localdns/e2e/seeds"
+)
+
+// Namespaces of the scenarios: one never opted in, one opted in.
+const (
+	plainNS = "plain"
+	optedNS = "opted"
+)
+
+// lineLogger sends the cluster's progress output to the test log.
+type lineLogger struct{ t *testing.T }
+
+func (l lineLogger) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// env is one booted cluster with localdns installed, shared by the
+// scenarios, which run in order (each leaves the cluster as the next one
+// expects it; the last uninstalls).
+type env struct {
+	ctx  context.Context
+	c    *cluster.Cluster
+	repo string
+}
+
+// TestLocaldnsOnCluster boots one real node (kube-proxy in iptables mode),
+// installs localdns from its own images and manifests, and runs the
+// scenarios of the e2e issue on it: correctness through the real path, the
+// seeds' test, node cache SIGKILL and force-deleted pod under load, rolling
+// update under load, kube-dns down, webhook down, uninstall. It needs root
+// and the provisioned binaries, so it runs only with LOCALDNS_E2E=1.
+func TestLocaldnsOnCluster(t *testing.T) {
+	if os.Getenv("LOCALDNS_E2E") != "1" {
+		t.Skip("set LOCALDNS_E2E=1 to boot a real single-node cluster")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, containerd, kubelet")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+
+	// The product images build while the cluster boots.
+	type built struct {
+		imgs localdns.Images
+		err  error
+	}
+	images := make(chan built, 1)
+	go func() {
+		imgs, err := localdns.BuildImages(ctx, repo, filepath.Join(work, "product"))
+		images <- built{imgs, err}
+	}()
+	cfg := cluster.DefaultConfig()
+	cfg.Name = "localdns-e2e-ld" // fixed: a crashed earlier run's leftovers are found
+	cfg.Progress = lineLogger{t}
+	start := time.Now()
+	c, err := cluster.Up(ctx, cfg)
+	if err != nil {
+		<-images
+		t.Fatalf("boot: %v", err)
+	}
+	t.Logf("boot took %s", time.Since(start).Round(100*time.Millisecond))
+	t.Cleanup(func() {
+		start := time.Now()
+		if err := c.Down(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+		t.Logf("teardown took %s", time.Since(start).Round(100*time.Millisecond))
+	})
+	b := <-images
+	if b.err != nil {
+		t.Fatalf("build localdns images: %v", b.err)
+	}
+	e := &env{ctx: ctx, c: c, repo: repo}
+
+	start = time.Now()
+	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
+		t.Fatalf("install: %v\nlogs in %s", err, c.LogsDir())
+	}
+	t.Logf("install took %s", time.Since(start).Round(100*time.Millisecond))
+	st, err := localdns.ReadNodeState(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.HasSetup() {
+		t.Fatalf("after install the node lacks %s or the localdns: rules: %+v", localdns.LocalIP, st)
+	}
+	t.Logf("node: %s; %d localdns rules", st.Addresses, len(st.Rules))
+
+	clientsDir := filepath.Join(work, "clients")
+	if err := os.Mkdir(clientsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := seeds.Prepare(ctx, c, repo, clientsDir, seeds.Default()); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []struct {
+		name  string
+		optIn bool
+	}{{plainNS, false}, {optedNS, true}} {
+		if err := localdns.EnsureNamespace(ctx, c, ns.name, ns.optIn); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// In order: each scenario leaves the cluster as the next expects it.
+	t.Run("correctness", e.correctness)
+	t.Run("seeds", e.seeds)
+	t.Run("nodecache-sigkill", e.nodeCacheKilled)
+	t.Run("rolling-update", e.rollingUpdate)
+	t.Run("kube-dns-down", e.kubeDNSDown)
+	t.Run("webhook-down", e.webhookDown)
+	t.Run("uninstall", e.uninstall)
+}
+
+// modeOf is the mode the webhook gives a client kind under localdns.io/mode:
+// auto (its images are named after it: the musl one matches "musl").
+func modeOf(kind string) string {
+	if kind == clients.Musl {
+		return localdns.ModeStub
+	}
+	return localdns.ModeNodeCache
+}
+
+var autoMode = map[string]string{localdns.ModeAnnotation: "auto"}
+
+// load runs one client pod to completion and returns its result.
+func (e *env) load(t *testing.T, ns, name, kind string, l clients.Load, annotations map[string]string) dnsload.Result {
+	t.Helper()
+	res, err := e.runLoad(ns, name, kind, l, annotations)
+	if err != nil {
+		t.Fatalf("%s: %v\nlogs in %s", name, err, e.c.LogsDir())
+	}
+	t.Logf("%s (%s, %d x %s of %s): %s", name, kind, l.Concurrency, l.Duration, l.Host, res)
+	return res
+}
+
+func (e *env) runLoad(ns, name, kind string, l clients.Load, annotations map[string]string) (dnsload.Result, error) {
+	manifest, err := clients.PodManifest(ns, name, kind, l, annotations)
+	if err != nil {
+		return dnsload.Result{}, err
+	}
+	logs, err := e.c.RunPod(e.ctx, ns, name, manifest)
+	if err != nil {
+		return dnsload.Result{}, err
+	}
+	return clients.ParseResult([]byte(logs))
+}
+
+// backgroundLoad starts client pods and returns a function that waits for
+// their results, once each pod runs (the load is on).
+type backgroundLoad struct {
+	name, kind string
+	load       clients.Load
+	done       chan struct{}
+	res        dnsload.Result
+	err        error
+}
+
+func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
+	t.Helper()
+	for _, bl := range loads {
+		bl.done = make(chan struct{})
+		go func() {
+			defer close(bl.done)
+			bl.res, bl.err = e.runLoad(optedNS, bl.name, bl.kind, bl.load, autoMode)
+		}()
+	}
+	for _, bl := range loads {
+		if err := e.waitPhase(bl.name, "Running"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitLoads waits for the loads and asserts none failed and none took
+// maxSlow or more (the count of lookups at or over 1 s and 5 s).
+func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
+	t.Helper()
+	for _, bl := range loads {
+		<-bl.done
+		if bl.err != nil {
+			t.Errorf("%s: %v", bl.name, bl.err)
+			continue
+		}
+		t.Logf("%s (%s, %d x %s of %s): %s", bl.name, bl.kind, bl.load.Concurrency, bl.load.Duration, bl.load.Host, bl.res)
+		slow := bl.res.Over1s
+		if over5sOnly {
+			slow = bl.res.Over5s
+		}
+		if bl.res.Lookups == 0 || bl.res.Errors != 0 || slow != 0 {
+			t.Errorf("%s: %d lookups, %d errors (%s), %d >= 1 s, %d >= 5 s (max %s)", bl.name, bl.res.Lookups, bl.res.Errors,
+				bl.res.FirstError, bl.res.Over1s, bl.res.Over5s, bl.res.Max)
+		}
+	}
+}
+
+func (e *env) waitPhase(pod, phase string) error {
+	_, err := e.c.Kubectl(e.ctx, nil, "-n", optedNS, "wait", "pod/"+pod, "--for=jsonpath={.status.phase}="+phase, "--timeout=2m")
+	return err
+}
+
+// serviceHost is the seeds' Service, looked up through the search path.
+var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespace
+
+// correctness: the pods' stored dnsConfig and kubelet-written resolv.conf
+// are the design's pod view; A, SRV, PTR and NXDOMAIN answers through the
+// node cache and through the stub; getaddrinfo (glibc, musl in stub mode)
+// and Go's resolver find a Service through the search path, a large answer
+// over TCP, and get NXDOMAIN as an error.
+func (e *env) correctness(t *testing.T) {
+	for _, mode := range []string{localdns.ModeNodeCache, localdns.ModeStub} {
+		// busybox's nslookup asks the first nameserver: the node cache, or
+		// the stub. It ignores the search path, so names are given in full.
+		api := "kubernetes.default.svc." + cluster.ClusterDomain
+		script := strings.Join([]string{
+			"nslookup " + api,
+			"nslookup -type=SRV _https._tcp." + api,
+			"nslookup " + cluster.APIServiceIP.String(),
+			"nslookup upstream.test",
+			"nslookup nosuch.default.svc." + cluster.ClusterDomain + " 2>&1 || true",
+		}, " && ")
+		name := "nslookup-" + mode
+		out, err := localdns.ShellPod(e.ctx, e.c, optedNS, name, mode, script)
+		if err != nil {
+			t.Fatalf("%s mode: %v", mode, err)
+		}
+		resolv, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, mode)
+		if err != nil {
+			t.Error(err)
+		}
+		t.Logf("kubelet-written resolv.conf, %s mode:\n%s", mode, resolv)
+		for _, want := range []string{
+			"Address: " + cluster.APIServiceIP.String(), // A
+			"port = 443",    // SRV of the named port https
+			"name = " + api, // PTR of 10.96.0.1
+			"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded
+			"NXDOMAIN",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s mode: nslookup output lacks %q:\n%s", mode, want, out)
+			}
+		}
+	}
+
+	for _, kind := range clients.Kinds {
+		for _, tt := range []struct {
+			host      string
+			wantFound bool
+		}{
+			{serviceHost, true},              // search path, ndots:5
+			{cluster.LargeAnswerName, true},  // truncated over UDP, retried over TCP
+			{"nosuch-e2e." + optedNS, false}, // NXDOMAIN after every search suffix
+		} {
+			l := clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
+			name := fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", ""))
+			res := e.load(t, optedNS, name, kind, l, autoMode)
+			wantErrors := int64(0)
+			if !tt.wantFound {
+				wantErrors = res.Lookups
+			}
+			if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
+				t.Errorf("%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
+					kind, tt.host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
+			}
+			if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, modeOf(kind)); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
+
+// seeds: the seeds' test with the conntrack race emulated. Not opted in,
+// every client sees lookups of 1 s or more (the emulation works); opted in
+// (musl in stub mode), none does.
+func (e *env) seeds(t *testing.T) {
+	base := seeds.Default()
+	base.Namespace = plainNS
+	base.CDuration, base.GoDuration = 8*time.Second, 8*time.Second
+	rows, err := seeds.RunClients(e.ctx, e.c, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logTable(t, "baseline, namespace not opted in", rows)
+	for _, r := range rows {
+		if r.Over1s == 0 {
+			t.Errorf("baseline %s: no lookup took 1 s or more: the race emulation did not bite", r.Client)
+		}
+	}
+
+	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
+	opted.Namespace = optedNS
+	opted.Annotations = autoMode
+	in0, rcvbuf0, err := localdns.UDPErrors(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err = seeds.RunClients(e.ctx, e.c, opted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in1, rcvbuf1, err := localdns.UDPErrors(e.ctx, e.c); err == nil {
+		t.Logf("node UDP InErrors +%d, RcvbufErrors +%d during the opted-in run", in1-in0, rcvbuf1-rcvbuf0)
+	}
+	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
+	for _, r := range rows {
+		if r.Lookups == 0 || r.Errors != 0 || r.Over1s != 0 {
+			t.Errorf("localdns %s: %d lookups, %d errors (%s), %d >= 1 s (max %s)", r.Client, r.Lookups, r.Errors, r.FirstError, r.Over1s, r.Max)
+		}
+		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, "seeds-"+r.Client, modeOf(r.Client)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func logTable(t *testing.T, title string, rows []seeds.Row) {
+	var b strings.Builder
+	if err := seeds.WriteTable(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s:\n%s", title, b.String())
+}
+
+// glibcAndGoLoad is the load the failure drills run through: glibc and Go
+// clients in node cache mode, for d.
+func glibcAndGoLoad(prefix string, d time.Duration) []*backgroundLoad {
+	return []*backgroundLoad{
+		{name: prefix + "-glibc", kind: clients.Glibc, load: clients.Load{Host: serviceHost, Concurrency: 10, Duration: d, Slow: time.Second, MaxLookups: 10_000_000}},
+		{name: prefix + "-go", kind: clients.Go, load: clients.Load{Host: serviceHost, Concurrency: 20, Duration: d, Slow: time.Second, MaxLookups: 10_000_000}},
+	}
+}
+
+// nodeCacheKilled: the node cache process SIGKILLed, then its pod
+// force-deleted, under load: no lookup fails, none takes 5 s (glibc falls
+// back to the ClusterIP at once, the address answering port-unreachable),
+// and the restarted node cache serves again.
+func (e *env) nodeCacheKilled(t *testing.T) {
+	loads := glibcAndGoLoad("kill", 30*time.Second)
+	e.startLoads(t, loads...)
+
+	time.Sleep(3 * time.Second) // mid-load
+	pids, err := localdns.NodeCachePIDs(e.c)
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("node cache processes: %v %v", pids, err)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 %d: %v", pid, err)
+		}
+	}
+	t.Logf("SIGKILLed node cache pid %v", pids)
+	if err := e.waitNodeCacheReady(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "delete", "pod", "-l", "app.kubernetes.io/name="+localdns.NodeCacheDS,
+		"--force", "--grace-period=0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("force-deleted the node cache pod")
+	if err := e.waitNodeCacheReady(); err != nil {
+		t.Fatal(err)
+	}
+	waitLoads(t, true, loads...)
+	e.checkServing(t)
+}
+
+// waitNodeCacheReady waits until the DaemonSet's pod is ready again.
+func (e *env) waitNodeCacheReady() error {
+	start := time.Now()
+	return e.c.Step("node cache pod ready", func() error {
+		for {
+			out, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "get", "pod", "-l", "app.kubernetes.io/name="+localdns.NodeCacheDS,
+				"-o", `jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{.status.containerStatuses[0].ready}{"\n"}{end}`)
+			if err == nil && strings.TrimSpace(out) == "/true" {
+				return nil
+			}
+			if time.Since(start) > 2*time.Minute {
+				return fmt.Errorf("node cache pods not ready after 2m: %q %v", out, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+}
+
+// checkServing proves the node cache answers pods again: its request
+// counter grows while a short glibc load runs.
+func (e *env) checkServing(t *testing.T) {
+	before, err := localdns.NodeCacheRequests(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := clients.Load{Host: serviceHost, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 50}
+	e.load(t, optedNS, "serving-glibc", clients.Glibc, l, autoMode)
+	after, err := localdns.NodeCacheRequests(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node cache requests: %.0f -> %.0f", before, after)
+	if after-before < float64(l.MaxLookups) {
+		t.Errorf("node cache counted %.0f requests during %d lookups: traffic did not return to it", after-before, l.MaxLookups)
+	}
+}
+
+// rollingUpdate: `kubectl rollout restart` of the node cache under load:
+// no failed and no slow lookups (surge pod, SO_REUSEPORT, setup adopted).
+func (e *env) rollingUpdate(t *testing.T) {
+	loads := glibcAndGoLoad("roll", 25*time.Second)
+	e.startLoads(t, loads...)
+	time.Sleep(3 * time.Second) // mid-load
+	if err := e.c.Step("kubectl rollout restart daemonset "+localdns.NodeCacheDS, func() error {
+		if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "restart", "daemonset/"+localdns.NodeCacheDS); err != nil {
+			return err
+		}
+		_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "status", "daemonset/"+localdns.NodeCacheDS, "--timeout=2m")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitLoads(t, false, loads...)
+	st, err := localdns.ReadNodeState(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.HasSetup() {
+		t.Errorf("after the rolling update the node lacks its setup: %+v", st)
+	}
+	e.checkServing(t)
+}
+
+// kubeDNSDown: kube-dns scaled to 0. Names the node cache has seen keep
+// resolving (stale once their TTL passed), others fail fast with SERVFAIL,
+// nothing stalls 5 s; back up, new names resolve.
+func (e *env) kubeDNSDown(t *testing.T) {
+	warm := clients.Load{Host: serviceHost, Concurrency: 1, Duration: 10 * time.Second, Slow: time.Second, MaxLookups: 5}
+	e.load(t, optedNS, "warm-glibc", clients.Glibc, warm, autoMode)
+	warmed := time.Now()
+	scale := func(n int) error {
+		return e.c.Step(fmt.Sprintf("scale kube-dns (coredns) to %d", n), func() error {
+			if _, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "scale", "deployment/coredns", fmt.Sprint("--replicas=", n)); err != nil {
+				return err
+			}
+			if n == 0 {
+				_, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "wait", "--for=delete", "pod", "-l", "k8s-app=kube-dns", "--timeout=2m")
+				return err
+			}
+			_, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=2m")
+			return err
+		})
+	}
+	if err := scale(0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = scale(2) })
+	// kube-dns gives Service records a TTL of 30 s: past it, only a stale
+	// answer can come.
+	if wait := 31*time.Second - time.Since(warmed); wait > 0 {
+		t.Logf("waiting %s for the cached answer's TTL to pass", wait.Round(time.Second))
+		time.Sleep(wait)
+	}
+	cached := clients.Load{Host: serviceHost, Concurrency: 5, Duration: 5 * time.Second, Slow: time.Second, MaxLookups: 10_000_000}
+	for _, kind := range []string{clients.Glibc, clients.Go} {
+		res := e.load(t, optedNS, "stale-"+kind, kind, cached, autoMode)
+		if res.Lookups == 0 || res.Errors != 0 || res.Over1s != 0 {
+			t.Errorf("%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s)
+		}
+	}
+	uncached := clients.Load{Host: "never-seen-e2e.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
+	for _, kind := range []string{clients.Glibc, clients.Go} {
+		res := e.load(t, optedNS, "uncached-"+kind, kind, uncached, autoMode)
+		if res.Errors != res.Lookups || res.Over5s != 0 {
+			t.Errorf("%s, uncached name with kube-dns down: %d lookups, %d errors, %d >= 5 s (max %s); want all failing fast",
+				kind, res.Lookups, res.Errors, res.Over5s, res.Max)
+		}
+		// Go names the rcode: SERVFAIL is "server misbehaving".
+		if kind == clients.Go && !strings.Contains(res.FirstError, "server misbehaving") {
+			t.Errorf("Go, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
+		}
+	}
+	// A Service created while kube-dns is down resolves once it is back.
+	fresh := seeds.Default()
+	fresh.Service = "fresh-svc"
+	if err := seeds.Prepare(e.ctx, e.c, e.repo, t.TempDir(), fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := scale(2); err != nil {
+		t.Fatal(err)
+	}
+	l := clients.Load{Host: "fresh-svc.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
+	for _, kind := range []string{clients.Glibc, clients.Go} {
+		res := e.load(t, optedNS, "fresh-"+kind, kind, l, autoMode)
+		if res.Lookups != l.MaxLookups || res.Errors != 0 {
+			t.Errorf("%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
+		}
+	}
+}
+
+// webhookDown: the webhook scaled to 0: pods of an opted-in namespace are
+// still created (failurePolicy Ignore), unmutated, and resolve.
+func (e *env) webhookDown(t *testing.T) {
+	if err := e.c.Step("scale the webhook to 0", func() error {
+		if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "scale", "deployment/"+localdns.WebhookDeploy, "--replicas=0"); err != nil {
+			return err
+		}
+		_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name="+localdns.WebhookDeploy, "--timeout=2m")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.plainPodResolves(t, "nowebhook")
+}
+
+// plainPodResolves runs a pod in the opted-in namespace and checks it was
+// not mutated, got the plain cluster DNS and resolves through it.
+func (e *env) plainPodResolves(t *testing.T, name string) {
+	start := time.Now()
+	out, err := localdns.ShellPod(e.ctx, e.c, optedNS, name, "auto",
+		"cat /etc/resolv.conf && nslookup kubernetes.default.svc."+cluster.ClusterDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pod %s created and finished in %s:\n%s", name, time.Since(start).Round(100*time.Millisecond), out)
+	p, err := localdns.GetPod(e.ctx, e.c, optedNS, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Metadata.Annotations[localdns.InjectedAnnotation]; got != "" || p.Spec.DNSPolicy != "ClusterFirst" {
+		t.Errorf("pod %s: %s=%q dnsPolicy %q, want unmutated ClusterFirst", name, localdns.InjectedAnnotation, got, p.Spec.DNSPolicy)
+	}
+	nameservers, _, _ := localdns.ParseResolvConf(out)
+	if len(nameservers) != 1 || nameservers[0] != cluster.KubeDNSIP.String() {
+		t.Errorf("pod %s: nameservers %v, want only the kube-dns ClusterIP", name, nameservers)
+	}
+	if !strings.Contains(out, "Address: "+cluster.APIServiceIP.String()) {
+		t.Errorf("pod %s did not resolve kubernetes.default", name)
+	}
+}
+
+// uninstall: the documented sequence removes the address and the rules
+// from the node; new pods get the plain ClusterIP and resolve.
+func (e *env) uninstall(t *testing.T) {
+	if err := localdns.Uninstall(e.ctx, e.c, e.repo); err != nil {
+		t.Fatal(err)
+	}
+	st, err := localdns.ReadNodeState(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.IsClean() {
+		t.Errorf("after uninstall the node keeps %q and rules %v", st.Addresses, st.Rules)
+	}
+	e.plainPodResolves(t, "after-uninstall")
+	l := clients.Load{Host: serviceHost, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 50}
+	res := e.load(t, optedNS, "after-uninstall-glibc", clients.Glibc, l, autoMode)
+	if res.Lookups != l.MaxLookups || res.Errors != 0 {
+		t.Errorf("glibc after uninstall: %d lookups, %d errors (%s)", res.Lookups, res.Errors, res.FirstError)
+	}
+}

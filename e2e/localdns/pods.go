@@ -1,0 +1,202 @@
+package localdns
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/localdns/localdns/e2e/cluster"
+)
+
+// Pod is the part of a stored pod the e2e asserts on.
+type Pod struct {
+	Metadata struct {
+		Name        string            `json:"name"`
+		UID         string            `json:"uid"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		DNSPolicy string     `json:"dnsPolicy"`
+		DNSConfig *DNSConfig `json:"dnsConfig"`
+		// InitContainers hold the stub as a native sidecar.
+		InitContainers []struct {
+			Name          string `json:"name"`
+			Image         string `json:"image"`
+			RestartPolicy string `json:"restartPolicy"`
+			StartupProbe  *struct {
+				Exec *struct {
+					Command []string `json:"command"`
+				} `json:"exec"`
+			} `json:"startupProbe"`
+		} `json:"initContainers"`
+	} `json:"spec"`
+}
+
+// DNSConfig is a pod's dnsConfig, or a parsed resolv.conf.
+type DNSConfig struct {
+	Nameservers []string `json:"nameservers"`
+	Searches    []string `json:"searches"`
+	Options     []struct {
+		Name  string  `json:"name"`
+		Value *string `json:"value,omitempty"`
+	} `json:"options"`
+}
+
+// OptionStrings are the options as resolv.conf writes them (name[:value]).
+func (d DNSConfig) OptionStrings() []string {
+	var out []string
+	for _, o := range d.Options {
+		if o.Value != nil {
+			out = append(out, o.Name+":"+*o.Value)
+		} else {
+			out = append(out, o.Name)
+		}
+	}
+	return out
+}
+
+// String is the resolv.conf the kubelet writes for d.
+func (d DNSConfig) String() string {
+	var b strings.Builder
+	for _, ns := range d.Nameservers {
+		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	fmt.Fprintf(&b, "search %s\noptions %s\n", strings.Join(d.Searches, " "), strings.Join(d.OptionStrings(), " "))
+	return b.String()
+}
+
+// GetPod reads a stored pod.
+func GetPod(ctx context.Context, c *cluster.Cluster, ns, name string) (Pod, error) {
+	out, err := c.Kubectl(ctx, nil, "-n", ns, "get", "pod", name, "-o", "json")
+	if err != nil {
+		return Pod{}, err
+	}
+	var p Pod
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		return Pod{}, fmt.Errorf("decode pod %s/%s: %w", ns, name, err)
+	}
+	return p, nil
+}
+
+// CheckPod reads a stored pod and the resolv.conf the kubelet wrote for it
+// and compares both with the design's pod view in mode; it returns the
+// resolv.conf.
+func CheckPod(ctx context.Context, c *cluster.Cluster, ns, name, mode string) (string, error) {
+	p, err := GetPod(ctx, c, ns, name)
+	if err != nil {
+		return "", err
+	}
+	text, err := c.PodResolvConf(ctx, p.Metadata.UID)
+	if err != nil {
+		return "", err
+	}
+	return text, errors.Join(CheckInjected(p, ns, mode), CheckResolvConf(text, ns, mode))
+}
+
+// Modes the webhook applies.
+const (
+	ModeNodeCache = "nodecache"
+	ModeStub      = "stub"
+)
+
+// PodView is the design's pod view ("The pod's view") of an opted-in
+// ClusterFirst pod in namespace ns without a dnsConfig of its own, as
+// resolv.conf lines: nameservers, search list and options.
+func PodView(ns, mode string) (nameservers, searches, options []string) {
+	nameservers = []string{LocalIP, cluster.KubeDNSIP.String()}
+	if mode == ModeStub {
+		nameservers = []string{"127.0.0.1", LocalIP}
+	}
+	searches = []string{ns + ".svc." + cluster.ClusterDomain, "svc." + cluster.ClusterDomain, cluster.ClusterDomain}
+	options = []string{"ndots:5", "timeout:1", "attempts:2", "single-request-reopen"}
+	return nameservers, searches, options
+}
+
+// CheckInjected compares a stored pod with the design's pod view in mode.
+func CheckInjected(p Pod, ns, mode string) error {
+	var problems []string
+	if got := p.Metadata.Annotations[InjectedAnnotation]; got != mode {
+		problems = append(problems, fmt.Sprintf("annotation %s=%q, want %q", InjectedAnnotation, got, mode))
+	}
+	if p.Spec.DNSPolicy != "None" {
+		problems = append(problems, fmt.Sprintf("dnsPolicy %q, want None", p.Spec.DNSPolicy))
+	}
+	wantNS, wantSearch, wantOpts := PodView(ns, mode)
+	if d := p.Spec.DNSConfig; d == nil {
+		problems = append(problems, "no dnsConfig")
+	} else {
+		if !slices.Equal(d.Nameservers, wantNS) {
+			problems = append(problems, fmt.Sprintf("nameservers %v, want %v", d.Nameservers, wantNS))
+		}
+		if !slices.Equal(d.Searches, wantSearch) {
+			problems = append(problems, fmt.Sprintf("searches %v, want %v", d.Searches, wantSearch))
+		}
+		if !slices.Equal(d.OptionStrings(), wantOpts) {
+			problems = append(problems, fmt.Sprintf("options %v, want %v", d.OptionStrings(), wantOpts))
+		}
+	}
+	if mode == ModeStub {
+		if err := checkStubSidecar(p); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("pod %s: %s", p.Metadata.Name, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkStubSidecar finds the stub as a native sidecar with an exec startup
+// probe.
+func checkStubSidecar(p Pod) error {
+	for _, ic := range p.Spec.InitContainers {
+		if !strings.Contains(ic.Image, "localdns/stub") {
+			continue
+		}
+		if ic.RestartPolicy != "Always" {
+			return fmt.Errorf("stub init container %s: restartPolicy %q, want Always (native sidecar)", ic.Name, ic.RestartPolicy)
+		}
+		if ic.StartupProbe == nil || ic.StartupProbe.Exec == nil {
+			return fmt.Errorf("stub init container %s: no exec startup probe", ic.Name)
+		}
+		return nil
+	}
+	return fmt.Errorf("no stub init container")
+}
+
+// ParseResolvConf parses the nameserver, search and options lines.
+func ParseResolvConf(text string) (nameservers, searches, options []string) {
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			nameservers = append(nameservers, f[1])
+		case "search":
+			searches = append(searches, f[1:]...)
+		case "options":
+			options = append(options, f[1:]...)
+		}
+	}
+	return nameservers, searches, options
+}
+
+// CheckResolvConf compares a kubelet-written resolv.conf with the pod view.
+// The options are compared as a set: the kubelet merges them through a map,
+// so their order varies from pod to pod (and means nothing to resolvers).
+func CheckResolvConf(text, ns, mode string) error {
+	gotNS, gotSearch, gotOpts := ParseResolvConf(text)
+	wantNS, wantSearch, wantOpts := PodView(ns, mode)
+	slices.Sort(gotOpts)
+	slices.Sort(wantOpts)
+	if !slices.Equal(gotNS, wantNS) || !slices.Equal(gotSearch, wantSearch) || !slices.Equal(gotOpts, wantOpts) {
+		return fmt.Errorf("resolv.conf (%s mode) has nameservers %v, search %v, options %v; want %v, %v, %v:\n%s",
+			mode, gotNS, gotSearch, gotOpts, wantNS, wantSearch, wantOpts, text)
+	}
+	return nil
+}

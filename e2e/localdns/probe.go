@@ -1,0 +1,128 @@
+package localdns
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/localdns/localdns/e2e/cluster"
+)
+
+// ShellPod runs script with busybox's sh in a pod (restartPolicy Never) in
+// ns, with the localdns.io/mode annotation mode unless mode is empty, and
+// returns its output; an error unless the script exits 0.
+func ShellPod(ctx context.Context, c *cluster.Cluster, ns, name, mode, script string) (string, error) {
+	meta := map[string]any{"name": name, "namespace": ns}
+	if mode != "" {
+		meta["annotations"] = map[string]string{ModeAnnotation: mode}
+	}
+	pod := map[string]any{
+		"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+		"spec": map[string]any{
+			"restartPolicy":                 "Never",
+			"terminationGracePeriodSeconds": 0,
+			"containers": []map[string]any{{
+				"name": "sh", "image": cluster.BusyboxImage, "imagePullPolicy": "Never",
+				"command": []string{"/bin/sh", "-c", script},
+			}},
+		},
+	}
+	manifest, err := json.Marshal(pod)
+	if err != nil {
+		return "", err
+	}
+	return c.RunPod(ctx, ns, name, manifest)
+}
+
+// nodeCacheComm is localdns-nodecache's command name: the kernel keeps 15 bytes.
+const nodeCacheComm = "localdns-nodeca"
+
+// NodeCachePIDs are the localdns-nodecache processes in the node's network
+// namespace (the DaemonSet's, on hostNetwork).
+func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
+	var node syscall.Stat_t
+	if err := syscall.Stat(c.NetnsPath(), &node); err != nil {
+		return nil, fmt.Errorf("stat node namespace: %w", err)
+	}
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, p := range procs {
+		comm, err := os.ReadFile(filepath.Join(p, "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != nodeCacheComm {
+			continue
+		}
+		var ns syscall.Stat_t
+		if syscall.Stat(filepath.Join(p, "ns", "net"), &ns) != nil || ns.Ino != node.Ino || ns.Dev != node.Dev {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// NodeCacheRequests sums localdns_nodecache_requests_total of the node
+// cache serving on the node (its metrics listener, hostNetwork :9253).
+func NodeCacheRequests(ctx context.Context, c *cluster.Cluster) (float64, error) {
+	out, err := c.NodeCommand(ctx, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9253/metrics").Output()
+	if err != nil {
+		return 0, fmt.Errorf("scrape node cache metrics: %w", err)
+	}
+	var sum float64
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "localdns_nodecache_requests_total") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric line %q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// UDPErrors reads the node namespace's UDP InErrors and RcvbufErrors
+// (/proc/net/snmp): a node cache socket that overflows counts here.
+func UDPErrors(ctx context.Context, c *cluster.Cluster) (inErrors, rcvbufErrors int64, err error) {
+	out, err := c.NodeCommand(ctx, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the node's /proc/net/snmp: %w", err)
+	}
+	var header []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if header == nil {
+			header = f
+			continue
+		}
+		for i := 1; i < len(f) && i < len(header); i++ {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			switch header[i] {
+			case "InErrors":
+				inErrors = v
+			case "RcvbufErrors":
+				rcvbufErrors = v
+			}
+		}
+		return inErrors, rcvbufErrors, nil
+	}
+	return 0, 0, fmt.Errorf("no Udp: lines in the node's /proc/net/snmp")
+}
