@@ -201,26 +201,39 @@ func TestTCPResendsBounded(t *testing.T) {
 	}
 }
 
-// TestTCPLearntLimitForgotten checks that a learnt per-connection limit is
-// forgotten after relearnAfter connections retired at it, so that a limit the
+// TestTCPLearntLimitForgotten checks that connections retired at a learnt
+// per-connection limit are closed once answered, and that the limit is
+// forgotten after relearnAfter connections reached it, so that a limit the
 // server does not have (any more) does not keep the pool redialing.
 func TestTCPLearntLimitForgotten(t *testing.T) {
 	const limit = 2
 	up := startFake(t) // no per-connection limit
-	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
+	f, _ := newTestForwarder(t, Config{
+		Zones:       []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}},
+		IdleTimeout: time.Hour, // only retirement closes connections here
+	})
 	pool := upstreamOf(t, f, up.addr).pool
 	pool.learnQueryLimit(limit) // as if a restart had closed a connection after 2 queries
-	for i := range limit * relearnAfter {
-		mustAnswer(t, f, fmt.Sprintf("q%d.limit.test.", i))
+	next := 0
+	queries := func(n int) {
+		for range n {
+			mustAnswer(t, f, fmt.Sprintf("q%d.limit.test.", next))
+			next++
+		}
 	}
-	if got := up.accepted.Load(); got != relearnAfter {
-		t.Errorf("%d queries used %d connections, want %d at %d queries each", limit*relearnAfter, got, relearnAfter, limit)
+
+	queries(limit * (relearnAfter - 1))
+	if got := up.accepted.Load(); got != relearnAfter-1 {
+		t.Errorf("%d queries used %d connections, want %d at %d queries each", next, got, relearnAfter-1, limit)
 	}
+	eventually(t, "the retired connections to close", func() bool { return pool.size() == 0 })
+
+	queries(limit) // one more connection reaches the limit
 	if got := pool.queryLimit.Load(); got != 0 {
 		t.Errorf("limit %d still applies after %d connections retired at it", got, relearnAfter)
 	}
-	mustAnswer(t, f, "after.limit.test.")
+	queries(1)
 	if got := up.accepted.Load(); got != relearnAfter {
-		t.Errorf("a query after the limit was forgotten dialed again (%d connections)", got)
+		t.Errorf("a query after the limit was forgotten dialed again (%d connections, want %d)", got, relearnAfter)
 	}
 }

@@ -472,13 +472,14 @@ func (c *pipeConn) deliver(frame []byte) {
 // Called with c.mu held.
 func (c *pipeConn) becameIdleLocked() {
 	c.idleSince = time.Now()
-	if c.idleArmed || c.closed {
+	retired := c.retired()
+	if c.closed || (c.idleArmed && !retired) {
 		return
 	}
 	c.idleArmed = true
 	wait := c.pool.idleTimeout
-	if c.retired() {
-		wait = 0
+	if retired {
+		wait = 0 // even when armed for later, e.g. since c was dialed
 	}
 	if c.idleTimer == nil {
 		c.idleTimer = time.AfterFunc(wait, c.expireIfIdle)
