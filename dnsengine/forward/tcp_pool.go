@@ -46,7 +46,7 @@ type tcpPool struct {
 
 	// queryLimit is the number of queries the server was last seen to answer
 	// on a connection before closing it with more outstanding; 0 = none seen.
-	queryLimit     atomic.Int32
+	queryLimit     atomic.Int64
 	retiredAtLimit atomic.Int32 // connections that reached queryLimit since it was learnt
 
 	mu      sync.Mutex
@@ -158,14 +158,14 @@ func (p *tcpPool) leastLoaded() (best *pipeConn, open int) {
 
 // learnQueryLimit records that the server closed a connection after
 // answering n queries while more were outstanding on it.
-func (p *tcpPool) learnQueryLimit(n int32) {
+func (p *tcpPool) learnQueryLimit(n int64) {
 	p.queryLimit.Store(n)
 	p.retiredAtLimit.Store(0)
 }
 
 // retiredOne notes that a connection reached the learnt limit; after
 // relearnAfter of them the limit is forgotten.
-func (p *tcpPool) retiredOne(limit int32) {
+func (p *tcpPool) retiredOne(limit int64) {
 	if p.retiredAtLimit.Add(1) >= relearnAfter && p.queryLimit.CompareAndSwap(limit, 0) {
 		p.retiredAtLimit.Store(0)
 	}
@@ -209,8 +209,8 @@ type pipeConn struct {
 	pool     *tcpPool
 	nc       net.Conn
 	inflight atomic.Int32 // queries reserved on c or waiting for a reply
-	sent     atomic.Int32 // queries ever reserved on c
-	replies  atomic.Int32 // reply frames read from c
+	sent     atomic.Int64 // queries ever reserved on c
+	replies  atomic.Int64 // reply frames read from c
 	dead     atomic.Bool  // closed, or closing (a write failed); acquire skips it
 	lastRead atomic.Int64 // monotime of the last reply frame read
 
