@@ -206,7 +206,7 @@ perf_query() { # perf_query OUT ARGS...: dnsperf at the server, bounded.
   timeout 300 dnsperf -s 127.0.0.1 -p "$DNS_PORT" "$@" >"$out" 2>&1
 }
 stat_of() { awk -v k="$2" '$1 == k ":" {print $2}' "$1"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$server_pid/stat"; } # utime stime
 status_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$server_pid/status"; }
 
 wait_ready() {
@@ -224,7 +224,7 @@ wait_ready() {
 }
 
 # measure NAME ROUND: appends one row to $work/rows:
-# name round qps mean_us p99_us max_ms cpu_us_per_answer rss_ws_kib hwm_kib lost rcodes
+# name round qps mean_us p99_us max_ms cpu_us_per_answer rss_ws_kib hwm_kib lost user_pct rcodes
 measure() {
   local name=$1 round=$2
   log "round $round: $name"
@@ -233,13 +233,13 @@ measure() {
   perf_query "$work/warm.out" -d "$work/working-set" -n 1 "${LOAD[@]}" -t 2 ||
     { log "$name: warm-up failed"; cat "$work/warm.out" >&2; return 1; }
   perf_query "$work/warm-hot.out" -d "$hot" -n 1 "${LOAD[@]}" -t 2
-  local rss_ws cpu_before cpu_after
+  local rss_ws user_before sys_before user_after sys_after
   rss_ws=$(status_kib VmRSS)
 
-  cpu_before=$(cpu_ticks)
+  read -r user_before sys_before < <(cpu_ticks)
   perf_query "$work/run.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" ||
     { log "$name: dnsperf failed"; cat "$work/run.out" >&2; return 1; }
-  cpu_after=$(cpu_ticks)
+  read -r user_after sys_after < <(cpu_ticks)
   perf_query "$work/lat.out" -d "$hot" "${LOAD[@]}" -l "$P99_SECONDS" -v
   local hwm
   hwm=$(status_kib VmHWM)
@@ -257,10 +257,10 @@ measure() {
     awk '{v[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; print (NR ? v[i] : "nan")}')
   rcodes=$(awk -F': *' '/Response codes:/ {gsub(/ /, "_", $2); print $2}' "$work/run.out")
   awk -v n="$name" -v r="$round" -v q="$qps" -v m="$mean" -v p="$p99" -v x="$max" \
-    -v t=$((cpu_after - cpu_before)) -v hz="$(getconf CLK_TCK)" -v c="$completed" \
+    -v u=$((user_after - user_before)) -v t=$((user_after - user_before + sys_after - sys_before)) -v hz="$(getconf CLK_TCK)" -v c="$completed" \
     -v ws="$rss_ws" -v h="$hwm" -v l="$lost" -v rc="$rcodes" 'BEGIN {
-      printf "%s %d %d %.1f %.1f %.2f %.2f %d %d %d %s\n", n, r, q, m * 1e6, p * 1e6, x * 1e3,
-        (c > 0 ? t / hz / c * 1e6 : 0), ws, h, l, rc }' >>"$work/rows"
+      printf "%s %d %d %.1f %.1f %.2f %.2f %d %d %d %.0f %s\n", n, r, q, m * 1e6, p * 1e6, x * 1e3,
+        (c > 0 ? t / hz / c * 1e6 : 0), ws, h, l, (t > 0 ? 100 * u / t : 0), rc }' >>"$work/rows"
 }
 
 # profile_localdns: perf record (call graphs through Go's frame pointers) of
@@ -329,23 +329,23 @@ summary() {
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
       return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    { n[$1]++; for (c = 3; c <= 10; c++) col[$1, c, n[$1]] = $c; qpsrun[$1] = qpsrun[$1] (qpsrun[$1] == "" ? "" : ", ") $3
-      rc = $11; gsub(/_/, " ", rc); rcodes[$1] = rc }
+    { n[$1]++; for (c = 3; c <= 11; c++) col[$1, c, n[$1]] = $c; qpsrun[$1] = qpsrun[$1] (qpsrun[$1] == "" ? "" : ", ") $3
+      rc = $12; gsub(/_/, " ", rc); rcodes[$1] = rc }
     END {
       np = split(peers, order, " ")
       for (k = 1; k <= np; k++) {
         s = order[k]
-        for (c = 3; c <= 10; c++) { delete a; for (i = 1; i <= n[s]; i++) a[i] = col[s, c, i]; med[s, c] = median(a, n[s]) }
+        for (c = 3; c <= 11; c++) { delete a; for (i = 1; i <= n[s]; i++) a[i] = col[s, c, i]; med[s, c] = median(a, n[s]) }
       }
-      # columns: 3 qps, 4 mean us, 5 p99 us, 6 max ms, 7 cpu us/answer, 8 rss after ws KiB, 9 hwm KiB, 10 lost
-      print "| server | QPS | x CoreDNS | x unbound | % of ceiling | mean | p99 | max | CPU/answer | RSS after 10k names | peak RSS | lost |"
-      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      # columns: 3 qps, 4 mean us, 5 p99 us, 6 max ms, 7 cpu us/answer, 8 rss after ws KiB, 9 hwm KiB, 10 lost, 11 user %
+      print "| server | QPS | x CoreDNS | x unbound | % of ceiling | mean | p99 | max | CPU/answer | user | RSS after 10k names | peak RSS | lost |"
+      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
       for (k = 1; k <= np; k++) {
         s = order[k]
-        printf "| %s | %d | %s | %s | %s | %.0f us | %.0f us | %.2f ms | %.2f us | %.1f MiB | %.1f MiB | %d |\n", s, med[s, 3],
+        printf "| %s | %d | %s | %s | %s | %.0f us | %.0f us | %.2f ms | %.2f us | %.0f%% | %.1f MiB | %.1f MiB | %d |\n", s, med[s, 3],
           ratio(med[s, 3], med["coredns", 3]), ratio(med[s, 3], med["unbound", 3]),
           ("ceiling" in n) ? sprintf("%.0f%%", 100 * med[s, 3] / med["ceiling", 3]) : "-",
-          med[s, 4], med[s, 5], med[s, 6], med[s, 7], med[s, 8] / 1024, med[s, 9] / 1024, med[s, 10]
+          med[s, 4], med[s, 5], med[s, 6], med[s, 7], med[s, 11], med[s, 8] / 1024, med[s, 9] / 1024, med[s, 10]
       }
       print ""
       print "Response codes of the last measurement run (the mix is 3/4 NOERROR, 1/4 NXDOMAIN; the ceiling answers NOERROR to all):"
@@ -386,8 +386,10 @@ summary() {
 }
 
 report() {
-  local cmd="bench/peers.sh"
-  [ "$ROUNDS" = 1 ] || cmd="BENCH_ROUNDS=$ROUNDS $cmd"
+  local cmd="bench/peers.sh" v
+  for v in BENCH_PEERS BENCH_PROFILE BENCH_SECONDS BENCH_P99_SECONDS BENCH_ROUNDS BENCH_NICE; do
+    [ -z "${!v:-}" ] || cmd="$v=${!v@Q} $cmd"
+  done
   cat <<EOF
 # localdns — peer benchmark
 
@@ -413,6 +415,8 @@ EOF
 - **CPU/answer**: the server process's utime+stime delta (`/proc/<pid>/stat`, all threads) over the
   measurement run, divided by the answers dnsperf received. It does not depend on how fast dnsperf is, so
   it still ranks the servers when they all saturate the client (dnsperf and the server share the CPUs).
+  **user**: the share of that CPU time spent in user space (the rest is the kernel: the socket calls,
+  and on loopback the delivery of each reply to dnsperf's socket, which the sender pays for).
 - **RSS after 10k names**: VmRSS right after the warm-up (the 10k-name working set and the hot names);
   **peak RSS**: VmHWM at the end.
 - Ratios are of medians; `x CoreDNS` / `x unbound` are QPS ratios, `% of ceiling` is the share of the C
