@@ -23,7 +23,8 @@
 # prebuilt binary; default: built from this tree), COREDNS (default: built
 # once by e2e/hack/provision-coredns.sh), BENCH_NICE (0; e.g. -10 on a shared
 # machine), BENCH_PROFILE=1 (after the rounds,
-# `perf record` localdns under the same load; report in bench/profile.txt).
+# system calls per answer of localdns and the C peers, and `perf record` of
+# localdns, under the same load; report in bench/profile.md).
 #
 # Network: every server listens on 127.0.0.1 and forwards only to the fake;
 # no configuration names /etc/resolv.conf. Every dnsperf run is bounded by
@@ -228,11 +229,7 @@ wait_ready() {
 measure() {
   local name=$1 round=$2
   log "round $round: $name"
-  "start_$name"
-  wait_ready "$name"
-  perf_query "$work/warm.out" -d "$work/working-set" -n 1 "${LOAD[@]}" -t 2 ||
-    { log "$name: warm-up failed"; cat "$work/warm.out" >&2; return 1; }
-  perf_query "$work/warm-hot.out" -d "$hot" -n 1 "${LOAD[@]}" -t 2
+  start_warm "$name"
   local rss_ws user_before sys_before user_after sys_after
   rss_ws=$(status_kib VmRSS)
 
@@ -243,8 +240,7 @@ measure() {
   perf_query "$work/lat.out" -d "$hot" "${LOAD[@]}" -l "$P99_SECONDS" -v
   local hwm
   hwm=$(status_kib VmHWM)
-  stop_pid "$server_pid"
-  server_pid=
+  stop_server
 
   local completed lost qps mean max p99 rcodes
   completed=$(awk '/Queries completed:/ {print $3}' "$work/run.out")
@@ -263,31 +259,80 @@ measure() {
         (c > 0 ? t / hz / c * 1e6 : 0), ws, h, l, (t > 0 ? 100 * u / t : 0), rc }' >>"$work/rows"
 }
 
-# profile_localdns: perf record (call graphs through Go's frame pointers) of
-# localdns under the measurement load, after the same warm-up; the flat and
-# the caller-inclusive tops go to bench/profile.txt.
-profile_localdns() {
-  command -v perf >/dev/null || { log "BENCH_PROFILE: perf is needed (Debian linux-perf)"; return 1; }
-  log "profile: localdns under perf record"
-  start_localdns
-  wait_ready localdns
+# start_warm NAME: starts the server and runs the warm-up passes.
+start_warm() {
+  "start_$1"
+  wait_ready "$1"
   perf_query "$work/warm.out" -d "$work/working-set" -n 1 "${LOAD[@]}" -t 2
   perf_query "$work/warm-hot.out" -d "$hot" -n 1 "${LOAD[@]}" -t 2
-  perf_query "$work/prof.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
-  local load_pid=$!
-  timeout $((SECONDS_RUN + 30)) perf record -q -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep "$SECONDS_RUN" 2>/dev/null || true
-  wait "$load_pid"
+}
+stop_server() {
   stop_pid "$server_pid"
   server_pid=
+}
+
+# syscall_counts NAME: the server's system calls and context switches per
+# answer under the measurement load (perf stat on tracepoints), one table row.
+syscall_counts() {
+  local events=raw_syscalls:sys_enter,context-switches e
+  for e in recvmmsg sendmmsg recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait futex nanosleep; do
+    events+=",syscalls:sys_enter_$e"
+  done
+  start_warm "$1"
+  perf_query "$work/stat-load.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
+  local load_pid=$!
+  timeout $((SECONDS_RUN + 30)) perf stat -x, -e "$events" -p "$server_pid" -o "$work/stat.csv" -- sleep "$SECONDS_RUN" || true
+  wait "$load_pid"
+  stop_server
+  awk -F, -v name="$1" -v answers="$(awk '/Queries completed:/ {print $3}' "$work/stat-load.out")" '
+    $3 != "" { sub(/^(raw_)?syscalls:sys_enter_?/, "", $3); v[$3] = $1 }
+    END {
+      printf "| %s | %.3f | %.3f |", name, v[""] / answers, v["context-switches"] / answers
+      n = split("recvmmsg sendmmsg recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait futex nanosleep", k, " ")
+      for (i = 1; i <= n; i++) printf " %.3f |", v[k[i]] / answers
+      print ""
+    }' "$work/stat.csv"
+}
+
+# profile: BENCH_PROFILE=1. System calls per answer of localdns, the ceiling
+# and the C/C++ peers, then perf record (call graphs through Go's frame
+# pointers) of localdns; all under the measurement load after the same
+# warm-up, written to bench/profile.md.
+profile() {
+  command -v perf >/dev/null || { log "BENCH_PROFILE: perf is needed (Debian linux-perf)"; return 1; }
+  local name
   {
-    echo "# localdns-nodecache under dnsperf ${LOAD[*]} -l $SECONDS_RUN (bench/peers.sh, BENCH_PROFILE=1), $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "# $(awk '/Queries per second:/ {printf "%.0f QPS", $4}' "$work/prof.out") while profiled (perf record -F 1999 -g); load $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "# flat: where the samples are (self time, by symbol)"
+    echo "# Profile of localdns-nodecache under dnsperf ${LOAD[*]} -l $SECONDS_RUN on loopback"
+    echo "# (bench/peers.sh with BENCH_PROFILE=1), $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "## System calls and context switches per answer (perf stat -p on tracepoints)"
+    echo
+    echo "| server | all syscalls | ctx switches | recvmmsg | sendmmsg | recvfrom | sendto | recvmsg | sendmsg | epoll_wait | epoll_pwait | futex | nanosleep |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for name in localdns ceiling unbound dnsdist; do
+      log "profile: system calls of $name"
+      syscall_counts "$name"
+    done
+    log "profile: localdns under perf record"
+    start_warm localdns
+    perf_query "$work/prof.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
+    local load_pid=$!
+    timeout $((SECONDS_RUN + 30)) perf record -q -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep "$SECONDS_RUN" 2>/dev/null || true
+    wait "$load_pid"
+    stop_server
+    echo
+    echo "## perf record -F 1999 -g of localdns ($(awk '/Queries per second:/ {printf "%.0f QPS", $4}' "$work/prof.out") while recorded)"
+    echo
+    echo "Flat (self time by symbol; [k] kernel, [.] the process):"
+    echo '```'
     perf report -i "$work/perf.data" --stdio --no-children -F overhead,sym -g none --percent-limit 0.7 2>&1 | awk '!/^#/ && NF'
-    echo "# inclusive: what each function costs with its callees ([k] kernel, [.] the process)"
+    echo '```'
+    echo "Inclusive (each function with its callees):"
+    echo '```'
     perf report -i "$work/perf.data" --stdio --children --sort sym -g none --percent-limit 3 2>&1 | awk '!/^#/ && NF'
-  } >bench/profile.txt
-  log "profile written to bench/profile.txt"
+    echo '```'
+  } >bench/profile.md
+  log "profile written to bench/profile.md"
 }
 
 # --- the run --------------------------------------------------------------
@@ -302,7 +347,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-[ "$PROFILE" != 1 ] || profile_localdns
+[ "$PROFILE" != 1 ] || profile
 
 # --- the report -----------------------------------------------------------
 version_of() {
