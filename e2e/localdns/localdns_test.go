@@ -189,7 +189,7 @@ func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
 		}()
 	}
 	for _, bl := range loads {
-		if err := e.waitPhase(bl.name, "Running"); err != nil {
+		if err := e.waitRunning(bl.name); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,9 +217,23 @@ func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
 	}
 }
 
-func (e *env) waitPhase(pod, phase string) error {
-	_, err := e.c.Kubectl(e.ctx, nil, "-n", optedNS, "wait", "pod/"+pod, "--for=jsonpath={.status.phase}="+phase, "--timeout=2m")
-	return err
+// waitRunning waits until the pod exists and runs (its load is on).
+func (e *env) waitRunning(pod string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		phase, err := e.c.Kubectl(e.ctx, nil, "-n", optedNS, "get", "pod", pod, "--ignore-not-found", "-o", "jsonpath={.status.phase}")
+		switch {
+		case err != nil:
+			return err
+		case phase == "Running":
+			return nil
+		case phase == "Succeeded" || phase == "Failed":
+			return fmt.Errorf("pod %s %s before the drill", pod, phase)
+		case time.Now().After(deadline):
+			return fmt.Errorf("pod %s not running after 2m (phase %q)", pod, phase)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // serviceHost is the seeds' Service, looked up through the search path.
@@ -277,6 +291,14 @@ func (e *env) correctness(t *testing.T) {
 			l := clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
 			name := fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", ""))
 			res := e.load(t, optedNS, name, kind, l, autoMode)
+			if kind == clients.Musl && tt.host == cluster.LargeAnswerName {
+				// musl before 1.2.4 (Debian 12 has 1.2.3) never retries over
+				// TCP and reads a truncated reply as is; the node cache and the
+				// stub truncate to the question alone, so it finds nothing.
+				// Alpine >= 3.18 (musl 1.2.4) retries over TCP.
+				t.Logf("musl %s: %d of %d lookups failed (musl 1.2.3 has no TCP fallback; not asserted)", tt.host, res.Errors, res.Lookups)
+				continue
+			}
 			wantErrors := int64(0)
 			if !tt.wantFound {
 				wantErrors = res.Lookups
@@ -324,6 +346,11 @@ func (e *env) seeds(t *testing.T) {
 	if in1, rcvbuf1, err := localdns.UDPErrors(e.ctx, e.c); err == nil {
 		t.Logf("node UDP InErrors +%d, RcvbufErrors +%d during the opted-in run", in1-in0, rcvbuf1-rcvbuf0)
 	}
+	// What the node cache saw, for a post-mortem of any slow lookup.
+	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_upstream_", "localdns_nodecache_miss_duration_seconds_count",
+		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_"); err == nil {
+		t.Logf("node cache metrics after the opted-in run:\n%s", strings.Join(lines, "\n"))
+	}
 	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
 	for _, r := range rows {
 		if r.Lookups == 0 || r.Errors != 0 || r.Over1s != 0 {
@@ -336,6 +363,10 @@ func (e *env) seeds(t *testing.T) {
 }
 
 func logTable(t *testing.T, title string, rows []seeds.Row) {
+	// The machine is shared: its load explains tail latencies.
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		title += ", machine load average " + strings.Join(strings.Fields(string(load))[:3], " ")
+	}
 	var b strings.Builder
 	if err := seeds.WriteTable(&b, rows); err != nil {
 		t.Fatal(err)
@@ -486,6 +517,17 @@ func (e *env) kubeDNSDown(t *testing.T) {
 			t.Errorf("%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s)
 		}
 	}
+	// One query straight at the node cache, from the node: the rcode and
+	// how long the node cache takes to give it.
+	start := time.Now()
+	out, err := e.c.NodeCommand(e.ctx, "dig", "+tries=1", "+time=5", "@"+localdns.LocalIP,
+		"never-seen-dig.default.svc."+cluster.ClusterDomain).CombinedOutput()
+	took := time.Since(start)
+	t.Logf("dig @%s of an uncached name with kube-dns down: %s in %s", localdns.LocalIP, digStatus(string(out)), took.Round(time.Millisecond))
+	if err != nil || digStatus(string(out)) != "SERVFAIL" || took >= time.Second {
+		t.Errorf("node cache, uncached name with kube-dns down: %q after %s (%v), want SERVFAIL within 1 s (the pods' resolver timeout)",
+			digStatus(string(out)), took.Round(time.Millisecond), err)
+	}
 	uncached := clients.Load{Host: "never-seen-e2e.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "uncached-"+kind, kind, uncached, autoMode)
@@ -576,4 +618,14 @@ func (e *env) uninstall(t *testing.T) {
 	if res.Lookups != l.MaxLookups || res.Errors != 0 {
 		t.Errorf("glibc after uninstall: %d lookups, %d errors (%s)", res.Lookups, res.Errors, res.FirstError)
 	}
+}
+
+// digStatus is the rcode in dig's output ("status: NOERROR"), or what went wrong.
+func digStatus(out string) string {
+	_, rest, ok := strings.Cut(out, "status: ")
+	if !ok {
+		return "no reply: " + strings.TrimSpace(out)
+	}
+	status, _, _ := strings.Cut(rest, ",")
+	return status
 }

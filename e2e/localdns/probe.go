@@ -72,20 +72,35 @@ func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
 	return pids, nil
 }
 
-// NodeCacheRequests sums localdns_nodecache_requests_total of the node
-// cache serving on the node (its metrics listener, hostNetwork :9253).
-func NodeCacheRequests(ctx context.Context, c *cluster.Cluster) (float64, error) {
+// NodeCacheMetrics returns the samples of the node cache serving on the
+// node (its metrics listener, hostNetwork :9253) whose names start with one
+// of prefixes, as "name{labels} value" lines.
+func NodeCacheMetrics(ctx context.Context, c *cluster.Cluster, prefixes ...string) ([]string, error) {
 	out, err := c.NodeCommand(ctx, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9253/metrics").Output()
 	if err != nil {
-		return 0, fmt.Errorf("scrape node cache metrics: %w", err)
+		return nil, fmt.Errorf("scrape node cache metrics: %w", err)
 	}
-	var sum float64
+	var lines []string
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "localdns_nodecache_requests_total") {
-			continue
+		for _, p := range prefixes {
+			if strings.HasPrefix(sc.Text(), p) {
+				lines = append(lines, sc.Text())
+				break
+			}
 		}
+	}
+	return lines, sc.Err()
+}
+
+// NodeCacheRequests sums localdns_nodecache_requests_total.
+func NodeCacheRequests(ctx context.Context, c *cluster.Cluster) (float64, error) {
+	lines, err := NodeCacheMetrics(ctx, c, "localdns_nodecache_requests_total")
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, line := range lines {
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
