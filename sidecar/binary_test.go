@@ -16,7 +16,7 @@ func TestBinary(t *testing.T) {
 	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub")["localdns-stub"]
 	node := startFake(t, "node cache", nodeCacheAnswer)
 	listen := unusedAddr(t)
-	stub := systest.Start(t, "localdns-stub", bin, "--listen", listen.String(), "--node-cache", node.addr.String(),
+	stub := systest.Start(t, "localdns-stub", bin, "--listen", listen.String(), "--node-cache", node.Addr().String(),
 		"--cluster-domain", probeTestDomain)
 
 	probe := func(args ...string) (int, string) {

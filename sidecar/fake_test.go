@@ -1,13 +1,12 @@
 package sidecar
 
 import (
-	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/localdns/localdns/internal/dnstest"
 	"github.com/miekg/dns"
 )
 
@@ -28,90 +27,26 @@ type query struct {
 	name      string
 }
 
-// fakeUpstream stands in for the node cache or kube-dns: UDP and TCP on one
-// address, its own ServeMux, recording every query. It answers A queries
-// with its own answerIP, so a reply tells which upstream it came from.
+// fakeUpstream stands in for the node cache or kube-dns (see dnstest.Fake),
+// recording every query. It answers A queries with its own answerIP, so a
+// reply tells which upstream it came from.
 type fakeUpstream struct {
-	t        testing.TB
-	name     string
-	addr     netip.AddrPort
+	*dnstest.Fake
 	answerIP net.IP
 	mode     atomic.Int32
 	udpSeen  atomic.Int64 // UDP queries, probes included
 
 	mu      sync.Mutex
 	queries []query // probes (the probe name) left out
-	servers []*dns.Server
 }
 
-// startFake listens on a random 127/8 address and a port below the kernel's
-// ephemeral range: once the fake stops, that port stays closed (ICMP port
-// unreachable, RST), and a restart gets it back, as a restarted node cache would.
+// startFake starts a fake on an address that stays closed while it is stopped
+// and that Restart gets back, as a restarted node cache would.
 func startFake(t testing.TB, name string, answerIP string) *fakeUpstream {
 	t.Helper()
-	f := &fakeUpstream{t: t, name: name, answerIP: net.ParseIP(answerIP)}
-	for range 100 {
-		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
-		f.addr = netip.AddrPortFrom(ip, uint16(10000+rand.IntN(20000)))
-		if f.listen() == nil {
-			t.Cleanup(f.stop)
-			return f
-		}
-	}
-	t.Fatalf("%s: no free address on 127/8", name)
-	return nil
-}
-
-// listen binds UDP and TCP on f.addr and serves until stop.
-func (f *fakeUpstream) listen() error {
-	pc, err := net.ListenPacket("udp", f.addr.String())
-	if err != nil {
-		return err
-	}
-	l, err := net.Listen("tcp", f.addr.String())
-	if err != nil {
-		pc.Close()
-		return err
-	}
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", f.handle)
-	servers := []*dns.Server{{PacketConn: pc, Handler: mux}, {Listener: l, Handler: mux}}
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		failed := make(chan error, 1)
-		go func() { failed <- s.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-failed:
-			f.t.Fatalf("%s on %s: %v", f.name, f.addr, err)
-		}
-	}
-	f.mu.Lock()
-	f.servers = servers
-	f.mu.Unlock()
-	return nil
-}
-
-// stop closes the fake's sockets; its address then refuses. Idempotent.
-func (f *fakeUpstream) stop() {
-	f.mu.Lock()
-	servers := f.servers
-	f.servers = nil
-	f.mu.Unlock()
-	for _, s := range servers {
-		if err := s.Shutdown(); err != nil {
-			f.t.Errorf("stop %s: %v", f.name, err)
-		}
-	}
-}
-
-// restart serves again on the same address after stop.
-func (f *fakeUpstream) restart() {
-	f.t.Helper()
-	if err := f.listen(); err != nil {
-		f.t.Fatalf("restart %s on %s: %v", f.name, f.addr, err)
-	}
+	f := &fakeUpstream{answerIP: net.ParseIP(answerIP)}
+	f.Fake = dnstest.Start(t, dnstest.Config{Name: name, Handler: f.handle})
+	return f
 }
 
 func (f *fakeUpstream) setMode(b behaviour) { f.mode.Store(int32(b)) }

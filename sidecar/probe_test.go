@@ -60,7 +60,7 @@ func TestProbe(t *testing.T) {
 	node := startFake(t, "node cache", nodeCacheAnswer)
 	up := startStub(t, testConfig(node, nil))
 	deadNode := startFake(t, "dead node cache", nodeCacheAnswer)
-	deadNode.stop()
+	deadNode.Stop()
 	failing := startStub(t, testConfig(deadNode, nil))
 	addrOf := func(s *Stub) netip.AddrPort { return netip.MustParseAddrPort(s.UDPAddrs()[0].String()) }
 

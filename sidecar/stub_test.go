@@ -31,7 +31,7 @@ func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
 	cfg := Config{
 		Command:             CommandServe,
 		Listen:              []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
-		NodeCache:           nodeCache.addr,
+		NodeCache:           nodeCache.Addr(),
 		ClusterDomain:       probeTestDomain,
 		CacheSize:           DefaultCacheSize,
 		NodeCacheUDPTimeout: 10 * time.Second,
@@ -41,7 +41,7 @@ func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
 		ShutdownTimeout:     5 * time.Second,
 	}
 	if kubeDNS != nil {
-		cfg.Fallback = kubeDNS.addr
+		cfg.Fallback = kubeDNS.Addr()
 	}
 	return cfg
 }
@@ -123,7 +123,7 @@ func TestFailoverOrder(t *testing.T) {
 			t.Parallel()
 			node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
 			if tc.nodeCache == stopped {
-				node.stop()
+				node.Stop()
 			} else {
 				node.setMode(tc.nodeCache)
 			}
@@ -165,7 +165,7 @@ func TestNodeCacheDiesAndReturns(t *testing.T) {
 		t.Fatalf("with the node cache up: answer %s, want the node cache's %s", got, nodeCacheAnswer)
 	}
 
-	node.stop()
+	node.Stop()
 	for i := range 3 {
 		if got := answeredBy(ask(t, s, freshName())); got != kubeDNSAnswer {
 			t.Fatalf("node cache gone, query %d: answer %s, want kube-dns's %s", i, got, kubeDNSAnswer)
@@ -178,7 +178,7 @@ func TestNodeCacheDiesAndReturns(t *testing.T) {
 		t.Errorf("a name cached before the node cache died: answer %s, want it from the cache", got)
 	}
 
-	node.restart()
+	node.Restart()
 	var back string
 	systest.WaitFor(t, "queries to reach the restarted node cache", func() (bool, string) {
 		back = freshName()
@@ -222,8 +222,8 @@ func TestMetricsAndReadiness(t *testing.T) {
 	for _, want := range []string{
 		`localdns_stub_requests_total{proto="udp",qtype="A",rcode="NOERROR"} 1`,
 		`localdns_stub_cache_misses_total 1`,
-		fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s",transport="udp"} 1`, node.addr),
-		fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s"} 1`, node.addr),
+		fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s",transport="udp"} 1`, node.Addr()),
+		fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s"} 1`, node.Addr()),
 		"process_resident_memory_bytes",
 		"go_goroutines",
 	} {
@@ -276,6 +276,6 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 func unusedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
 	f := startFake(t, "placeholder", nodeCacheAnswer)
-	f.stop()
-	return f.addr
+	f.Stop()
+	return f.Addr()
 }

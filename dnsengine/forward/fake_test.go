@@ -6,15 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/localdns/localdns/internal/dnstest"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -35,107 +34,37 @@ type seen struct {
 // behaviour answers one query; it may write nothing, several replies, or close.
 type behaviour func(w dns.ResponseWriter, r *dns.Msg)
 
-// fake is an upstream DNS server on 127.0.0.1, UDP and TCP on the same port,
-// with its own ServeMux. Its behaviour can be swapped while it runs.
+// fake is an upstream DNS server (see dnstest.Fake) whose behaviour can be
+// swapped while it runs; it records the queries it receives and counts the TCP
+// connections it accepts.
 type fake struct {
-	t        testing.TB
-	addr     string
+	*dnstest.Fake
+	addr     string       // as a Server spells it
 	accepted atomic.Int64 // TCP connections accepted
 	behave   atomic.Pointer[behaviour]
 
 	mu      sync.Mutex
 	queries []seen
-	servers []*dns.Server
 }
 
-// startFake starts a fake that answers every query, on a port of its own
-// (see listenBoth).
+// startFake starts a fake that answers every query. Its TCP side keeps
+// connections open however many queries they carry and however long they idle,
+// so tests decide when connections end.
 func startFake(t testing.TB) *fake {
 	t.Helper()
-	f := &fake{t: t}
+	f := &fake{}
 	f.setBehaviour(answer)
-	pc, l := listenBoth(t)
-	f.addr = pc.LocalAddr().String()
-	f.serve(pc, l)
-	return f
-}
-
-// listenBoth listens on UDP and TCP at one address that no other socket will
-// take once this one is closed: a random 127/8 address and a port below the
-// kernel's ephemeral range. Tests stop fakes to get ICMP port unreachable /
-// RST and restart them on the same address; a port from the ephemeral range
-// could meanwhile become some other program's client socket and swallow the
-// packets instead.
-func listenBoth(t testing.TB) (net.PacketConn, net.Listener) {
-	t.Helper()
-	for range 100 {
-		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
-		addr := netip.AddrPortFrom(ip, uint16(10000+rand.IntN(20000))).String()
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			pc.Close()
-			continue
-		}
-		return pc, l
-	}
-	t.Fatal("no free address on 127/8 for UDP and TCP")
-	return nil, nil
-}
-
-// restart listens again on the fake's address after stop.
-func (f *fake) restart() {
-	f.t.Helper()
-	pc, err := net.ListenPacket("udp", f.addr)
-	if err != nil {
-		f.t.Fatalf("restart udp %s: %v", f.addr, err)
-	}
-	l, err := net.Listen("tcp", f.addr)
-	if err != nil {
-		pc.Close()
-		f.t.Fatalf("restart tcp %s: %v", f.addr, err)
-	}
-	f.serve(pc, l)
-}
-
-func (f *fake) serve(pc net.PacketConn, l net.Listener) {
-	f.t.Helper()
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", f.handle)
 	idle := func() time.Duration { return time.Hour }
-	udp := &dns.Server{PacketConn: pc, Handler: mux}
-	tcp := &dns.Server{Listener: countingListener{l, &f.accepted}, Handler: mux, MaxTCPQueries: -1, IdleTimeout: idle}
-	for _, s := range []*dns.Server{udp, tcp} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		failed := make(chan error, 1)
-		go func() { failed <- s.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-failed:
-			f.t.Fatalf("fake %s: %v", f.addr, err)
-		}
-	}
-	f.mu.Lock()
-	f.servers = []*dns.Server{udp, tcp}
-	f.mu.Unlock()
-	f.t.Cleanup(f.stop)
-}
-
-// stop shuts the fake down; its port then refuses (ICMP / RST). Idempotent.
-func (f *fake) stop() {
-	f.mu.Lock()
-	servers := f.servers
-	f.servers = nil
-	f.mu.Unlock()
-	for _, s := range servers {
-		if err := s.Shutdown(); err != nil {
-			f.t.Errorf("stop fake %s: %v", f.addr, err)
-		}
-	}
+	f.Fake = dnstest.Start(t, dnstest.Config{
+		Handler: f.handle,
+		TuneTCP: func(s *dns.Server) {
+			s.Listener = countingListener{s.Listener, &f.accepted}
+			s.MaxTCPQueries = -1
+			s.IdleTimeout = idle
+		},
+	})
+	f.addr = f.Addr().String()
+	return f
 }
 
 func (f *fake) setBehaviour(b behaviour) { f.behave.Store(&b) }
@@ -261,7 +190,7 @@ func malformedFirst(w dns.ResponseWriter, r *dns.Msg) {
 // closedPort returns a loopback address where nothing listens on UDP or TCP.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	pc, l := listenBoth(t)
+	pc, l := dnstest.ListenBoth(t)
 	pc.Close()
 	l.Close()
 	return pc.LocalAddr().String()
@@ -407,7 +336,7 @@ func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 // records, built without parsing or allocating, so benchmarks measure the client.
 func startEchoResponder(t testing.TB) string {
 	t.Helper()
-	pc, l := listenBoth(t)
+	pc, l := dnstest.ListenBoth(t)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		pc.Close()

@@ -364,7 +364,7 @@ func TestStubFailoverOrder(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			node, kube := startFake(t), startFake(t)
 			if tt.nodeCache == nil {
-				node.stop()
+				node.Stop()
 			} else {
 				node.setBehaviour(tt.nodeCache)
 			}
@@ -411,7 +411,7 @@ func TestStubReturnsToNodeCache(t *testing.T) {
 	nodeUp := upstreamOf(t, f, node.addr)
 
 	mustAnswer(t, f, "one.example.")
-	node.stop()
+	node.Stop()
 	mustAnswer(t, f, "two.example.") // UDP refused, TCP refused: down after one query
 	if !nodeUp.health.isDown() {
 		t.Fatal("node cache not marked down after its UDP and TCP attempts failed")
@@ -421,7 +421,7 @@ func TestStubReturnsToNodeCache(t *testing.T) {
 		t.Errorf("kube-dns saw %v, want %v", got, want)
 	}
 
-	node.restart()
+	node.Restart()
 	eventually(t, "the node cache to be probed back up", func() bool { return !nodeUp.health.isDown() })
 	mustAnswer(t, f, "four.example.")
 	if got, want := node.transports(), []string{"udp", "udp"}; !slices.Equal(got, want) {
@@ -585,7 +585,7 @@ func TestHealth(t *testing.T) {
 		heal    func(*fake)
 	}{
 		{"silent until healed", func(f *fake) { f.setBehaviour(silent) }, func(f *fake) { f.setBehaviour(answer) }},
-		{"stopped and restarted on the same port", (*fake).stop, (*fake).restart},
+		{"stopped and restarted on the same port", (*fake).Stop, (*fake).Restart},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
