@@ -267,9 +267,9 @@ func (e *env) correctness(t *testing.T) {
 		}
 		t.Logf("kubelet-written resolv.conf, %s mode:\n%s", mode, resolv)
 		for _, want := range []string{
-			"Address: " + cluster.APIServiceIP.String(), // A
-			"port = 443",    // SRV of the named port https
-			"name = " + api, // PTR of 10.96.0.1
+			"Address: " + cluster.APIServiceIP.String(),                     // A
+			"service = 0 100 443 " + api,                                    // SRV of the named port https
+			"name = " + api,                                                 // PTR of 10.96.0.1
 			"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded
 			"NXDOMAIN",
 		} {
@@ -535,9 +535,19 @@ func (e *env) kubeDNSDown(t *testing.T) {
 			t.Errorf("%s, uncached name with kube-dns down: %d lookups, %d errors, %d >= 5 s (max %s); want all failing fast",
 				kind, res.Lookups, res.Errors, res.Over5s, res.Max)
 		}
+	}
+	// Without the fallback nameserver the pod sees the node cache alone:
+	// its SERVFAIL, at once.
+	noFallback := map[string]string{localdns.ModeAnnotation: "auto", "localdns.io/fallback": "false"}
+	for _, kind := range []string{clients.Glibc, clients.Go} {
+		res := e.load(t, optedNS, "nofallback-"+kind, kind, uncached, noFallback)
+		if res.Errors != res.Lookups || res.Over1s != 0 {
+			t.Errorf("%s, fallback off, uncached name with kube-dns down: %d lookups, %d errors, %d >= 1 s (max %s); want all failing fast",
+				kind, res.Lookups, res.Errors, res.Over1s, res.Max)
+		}
 		// Go names the rcode: SERVFAIL is "server misbehaving".
 		if kind == clients.Go && !strings.Contains(res.FirstError, "server misbehaving") {
-			t.Errorf("Go, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
+			t.Errorf("Go, fallback off, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
 		}
 	}
 	// A Service created while kube-dns is down resolves once it is back.
