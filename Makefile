@@ -43,9 +43,9 @@ lint: ## gofmt, go vet and staticcheck.
 	$(STATICCHECK) ./...
 
 .PHONY: bench
-bench: build ## Go benchmarks and dnsperf against the node cache on loopback.
+bench: build ## Go benchmarks, then dnsperf against the node cache and its peers on loopback (bench/results.md).
 	go test -run '^$$' -bench . -benchmem ./dnsengine/...
-	hack/bench-dnsperf.sh
+	bench/peers.sh
 
 .PHONY: images
 images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
