@@ -39,6 +39,14 @@ type env struct {
 	ctx  context.Context
 	c    *cluster.Cluster
 	repo string
+	// short runs the seeds' test for 10 s per client instead of its shape.
+	short bool
+}
+
+// scenario is one named step of a cluster run.
+type scenario struct {
+	name string
+	run  func(e *env, t *testing.T)
 }
 
 // TestLocaldnsOnCluster boots one real node (kube-proxy in iptables mode),
@@ -48,6 +56,32 @@ type env struct {
 // update under load, kube-dns down, webhook down, uninstall. It needs root
 // and the provisioned binaries, so it runs only with LOCALDNS_E2E=1.
 func TestLocaldnsOnCluster(t *testing.T) {
+	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", false, []scenario{
+		{"correctness", (*env).correctness},
+		{"seeds", (*env).seeds},
+		{"nodecache-sigkill", (*env).nodeCacheKilled},
+		{"rolling-update", (*env).rollingUpdate},
+		{"kube-dns-down", (*env).kubeDNSDown},
+		{"webhook-down", (*env).webhookDown},
+		{"uninstall", (*env).uninstall},
+	})
+}
+
+// TestLocaldnsOnClusterNFTables runs the key scenarios once with kube-proxy
+// in nftables mode (NodeLocal DNSCache does not support it): install, the
+// seeds' test (shorter runs), a rolling update under load, uninstall.
+func TestLocaldnsOnClusterNFTables(t *testing.T) {
+	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", true, []scenario{
+		{"seeds", (*env).seeds},
+		{"rolling-update", (*env).rollingUpdate},
+		{"uninstall", (*env).uninstall},
+	})
+}
+
+// testOnCluster boots a node named name in proxy mode, installs localdns
+// and runs the scenarios in order (each leaves the cluster as the next
+// expects it). short shortens the seeds' runs.
+func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scenario) {
 	if os.Getenv("LOCALDNS_E2E") != "1" {
 		t.Skip("set LOCALDNS_E2E=1 to boot a real single-node cluster")
 	}
@@ -73,7 +107,8 @@ func TestLocaldnsOnCluster(t *testing.T) {
 		images <- built{imgs, err}
 	}()
 	cfg := cluster.DefaultConfig()
-	cfg.Name = "localdns-e2e-ld" // fixed: a crashed earlier run's leftovers are found
+	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
+	cfg.ProxyMode = mode
 	cfg.Progress = lineLogger{t}
 	start := time.Now()
 	c, err := cluster.Up(ctx, cfg)
@@ -93,7 +128,7 @@ func TestLocaldnsOnCluster(t *testing.T) {
 	if b.err != nil {
 		t.Fatalf("build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo}
+	e := &env{ctx: ctx, c: c, repo: repo, short: short}
 
 	start = time.Now()
 	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
@@ -125,14 +160,9 @@ func TestLocaldnsOnCluster(t *testing.T) {
 		}
 	}
 
-	// In order: each scenario leaves the cluster as the next expects it.
-	t.Run("correctness", e.correctness)
-	t.Run("seeds", e.seeds)
-	t.Run("nodecache-sigkill", e.nodeCacheKilled)
-	t.Run("rolling-update", e.rollingUpdate)
-	t.Run("kube-dns-down", e.kubeDNSDown)
-	t.Run("webhook-down", e.webhookDown)
-	t.Run("uninstall", e.uninstall)
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
+	}
 }
 
 // modeOf is the mode the webhook gives a client kind under localdns.io/mode:
@@ -333,6 +363,9 @@ func (e *env) seeds(t *testing.T) {
 	}
 
 	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
+	if e.short {
+		opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
+	}
 	opted.Namespace = optedNS
 	opted.Annotations = autoMode
 	in0, rcvbuf0, err := localdns.UDPErrors(e.ctx, e.c)

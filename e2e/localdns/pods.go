@@ -58,16 +58,6 @@ func (d DNSConfig) OptionStrings() []string {
 	return out
 }
 
-// String is the resolv.conf the kubelet writes for d.
-func (d DNSConfig) String() string {
-	var b strings.Builder
-	for _, ns := range d.Nameservers {
-		fmt.Fprintf(&b, "nameserver %s\n", ns)
-	}
-	fmt.Fprintf(&b, "search %s\noptions %s\n", strings.Join(d.Searches, " "), strings.Join(d.OptionStrings(), " "))
-	return b.String()
-}
-
 // GetPod reads a stored pod.
 func GetPod(ctx context.Context, c *cluster.Cluster, ns, name string) (Pod, error) {
 	out, err := c.Kubectl(ctx, nil, "-n", ns, "get", "pod", name, "-o", "json")

@@ -1,0 +1,73 @@
+package localdns
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestCheckResolvConf(t *testing.T) {
+	tests := []struct {
+		name, text, mode string
+		wantErr          string
+	}{
+		{"node cache view", "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.20.10\nnameserver 10.96.0.10\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, ""},
+		{"options in the kubelet's map order", "nameserver 169.254.20.10\nnameserver 10.96.0.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions single-request-reopen attempts:2 ndots:5 timeout:1\n", ModeNodeCache, ""},
+		{"stub view", "nameserver 127.0.0.1\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeStub, ""},
+		{"stub view is not the node cache's", "nameserver 127.0.0.1\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "nameservers [127.0.0.1 169.254.20.10]"},
+		{"nameserver order matters", "nameserver 10.96.0.10\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "nameservers [10.96.0.10"},
+		{"plain cluster DNS", "nameserver 10.96.0.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n", ModeNodeCache, "options [ndots:5]"},
+		{"another namespace's search path", "nameserver 169.254.20.10\nnameserver 10.96.0.10\nsearch ns2.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "search [ns2.svc"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckResolvConf(tt.text, "ns1", tt.mode)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("unexpected error: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("error %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestCheckInjected(t *testing.T) {
+	const stubPod = `{"metadata":{"name":"p","annotations":{"localdns.io/injected":"stub"}},
+"spec":{"dnsPolicy":"None","dnsConfig":{"nameservers":["127.0.0.1","169.254.20.10"],
+"searches":["ns1.svc.cluster.local","svc.cluster.local","cluster.local"],
+"options":[{"name":"ndots","value":"5"},{"name":"timeout","value":"1"},{"name":"attempts","value":"2"},{"name":"single-request-reopen"}]},
+"initContainers":[{"name":"localdns-stub","image":"localdns/stub:dev","restartPolicy":"Always","startupProbe":{"exec":{"command":["/localdns-stub","probe"]}}}]}}`
+	tests := []struct {
+		name    string
+		edit    func(string) string
+		mode    string
+		wantErr string
+	}{
+		{"stub pod", func(s string) string { return s }, ModeStub, ""},
+		{"not a native sidecar", func(s string) string { return strings.Replace(s, `"restartPolicy":"Always",`, "", 1) }, ModeStub, "want Always"},
+		{"no startup probe", func(s string) string {
+			return strings.Replace(s, `,"startupProbe":{"exec":{"command":["/localdns-stub","probe"]}}`, "", 1)
+		}, ModeStub, "no exec startup probe"},
+		{"unmarked", func(s string) string { return strings.Replace(s, `"localdns.io/injected":"stub"`, `"x":"y"`, 1) }, ModeStub, "annotation localdns.io/injected"},
+		{"wrong mode", func(s string) string { return s }, ModeNodeCache, `annotation localdns.io/injected="stub", want "nodecache"`},
+		{"no dnsConfig", func(s string) string {
+			return strings.Replace(s, `"dnsPolicy":"None"`, `"dnsPolicy":"ClusterFirst"`, 1)
+		}, ModeStub, "dnsPolicy"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p Pod
+			if err := json.Unmarshal([]byte(tt.edit(stubPod)), &p); err != nil {
+				t.Fatal(err)
+			}
+			err := CheckInjected(p, "ns1", tt.mode)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("unexpected error: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("error %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
