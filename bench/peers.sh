@@ -462,6 +462,9 @@ EOF
   it still ranks the servers when they all saturate the client (dnsperf and the server share the CPUs).
   **user**: the share of that CPU time spent in user space (the rest is the kernel: the socket calls,
   and on loopback the delivery of each reply to dnsperf's socket, which the sender pays for).
+- On a shared machine the QPS of a round swings with the other work running (see the QPS of each
+  round, and the load average above): dnsperf and the server get whatever CPU is left. CPU per answer
+  is the steadier figure; compare QPS only within a round or over several rounds.
 - **RSS after 10k names**: VmRSS right after the warm-up (the 10k-name working set and the hot names);
   **peak RSS**: VmHWM at the end.
 - Ratios are of medians; `x CoreDNS` / `x unbound` are QPS ratios, `% of ceiling` is the share of the C
