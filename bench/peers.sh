@@ -24,7 +24,8 @@
 # once by e2e/hack/provision-coredns.sh), BENCH_NICE (0; e.g. -10 on a shared
 # machine), BENCH_PROFILE=1 (after the rounds,
 # system calls per answer of localdns and the C peers, and `perf record` of
-# localdns, under the same load; report in bench/profile.md).
+# localdns, under the same load; report in BENCH_PROFILE_OUT, default
+# bench/profile.md).
 #
 # Network: every server listens on 127.0.0.1 and forwards only to the fake;
 # no configuration names /etc/resolv.conf. Every dnsperf run is bounded by
@@ -39,6 +40,7 @@ PEERS=${BENCH_PEERS:-localdns coredns unbound dnsdist dnsmasq ceiling}
 PORT_BASE=${BENCH_PORT_BASE:-25400}
 RESULTS=${BENCH_RESULTS:-bench/results.md}
 PROFILE=${BENCH_PROFILE:-0}
+PROFILE_OUT=${BENCH_PROFILE_OUT:-bench/profile.md}
 SERVICES=2500 # x 4 query names = the 10k-name working set
 LOAD=(-c 8 -T 1 -q 200)
 
@@ -61,6 +63,8 @@ NICE=${BENCH_NICE:-0}
 work=$(mktemp -d)
 fake_pid=
 server_pid=
+client_pid=
+client_pids=()
 stop_pid() { # stop_pid PID: TERM, then KILL after 5 s.
   [ -n "$1" ] || return 0
   kill "$1" 2>/dev/null || return 0
@@ -69,6 +73,8 @@ stop_pid() { # stop_pid PID: TERM, then KILL after 5 s.
   wait "$1" 2>/dev/null || true
 }
 cleanup() {
+  local p
+  for p in "${client_pids[@]}"; do stop_pid "$p"; done
   stop_pid "$server_pid"
   stop_pid "$fake_pid"
   rm -rf "$work"
@@ -201,10 +207,26 @@ start_ceiling() {
 }
 
 # --- measuring ------------------------------------------------------------
-perf_query() { # perf_query OUT ARGS...: dnsperf at the server, bounded.
+# perf_query_start OUT ARGS...: dnsperf at the server in the background,
+# bounded; its pid in client_pid (and client_pids, which cleanup stops).
+perf_query_start() {
   local out=$1
   shift
-  timeout 300 dnsperf -s 127.0.0.1 -p "$DNS_PORT" "$@" >"$out" 2>&1
+  timeout 300 dnsperf -s 127.0.0.1 -p "$DNS_PORT" "$@" >"$out" 2>&1 &
+  client_pid=$!
+  client_pids+=("$client_pid")
+}
+perf_query_wait() { # perf_query_wait: waits for client_pid, returns its status.
+  local rc=0
+  wait "$client_pid" || rc=$?
+  unset 'client_pids[-1]'
+  return "$rc"
+}
+# perf_query OUT ARGS...: dnsperf, waited for in the background so that a
+# signal stops the script at once.
+perf_query() {
+  perf_query_start "$@"
+  perf_query_wait
 }
 stat_of() { awk -v k="$2" '$1 == k ":" {print $2}' "$1"; }
 cpu_ticks() { awk '{print $14, $15}' "/proc/$server_pid/stat"; } # utime stime
@@ -279,10 +301,9 @@ syscall_counts() {
     events+=",syscalls:sys_enter_$e"
   done
   start_warm "$1"
-  perf_query "$work/stat-load.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
-  local load_pid=$!
+  perf_query_start "$work/stat-load.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN"
   timeout $((SECONDS_RUN + 30)) perf stat -x, -e "$events" -p "$server_pid" -o "$work/stat.csv" -- sleep "$SECONDS_RUN" || true
-  wait "$load_pid"
+  perf_query_wait
   stop_server
   awk -F, -v name="$1" -v answers="$(awk '/Queries completed:/ {print $3}' "$work/stat-load.out")" '
     $3 != "" { sub(/^(raw_)?syscalls:sys_enter_?/, "", $3); v[$3] = $1 }
@@ -315,10 +336,9 @@ profile() {
     done
     log "profile: localdns under perf record"
     start_warm localdns
-    perf_query "$work/prof.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN" &
-    local load_pid=$!
+    perf_query_start "$work/prof.out" -d "$hot" "${LOAD[@]}" -l "$SECONDS_RUN"
     timeout $((SECONDS_RUN + 30)) perf record -q -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep "$SECONDS_RUN" 2>/dev/null || true
-    wait "$load_pid"
+    perf_query_wait
     stop_server
     echo
     echo "## perf record -F 1999 -g of localdns ($(awk '/Queries per second:/ {printf "%.0f QPS", $4}' "$work/prof.out") while recorded)"
@@ -331,8 +351,8 @@ profile() {
     echo '```'
     perf report -i "$work/perf.data" --stdio --children --sort sym -g none --percent-limit 3 2>&1 | awk '!/^#/ && NF'
     echo '```'
-  } >bench/profile.md
-  log "profile written to bench/profile.md"
+  } >"$PROFILE_OUT"
+  log "profile written to $PROFILE_OUT"
 }
 
 # --- the run --------------------------------------------------------------
