@@ -14,11 +14,23 @@ KUBECTL ?= kubectl
 
 .PHONY: help
 help: ## List the targets.
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 .PHONY: demo
 demo: build ## Run the main job: the node cache serving in front of a fake kube-dns, on loopback.
 	hack/demo.sh
+
+.PHONY: demo-cluster
+demo-cluster: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in (~3 min warm).
+	hack/provision-k8s.sh kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler >/dev/null
+	e2e/hack/provision-coredns.sh >/dev/null
+	go run ./e2e/cmd/cluster demo
+
+.PHONY: e2e
+e2e: ## As root: the scenarios on a real single-node cluster (boot, install, drills, uninstall; ~10 min warm).
+	hack/provision-k8s.sh kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler >/dev/null
+	e2e/hack/provision-coredns.sh >/dev/null
+	LOCALDNS_E2E=1 go test -count=1 -timeout 40m -v ./e2e/...
 
 .PHONY: build
 build: ## Build the three binaries into bin/.
