@@ -27,10 +27,10 @@ demo-cluster: ## As root: a real single-node cluster in a netns, localdns instal
 	go run ./e2e/cmd/cluster demo
 
 .PHONY: e2e
-e2e: ## As root: the scenarios on a real single-node cluster (boot, install, drills, uninstall; ~10 min warm).
+e2e: ## As root: the scenarios on a real single-node cluster (boot, install, drills, uninstall; one cluster at a time, ~15 min warm).
 	hack/provision-k8s.sh kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler >/dev/null
 	e2e/hack/provision-coredns.sh >/dev/null
-	LOCALDNS_E2E=1 go test -count=1 -timeout 40m -v ./e2e/...
+	LOCALDNS_E2E=1 go test -p 1 -count=1 -timeout 40m -v ./e2e/...
 
 .PHONY: build
 build: ## Build the three binaries into bin/.
