@@ -15,7 +15,7 @@ const (
 	// keyMaxLen is the longest cache key: qname, qtype, qclass, DO flag.
 	keyMaxLen = maxNameLen + 5
 	// maxUDPReply caps UDP replies whatever the client advertises; larger answers
-	// are truncated so that the client retries over TCP.
+	// are truncated (whole records, TC set) so that the client retries over TCP.
 	maxUDPReply = 4096
 	minUDPReply = 512
 	// ednsPayload is the UDP payload size we advertise, the DNS flag day 2020 value.
@@ -167,8 +167,13 @@ func writeAnswer(dst []byte, a *answer, r *request, ttl uint32, limit int) []byt
 		size += optRRLen
 	}
 	if size > limit {
-		return writeQuestionReply(dst, r, int(a.wire[3]&maskRcode), true)
+		return writeTruncated(dst, a, r, ttl, limit)
 	}
+	return patchAnswer(dst, a, r, ttl)
+}
+
+// patchAnswer builds in dst the whole reply to r from a; see writeAnswer.
+func patchAnswer(dst []byte, a *answer, r *request, ttl uint32) []byte {
 	dst = append(dst[:0], a.wire...)
 	binary.BigEndian.PutUint16(dst, r.id)
 	dst[2] = dst[2]&^flagRD | byte(r.flags>>8)&flagRD
@@ -184,8 +189,27 @@ func writeAnswer(dst []byte, a *answer, r *request, ttl uint32, limit int) []byt
 	return dst
 }
 
+// writeTruncated builds in dst the reply to r from a cut to fit limit as
+// miekg/dns (*Msg).Truncate (and so CoreDNS) cuts: as many whole records as
+// fit, TC set, the OPT RR kept. A question-only reply would leave clients
+// without TCP fallback (musl before 1.2.4) with no address at all; a partial
+// answer is usable. Over-size replies are rare, so this path may allocate.
+func writeTruncated(dst []byte, a *answer, r *request, ttl uint32, limit int) []byte {
+	full := patchAnswer(make([]byte, 0, len(a.wire)+optRRLen), a, r, ttl)
+	var m dns.Msg
+	if err := m.Unpack(full); err == nil {
+		m.Truncate(limit)
+		out, err := m.PackBuffer(dst[:cap(dst)]) // miekg sizes by len, not cap
+		if err == nil && len(out) <= limit {
+			return out
+		}
+	}
+	// Not expected, as a.wire was packed by miekg/dns; the client can still retry over TCP.
+	return writeQuestionReply(dst, r, int(a.wire[3]&maskRcode), true)
+}
+
 // writeQuestionReply builds in dst a reply holding only r's question: SERVFAIL,
-// REFUSED, or a truncated answer (TC set) that sends the client to TCP.
+// or a truncated answer (TC set) that sends the client to TCP.
 func writeQuestionReply(dst []byte, r *request, rcode int, truncated bool) []byte {
 	b2 := byte(flagQR) | byte(r.flags>>8)&flagRD
 	if truncated {

@@ -117,43 +117,99 @@ func TestIDPreservedPerQuery(t *testing.T) {
 	}
 }
 
+// TestTruncation checks that a reply over the client's UDP limit keeps as many
+// whole answer records as fit, with TC set (as miekg/dns Msg.Truncate and
+// CoreDNS do): clients without TCP fallback still get usable addresses.
 func TestTruncation(t *testing.T) {
 	te := startEngine(t, nil)
-	big := func(udpSize uint16) *dns.Msg {
-		m := question("big.example.", dns.TypeTXT)
-		if udpSize != 0 {
-			m.SetEdns0(udpSize, false)
-		}
-		return m
-	}
+	full := zoneAnswer(question("big.example.", dns.TypeTXT)).Answer
 	steps := []struct {
 		name    string
 		network string
-		query   *dns.Msg
+		qname   string
+		udpSize uint16        // EDNS payload size; 0: no EDNS
+		advance time.Duration // clock advance before the query
 		wantTC  bool
+		wantTTL uint32
 	}{
-		{"udp miss, no EDNS", "udp", big(0), true},
-		{"udp hit, no EDNS", "udp", big(0), true},
-		{"udp hit, EDNS 1232", "udp", big(1232), true},
-		{"tcp hit", "tcp", big(0), false},
-		{"udp hit, EDNS 4096", "udp", big(4096), false},
+		{"udp miss, no EDNS", "udp", "big.example.", 0, 0, true, 20},
+		{"udp hit, no EDNS, mixed case", "udp", "BiG.Example.", 0, 5 * time.Second, true, 15},
+		{"udp hit, EDNS 700", "udp", "big.EXAMPLE.", 700, 0, true, 15},
+		{"udp hit, EDNS 1232", "udp", "big.example.", 1232, 0, true, 15},
+		{"tcp hit", "tcp", "Big.example.", 0, 0, false, 15},
+		{"udp hit, EDNS 4096", "udp", "big.example.", 4096, 0, false, 15},
 	}
 	for _, s := range steps {
-		resp := te.query(t, s.network, s.query)
-		if resp.Truncated != s.wantTC {
-			t.Fatalf("%s: TC = %v, want %v", s.name, resp.Truncated, s.wantTC)
+		te.clock.Advance(s.advance)
+		q := question(s.qname, dns.TypeTXT)
+		limit := minUDPReply
+		if s.udpSize != 0 {
+			q.SetEdns0(s.udpSize, false)
+			limit = int(s.udpSize)
 		}
-		wantAnswers := 20
-		if s.wantTC {
-			wantAnswers = 0
+		var resp *dns.Msg
+		if s.network == "tcp" {
+			resp = te.query(t, "tcp", q)
+		} else {
+			var size int
+			resp, size = exchangeRawUDP(t, te.udp, q)
+			if size > limit {
+				t.Fatalf("%s: reply of %d bytes, limit %d", s.name, size, limit)
+			}
 		}
-		if len(resp.Answer) != wantAnswers || len(resp.Question) != 1 {
-			t.Fatalf("%s: %d answers and %d questions, want %d and 1", s.name, len(resp.Answer), len(resp.Question), wantAnswers)
+		if resp.Id != q.Id || resp.Truncated != s.wantTC || (resp.IsEdns0() != nil) != (s.udpSize != 0) {
+			t.Fatalf("%s: ID %#x TC %v OPT %v, want ID %#x TC %v OPT %v", s.name, resp.Id, resp.Truncated,
+				resp.IsEdns0() != nil, q.Id, s.wantTC, s.udpSize != 0)
+		}
+		if len(resp.Question) != 1 || resp.Question[0].Name != s.qname {
+			t.Fatalf("%s: question %v, want %s", s.name, resp.Question, s.qname)
+		}
+		if n := len(resp.Answer); n == 0 || (!s.wantTC && n != len(full)) {
+			t.Fatalf("%s: %d answers, want all %d, or at least 1 with TC", s.name, n, len(full))
+		}
+		for _, rr := range resp.Answer {
+			if h := rr.Header(); h.Name != s.qname || h.Ttl != s.wantTTL || !isOneOf(rr, full) {
+				t.Fatalf("%s: record %v, want one of the full answer's, named %s with TTL %d", s.name, rr, s.qname, s.wantTTL)
+			}
 		}
 	}
 	if got := te.up.Total(); got != 1 {
 		t.Fatalf("upstream calls %d, want 1", got)
 	}
+}
+
+// isOneOf reports whether rrs holds a record with rr's type, class, name (any
+// case) and data.
+func isOneOf(rr dns.RR, rrs []dns.RR) bool {
+	for _, x := range rrs {
+		if dns.IsDuplicate(rr, x) {
+			return true
+		}
+	}
+	return false
+}
+
+// exchangeRawUDP sends m over UDP and returns the reply and its size in bytes.
+func exchangeRawUDP(t *testing.T, addr string, m *dns.Msg) (*dns.Msg, int) {
+	t.Helper()
+	pkt, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rawUDP(t, addr)
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, dns.MaxMsgSize)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := new(dns.Msg)
+	if err := resp.Unpack(buf[:n]); err != nil {
+		t.Fatalf("reply does not parse: %v", err)
+	}
+	return resp, n
 }
 
 func TestTCPPipelining(t *testing.T) {
@@ -293,7 +349,7 @@ func TestMalformedAndUnusualQueries(t *testing.T) {
 
 // FuzzServeRequest feeds arbitrary bytes to the request path (a hit or, through
 // the fake upstream, a miss) and checks that it never panics, that any reply
-// parses, carries the query's ID and fits the UDP limit.
+// parses, carries the query's ID and fits the client's UDP limit.
 func FuzzServeRequest(f *testing.F) {
 	for _, seed := range [][]byte{
 		packQuery(f, 1, "www.example.", dns.TypeA),
@@ -328,8 +384,8 @@ func FuzzServeRequest(f *testing.F) {
 		if m.Id != binary.BigEndian.Uint16(pkt) || !m.Response {
 			t.Fatalf("reply ID %#x QR %v, want ID %#x and QR", m.Id, m.Response, binary.BigEndian.Uint16(pkt))
 		}
-		if len(reply) > maxUDPReply {
-			t.Fatalf("UDP reply of %d bytes", len(reply))
+		if limit := max(r.udpSize, minUDPReply); len(reply) > limit {
+			t.Fatalf("UDP reply of %d bytes, limit %d", len(reply), limit)
 		}
 	})
 }
