@@ -38,6 +38,7 @@ type Engine struct {
 	inflightMisses atomic.Int64
 	missesIdle     chan struct{} // signalled when inflightMisses drops to 0 during Shutdown
 	stopping       atomic.Bool
+	udpDraining    atomic.Bool // set by Shutdown once UDP readers are to drain and close their sockets
 	listening      atomic.Bool
 
 	mu      sync.Mutex // guards the fields below
@@ -49,6 +50,9 @@ type Engine struct {
 
 	// testHookCoalesced, when set, runs (under flightMu) each time a miss joins a flight.
 	testHookCoalesced func()
+	// testHookUDPDrained, when set, runs each time a UDP reader has drained and
+	// closed its socket during Shutdown.
+	testHookUDPDrained func()
 }
 
 // New validates cfg, applies defaults and registers the metrics. It does not listen.
@@ -166,8 +170,10 @@ func (e *Engine) Listening() bool {
 // flight are answered (at most UpstreamTimeout), because a socket in an
 // SO_REUSEPORT group receives its share of queries until it is closed and a
 // socket not read would drop them. Then each UDP reader answers what is queued
-// and returns, and the sockets close. When ctx ends first, upstream requests
-// are aborted, sockets force-closed, and ctx's error returned.
+// and the misses its socket still owes replies to, and closes its socket at
+// once, so that the kernel steers the next queries to the sockets left in the
+// group (the next instance's). When ctx ends first, upstream requests are
+// aborted, sockets force-closed, and ctx's error returned.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
 	if !e.started || e.stopped {
@@ -187,9 +193,10 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 
 	err := e.waitMissesAnswered(ctx)
 	if err == nil {
+		e.udpDraining.Store(true)
 		e.mu.Lock()
 		for _, u := range e.udp {
-			u.conn.SetReadDeadline(pastDeadline) // the reader drains its queue and returns
+			u.conn.SetReadDeadline(pastDeadline) // the reader drains its socket, closes it and returns
 		}
 		e.mu.Unlock()
 		err = waitCtx(ctx, &e.wg)
@@ -206,9 +213,6 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		e.wg.Wait() // prompt now: upstream requests are cancelled, sockets closed
 	}
 	e.cancel()
-	e.mu.Lock()
-	e.closeUDP()
-	e.mu.Unlock()
 	e.log.Info("dns engine stopped", "forced", err != nil)
 	return err
 }

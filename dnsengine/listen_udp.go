@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +41,9 @@ type udpListener struct {
 	batch batchConn
 	c     *counters
 	first bool // the first socket of its listen address (reported by UDPAddrs)
+	// misses counts the misses whose reply is still to be sent through conn:
+	// a draining reader keeps the socket open for them.
+	misses atomic.Int64
 }
 
 // reusePort sets SO_REUSEPORT, so that several sockets (of this process, or of
@@ -135,7 +139,7 @@ func (e *Engine) serveUDP(u *udpListener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			if e.stopping.Load() {
+			if e.udpDraining.Load() {
 				break
 			}
 			e.log.Warn("udp read failed", "addr", u.conn.LocalAddr(), "err", err)
@@ -144,16 +148,35 @@ func (e *Engine) serveUDP(u *udpListener) {
 		e.answerBatch(u, reads[:n], writes, r)
 	}
 	// Shutdown: answer the queries already queued, which closing the socket
-	// would drop. Bounded, as the socket keeps receiving its share until closed.
-	if err := u.conn.SetReadDeadline(time.Time{}); err != nil {
-		return
-	}
+	// would drop, and the misses this socket owes replies to; then close it at
+	// once, since a socket no longer read still receives its SO_REUSEPORT
+	// share of new queries and drops them when closed. Bounded, as the socket
+	// keeps receiving until closed.
+	defer e.closeDrainedUDP(u)
 	for range udpDrainBatches {
-		n, err := u.batch.ReadBatch(reads, unix.MSG_DONTWAIT)
-		if err != nil || n == 0 {
+		if err := u.conn.SetReadDeadline(time.Time{}); err != nil {
 			return
 		}
-		e.answerBatch(u, reads[:n], writes, r)
+		flags := unix.MSG_DONTWAIT
+		if u.misses.Load() > 0 {
+			flags = 0 // keep answering until the last miss's reply is sent: missUDP then wakes this read
+		}
+		n, err := u.batch.ReadBatch(reads, flags)
+		if err == nil {
+			e.answerBatch(u, reads[:n], writes, r)
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) || u.misses.Load() == 0 {
+			return
+		}
+	}
+}
+
+// closeDrainedUDP closes the socket of a reader that has stopped reading.
+func (e *Engine) closeDrainedUDP(u *udpListener) {
+	u.conn.Close()
+	if e.testHookUDPDrained != nil {
+		e.testHookUDPDrained()
 	}
 }
 
@@ -195,11 +218,15 @@ func (e *Engine) writeBatch(u *udpListener, ms []ipv4.Message) {
 
 // missUDP answers a miss in its own goroutine, so that the read loop never waits for the upstream.
 func (e *Engine) missUDP(u *udpListener, r *request, to net.Addr) {
+	u.misses.Add(1)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		if _, err := u.conn.WriteTo(e.answerMiss(r, protoUDP, u.c), to); err != nil {
 			e.log.Debug("udp write failed", "to", to, "err", err)
+		}
+		if u.misses.Add(-1) == 0 && e.udpDraining.Load() {
+			_ = u.conn.SetReadDeadline(pastDeadline) // the draining reader may close the socket now
 		}
 	}()
 }
