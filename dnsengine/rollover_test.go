@@ -7,10 +7,12 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // heldUpstream answers from the fake zone, except that a name put on hold
@@ -155,5 +157,120 @@ func TestRollingUpdateLosesNoQuery(t *testing.T) {
 	}
 	if got := b.up.Total(); got == 0 {
 		t.Fatal("B answered nothing: the queries never reached the second instance")
+	}
+}
+
+// sendQuery sends a query for name to addr from a socket of its own; the
+// returned channel gets the reply, or nil if none came.
+func sendQuery(t *testing.T, addr, name string) <-chan *dns.Msg {
+	t.Helper()
+	co, err := dns.DialTimeout("udp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := co.WriteMsg(question(name, dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	reply := make(chan *dns.Msg, 1)
+	go func() {
+		defer co.Close()
+		co.SetReadDeadline(time.Now().Add(10 * time.Second)) // tells a lost reply from a late one
+		m, _ := co.ReadMsg()
+		reply <- m
+	}()
+	return reply
+}
+
+// queued returns how many bytes wait in the receive queue of u.
+func queued(t *testing.T, u *udpListener) int {
+	t.Helper()
+	rc, err := u.conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var ioctlErr error
+	if err := rc.Control(func(fd uintptr) { n, ioctlErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil {
+		t.Fatal(err)
+	}
+	if ioctlErr != nil {
+		t.Fatal(ioctlErr)
+	}
+	return n
+}
+
+// TestShutdownAnswersMissReadWhileDraining: a miss found in the queue by the
+// final drain (after the misses in flight were answered) still gets its reply,
+// so the draining reader must keep its socket open, and keep reading, until
+// that reply is sent.
+func TestShutdownAnswersMissReadWhileDraining(t *testing.T) {
+	up := newHeldUpstream()
+	var stallNext atomic.Bool
+	stalled, resume := make(chan struct{}), make(chan struct{})
+	a := startEngine(t, func(c *Config) {
+		c.Upstream = up
+		c.UDPSockets = 1
+		c.UpstreamTimeout = time.Minute
+		c.Now = func() time.Time { // read by the UDP reader once per batch
+			if stallNext.CompareAndSwap(true, false) {
+				stalled <- struct{}{}
+				<-resume
+			}
+			return time.Now()
+		}
+	})
+	a.query(t, "udp", question("www.example.", dns.TypeA)) // cached
+	releaseSlow := up.hold("slow.example.")
+	defer releaseSlow()
+	releaseLate := up.hold("late.example.")
+	defer releaseLate()
+	slow := sendQuery(t, a.udp, "slow.example.")
+	if name := receive(t, up.called, "miss"); name != "slow.example." {
+		t.Fatalf("upstream asked for %q, want slow.example.", name)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Shutdown(context.Background()) }()
+	for a.Listening() { // Shutdown has begun
+		runtime.Gosched()
+	}
+
+	// Stall the reader inside a batch, so that the next query waits in the queue.
+	stallNext.Store(true)
+	hit := sendQuery(t, a.udp, "www.example.")
+	receive(t, stalled, "reader stalled")
+	late := sendQuery(t, a.udp, "late.example.")
+	a.mu.Lock()
+	u := a.Engine.udp[0]
+	a.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); queued(t, u) == 0; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatal("late.example. never reached the socket's queue")
+		}
+	}
+	releaseSlow()
+	if m := receive(t, slow, "reply to slow.example."); m == nil || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("miss in flight during Shutdown: %v", m)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !a.udpDraining.Load(); runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatal("Shutdown never began the UDP drain")
+		}
+	}
+	close(resume) // the reader answers its batch, then drains: late.example. misses
+	if name := receive(t, up.called, "late miss"); name != "late.example." {
+		t.Fatalf("upstream asked for %q, want late.example.", name)
+	}
+	if m := receive(t, hit, "reply to the stalled hit"); m == nil || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("hit during Shutdown: %v", m)
+	}
+	if resp := a.query(t, "udp", question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeSuccess {
+		t.Fatalf("hit while the socket waits for its miss: %v", resp)
+	}
+	releaseLate()
+	if m := receive(t, late, "reply to late.example."); m == nil || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("miss read by the drain: %v", m)
+	}
+	if err := receive(t, stopped, "Shutdown return"); err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
 }
