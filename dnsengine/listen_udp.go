@@ -7,12 +7,13 @@ import (
 	"net"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/localdns/localdns/internal/sockopt"
 )
 
 const (
@@ -46,18 +47,6 @@ type udpListener struct {
 	misses atomic.Int64
 }
 
-// reusePort sets SO_REUSEPORT, so that several sockets (of this process, or of
-// the next instance during a rolling update) share the address.
-func reusePort(_, _ string, rc syscall.RawConn) error {
-	var sockErr error
-	if err := rc.Control(func(fd uintptr) {
-		sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}); err != nil {
-		return err
-	}
-	return sockErr
-}
-
 // bind opens cfg.UDPSockets UDP sockets and one TCP listener on addr. With
 // port 0 the TCP listener takes the port UDP got, bound without SO_REUSEPORT
 // so that it cannot silently share another listener's port. That also catches
@@ -76,7 +65,7 @@ func (e *Engine) bind(addr string) ([]*udpListener, net.Listener, error) {
 			return nil, nil, err
 		}
 		bound := net.JoinHostPort(host, strconv.Itoa(udp[0].conn.LocalAddr().(*net.UDPAddr).Port))
-		lc := net.ListenConfig{Control: reusePort}
+		lc := net.ListenConfig{Control: sockopt.ReusePort}
 		if ephemeral {
 			lc.Control = nil
 		}
@@ -95,7 +84,7 @@ func (e *Engine) bind(addr string) ([]*udpListener, net.Listener, error) {
 
 // bindUDP opens the UDP sockets of one listen address; the first one fixes the port.
 func (e *Engine) bindUDP(addr string) ([]*udpListener, error) {
-	lc := net.ListenConfig{Control: reusePort}
+	lc := net.ListenConfig{Control: sockopt.ReusePort}
 	var socks []*udpListener
 	for i := range e.cfg.UDPSockets {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr)

@@ -92,7 +92,8 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			}
 			return nil
 		},
-		Logger: logger,
+		Logger:    logger,
+		ReusePort: true, // the surge pod of a rolling update shares the node's port
 	})
 	if err != nil {
 		return err

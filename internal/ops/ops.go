@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/localdns/localdns/internal/sockopt"
 )
 
 // NewRegistry returns a registry holding the Go runtime and process
@@ -37,6 +39,11 @@ type Config struct {
 	Ready func() error
 	// Logger receives serve errors; nil discards them.
 	Logger *slog.Logger
+	// ReusePort binds with SO_REUSEPORT. A hostNetwork DaemonSet rolled with
+	// maxSurge runs two instances on one node address at once; without it the
+	// replacement cannot bind the port and crash-loops until the old one
+	// exits, which defeats the surge.
+	ReusePort bool
 }
 
 // Server is a running ops listener.
@@ -60,7 +67,11 @@ func Start(cfg Config) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
+	var lc net.ListenConfig
+	if cfg.ReusePort {
+		lc.Control = sockopt.ReusePort
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("ops: listen on %s: %w", cfg.Addr, err)
 	}

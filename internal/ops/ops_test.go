@@ -140,3 +140,31 @@ func TestShutdownForcesAfterDeadline(t *testing.T) {
 		t.Fatalf("Shutdown with an ended context: %v, want context.Canceled", err)
 	}
 }
+
+// A surge rollout of a hostNetwork DaemonSet starts the replacement while the
+// old instance still holds the node's port: with ReusePort both must bind and
+// serve, and once the old one is gone the replacement answers alone. Without
+// ReusePort the second bind must fail (the case above), which is what made the
+// surge pod crash-loop.
+func TestReusePortLetsAReplacementBindBeside(t *testing.T) {
+	cfg := Config{Addr: "127.0.0.1:0", Gatherer: prometheus.NewRegistry(), ReusePort: true}
+	old, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Addr = old.Addr().String()
+	cfg.Ready = func() error { return errors.New("replacement starting") }
+	replacement, err := Start(cfg)
+	if err != nil {
+		_ = old.Shutdown(context.Background())
+		t.Fatalf("replacement bind beside the old instance: %v", err)
+	}
+	t.Cleanup(func() { _ = replacement.Shutdown(context.Background()) })
+	if err := old.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	code, body := opstest.Get(t, "http://"+cfg.Addr+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "replacement starting") {
+		t.Fatalf("after the old instance left: /readyz = %d %q, want the replacement's 503", code, body)
+	}
+}
