@@ -1,18 +1,14 @@
 package cluster_test
 
 import (
-	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/localdns/localdns/e2e/clients"
 	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/e2e/e2etest"
 )
 
 // lineLogger sends the progress output to the test log.
@@ -30,20 +26,7 @@ func (l lineLogger) Write(p []byte) (int, error) {
 // nothing behind. It needs root, the provisioned binaries and about a
 // minute per mode, so it runs only with LOCALDNS_E2E=1.
 func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
-	if os.Getenv("LOCALDNS_E2E") != "1" {
-		t.Skip("set LOCALDNS_E2E=1 to boot a real single-node cluster")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, containerd, kubelet")
-	}
-	// Ctrl-C cancels the context; the cleanups still tear down.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, repo := e2etest.Start(t)
 	bins, err := clients.Build(repo, t.TempDir())
 	if err != nil {
 		t.Fatalf("build load clients: %v", err)

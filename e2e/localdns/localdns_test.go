@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -14,6 +13,7 @@ import (
 	"github.com/localdns/localdns/e2e/clients"
 	"github.com/localdns/localdns/e2e/cluster"
 	"github.com/localdns/localdns/e2e/dnsload"
+	"github.com/localdns/localdns/e2e/e2etest"
 	"github.com/localdns/localdns/e2e/localdns"
 	"github.com/localdns/localdns/e2e/seeds"
 )
@@ -82,18 +82,7 @@ func TestLocaldnsOnClusterNFTables(t *testing.T) {
 // and runs the scenarios in order (each leaves the cluster as the next
 // expects it). short shortens the seeds' runs.
 func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scenario) {
-	if os.Getenv("LOCALDNS_E2E") != "1" {
-		t.Skip("set LOCALDNS_E2E=1 to boot a real single-node cluster")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, containerd, kubelet")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
 	// The product images build while the cluster boots.
