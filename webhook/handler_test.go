@@ -149,15 +149,7 @@ func TestHandler(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			metrics, err := NewMetrics(prometheus.NewRegistry())
-			if err != nil {
-				t.Fatal(err)
-			}
-			scheme := runtime.NewScheme()
-			if err := corev1.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
-			h := NewHandler(testConfig(t, tt.flags...), true, tt.cached, tt.live, scheme, metrics)
+			h, metrics := newTestHandler(t, testConfig(t, tt.flags...), true, tt.cached, tt.live)
 			req := admissionRequest(t, tt.op, tt.pod)
 			if tt.raw != nil {
 				req.Object.Raw = tt.raw
@@ -242,16 +234,8 @@ func TestHandlerKeepsUnknownFields(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			metrics, err := NewMetrics(prometheus.NewRegistry())
-			if err != nil {
-				t.Fatal(err)
-			}
-			scheme := runtime.NewScheme()
-			if err := corev1.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
 			reader := &fakeReader{namespaces: map[string]map[string]string{testNS: {LabelInject: namespaceEnabled}}}
-			h := NewHandler(testConfig(t, "--kube-dns-ip=10.0.0.10"), tt.native, reader, reader, scheme, metrics)
+			h, _ := newTestHandler(t, testConfig(t, "--kube-dns-ip=10.0.0.10"), tt.native, reader, reader)
 			req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 				UID: "uid", Operation: admissionv1.Create, Namespace: testNS,
 				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
@@ -316,20 +300,12 @@ func TestHandlerKeepsUnknownFields(t *testing.T) {
 func BenchmarkHandle(b *testing.B) {
 	for _, mode := range []Mode{ModeNodeCache, ModeStub} {
 		b.Run(string(mode), func(b *testing.B) {
-			metrics, err := NewMetrics(prometheus.NewRegistry())
-			if err != nil {
-				b.Fatal(err)
-			}
-			scheme := runtime.NewScheme()
-			if err := corev1.AddToScheme(scheme); err != nil {
-				b.Fatal(err)
-			}
 			cfg, err := ParseFlags("bench", []string{"--kube-dns-ip=10.0.0.10"}, func(string) string { return "" }, io.Discard)
 			if err != nil {
 				b.Fatal(err)
 			}
 			reader := &fakeReader{namespaces: map[string]map[string]string{testNS: {LabelInject: namespaceEnabled}}}
-			h := NewHandler(cfg, true, reader, reader, scheme, metrics)
+			h, _ := newTestHandler(b, cfg, true, reader, reader)
 			raw, err := json.Marshal(newPod(annotate(AnnotationMode, string(mode))))
 			if err != nil {
 				b.Fatal(err)
@@ -347,4 +323,19 @@ func BenchmarkHandle(b *testing.B) {
 			}
 		})
 	}
+}
+
+// newTestHandler builds a Handler with its own metrics registry and a scheme
+// that knows Pods, and returns its metrics for the tests that read them.
+func newTestHandler(tb testing.TB, cfg Config, native bool, cached, live client.Reader) (*Handler, *Metrics) {
+	tb.Helper()
+	metrics, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		tb.Fatal(err)
+	}
+	return NewHandler(cfg, native, cached, live, scheme, metrics), metrics
 }
