@@ -18,6 +18,9 @@ var (
 	ErrNoQuestion = errors.New("forward: query has no question")
 	// ErrClosed means the Forwarder was closed.
 	ErrClosed = errors.New("forward: forwarder closed")
+	// ErrAllDown means every server of the zone is marked down: the query
+	// was not sent; the servers' probes bring them back.
+	ErrAllDown = errors.New("every server of the zone is marked down")
 )
 
 // Errors of one attempt, internal to the package.

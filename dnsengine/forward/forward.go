@@ -40,10 +40,15 @@
 // # Retries and failover
 //
 // Exchange makes one pass over the zone's servers: first, in order, every
-// server not marked down; then, in order, the servers that were skipped
-// because they were down. The second half is the "all down" policy, and also
-// a last resort when every healthy server failed: a server marked down is still
-// better than no answer. Each attempt is bounded by its Server.Timeout and by
+// server not marked down; then, as a last resort when every one of those
+// failed, in order, the servers that were skipped because they were down.
+// When every server of the zone is marked down, Exchange fails at once with
+// ErrAllDown and sends nothing: the probes (one per server) find the way back
+// within Config.ProbeInterval. Trying dead servers per query would cost every
+// miss a timeout while kube-dns is gone (its ClusterIP without endpoints
+// rejects with ICMP, which the kernel rate-limits, so connects then wait out
+// SYN retransmits), where failing fast lets the cache serve stale answers and
+// clients get SERVFAIL at once. Each attempt is bounded by its Server.Timeout and by
 // the caller's ctx; when ctx ends, Exchange stops. A query that was written
 // but not answered on a TCP connection that closed or broke is sent again on
 // another connection to the same server, up to 3 times within the attempt
@@ -400,6 +405,9 @@ func (f *Forwarder) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 			resp.Id = req.Id
 			return resp, nil
 		}
+	}
+	if len(down) == len(z.hops) {
+		return nil, fmt.Errorf("forward %s %s: %w", q.Name, dns.TypeToString[q.Qtype], ErrAllDown)
 	}
 	for _, i := range down {
 		if resp, ok := f.attempt(ctx, z.hops[i], wire, &q, &a); ok {
