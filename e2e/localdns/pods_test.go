@@ -71,3 +71,29 @@ func TestCheckInjected(t *testing.T) {
 		})
 	}
 }
+
+func TestParseSNMP(t *testing.T) {
+	text := "Icmp: InMsgs OutRateLimitHost OutDestUnreachs\nIcmp: 7 3 12\nUdp: InDatagrams InErrors RcvbufErrors\nUdp: 100 2 1\n"
+	got, err := parseSNMP(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"Icmp.InMsgs": 7, "Icmp.OutRateLimitHost": 3, "Icmp.OutDestUnreachs": 12, "Udp.InDatagrams": 100, "Udp.InErrors": 2, "Udp.RcvbufErrors": 1}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d", k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %d counters, want %d: %v", len(got), len(want), got)
+	}
+	for _, bad := range []string{"", "Udp: InErrors\nUdp: x\n"} {
+		if _, err := parseSNMP(bad); err == nil {
+			t.Errorf("parseSNMP(%q): no error", bad)
+		}
+	}
+	before := map[string]int64{"Udp.InErrors": 2}
+	if d := SNMPDelta(before, got, "Udp.InErrors", "Icmp.OutRateLimitHost"); d != "Udp.InErrors +0, Icmp.OutRateLimitHost +3" {
+		t.Errorf("SNMPDelta = %q", d)
+	}
+}

@@ -111,33 +111,53 @@ func NodeCacheRequests(ctx context.Context, c *cluster.Cluster) (float64, error)
 	return sum, nil
 }
 
-// UDPErrors reads the node namespace's UDP InErrors and RcvbufErrors
-// (/proc/net/snmp): a node cache socket that overflows counts here.
-func UDPErrors(ctx context.Context, c *cluster.Cluster) (inErrors, rcvbufErrors int64, err error) {
+// NodeSNMP reads the node namespace's /proc/net/snmp counters, keyed
+// "Proto.Field" ("Udp.RcvbufErrors", "Icmp.OutRateLimitHost"): a node
+// cache socket that overflows, or ICMP errors the kernel rate-limited,
+// count here.
+func NodeSNMP(ctx context.Context, c *cluster.Cluster) (map[string]int64, error) {
 	out, err := c.NodeCommand(ctx, "cat", "/proc/net/snmp").Output()
 	if err != nil {
-		return 0, 0, fmt.Errorf("read the node's /proc/net/snmp: %w", err)
+		return nil, fmt.Errorf("read the node's /proc/net/snmp: %w", err)
 	}
+	return parseSNMP(string(out))
+}
+
+// parseSNMP reads /proc/net/snmp's pairs of lines: a header naming the
+// fields, then their values, both prefixed "Proto:".
+func parseSNMP(text string) (map[string]int64, error) {
+	counters := map[string]int64{}
 	var header []string
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(text, "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
+		if len(f) == 0 {
 			continue
 		}
-		if header == nil {
+		if header == nil || header[0] != f[0] {
 			header = f
 			continue
 		}
+		proto := strings.TrimSuffix(f[0], ":")
 		for i := 1; i < len(f) && i < len(header); i++ {
-			v, _ := strconv.ParseInt(f[i], 10, 64)
-			switch header[i] {
-			case "InErrors":
-				inErrors = v
-			case "RcvbufErrors":
-				rcvbufErrors = v
+			v, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("snmp %s %s: %w", proto, header[i], err)
 			}
+			counters[proto+"."+header[i]] = v
 		}
-		return inErrors, rcvbufErrors, nil
+		header = nil
 	}
-	return 0, 0, fmt.Errorf("no Udp: lines in the node's /proc/net/snmp")
+	if len(counters) == 0 {
+		return nil, fmt.Errorf("no counters in /proc/net/snmp")
+	}
+	return counters, nil
+}
+
+// SNMPDelta is after-before for the named counters, formatted "name +n".
+func SNMPDelta(before, after map[string]int64, names ...string) string {
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s +%d", n, after[n]-before[n])
+	}
+	return strings.Join(parts, ", ")
 }
