@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
@@ -149,4 +150,26 @@ func exitStderr(err error) string {
 		return strings.TrimSpace(string(ee.Stderr))
 	}
 	return ""
+}
+
+func TestLoadArgs(t *testing.T) {
+	l := Load{Host: "svc.ns", Concurrency: 3, Duration: 2 * time.Second, Slow: time.Second, MaxLookups: 10, Rate: 500}
+	goArgs, err := l.args(Go)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(goArgs, " "), "-host svc.ns -c 3 -d 2s -slow 1s -max-lookups 10 -rate 500 -json"; got != want {
+		t.Errorf("Go args %q, want %q", got, want)
+	}
+	if _, err := l.args(Glibc); err == nil {
+		t.Error("glibc client with a rate cap: no error")
+	}
+	l.Rate = 0
+	cArgs, err := l.args(Musl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(cArgs, " "), "-h svc.ns -c 3 -d 2 -l 1000 -m 10"; got != want {
+		t.Errorf("musl args %q, want %q", got, want)
+	}
 }

@@ -39,17 +39,22 @@ type Load struct {
 	Duration   time.Duration
 	Slow       time.Duration
 	MaxLookups int64
+	// Rate caps lookups per second (the Go client only); 0 for none.
+	Rate float64
 }
 
 // args are the client's flags for l.
 func (l Load) args(kind string) ([]string, error) {
 	switch kind {
 	case Glibc, Musl:
+		if l.Rate != 0 {
+			return nil, fmt.Errorf("%s client: no rate cap (only the Go client has one)", kind)
+		}
 		return []string{"-h", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", fmt.Sprint(int64(l.Duration.Seconds())),
 			"-l", fmt.Sprint(l.Slow.Milliseconds()), "-m", fmt.Sprint(l.MaxLookups)}, nil
 	case Go:
 		return []string{"-host", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", l.Duration.String(),
-			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-json"}, nil
+			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-rate", fmt.Sprint(l.Rate), "-json"}, nil
 	}
 	return nil, fmt.Errorf("unknown client kind %q", kind)
 }

@@ -28,6 +28,9 @@ type Config struct {
 	Slow time.Duration
 	// LookupTimeout abandons one lookup (counted as an error).
 	LookupTimeout time.Duration
+	// Rate caps the lookups started per second over all goroutines, for a
+	// steady load (the stub's footprint at a given QPS); 0 means no cap.
+	Rate float64
 	// Resolver does the lookups; nil means the pure-Go resolver reading
 	// /etc/resolv.conf, the way a CGO_ENABLED=0 client in a pod does.
 	Resolver *net.Resolver
@@ -48,6 +51,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("slow threshold %s: want > 0", c.Slow)
 	case c.LookupTimeout <= 0:
 		return fmt.Errorf("lookup timeout %s: want > 0", c.LookupTimeout)
+	case c.Rate < 0 || c.Rate > 1e6:
+		return fmt.Errorf("rate %g: want 0 (no cap) to 1e6 lookups/s", c.Rate)
 	}
 	return nil
 }
@@ -99,9 +104,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	perWorker := make([][]time.Duration, cfg.Concurrency)
 	begin := time.Now()
 	deadline := begin.Add(cfg.Duration)
+	rctx, stopRate := context.WithDeadline(ctx, deadline)
+	defer stopRate()
+	next := paced(rctx, cfg.Rate)
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
-			for ctx.Err() == nil && time.Now().Before(deadline) && started.Add(1) <= cfg.MaxLookups {
+			for next() && time.Now().Before(deadline) && started.Add(1) <= cfg.MaxLookups {
 				lctx, cancel := context.WithTimeout(ctx, cfg.LookupTimeout)
 				t0 := time.Now()
 				_, err := resolver.LookupIPAddr(lctx, cfg.Host)
@@ -125,6 +133,24 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	all := slices.Concat(perWorker...)
 	res.summarise(all)
 	return res, ctx.Err()
+}
+
+// paced returns the gate each lookup passes first: false once ctx ends;
+// with a rate, it also hands out one start per 1/rate.
+func paced(ctx context.Context, rate float64) func() bool {
+	if rate == 0 {
+		return func() bool { return ctx.Err() == nil }
+	}
+	ticks := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	context.AfterFunc(ctx, ticks.Stop)
+	return func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ticks.C:
+			return ctx.Err() == nil
+		}
+	}
 }
 
 // summarise fills the latency fields from every lookup's latency.

@@ -120,11 +120,36 @@ func TestValidate(t *testing.T) {
 		"unbounded":      func(c *Config) { c.MaxLookups = 0 },
 		"no threshold":   func(c *Config) { c.Slow = 0 },
 		"no timeout":     func(c *Config) { c.LookupTimeout = 0 },
+		"negative rate":  func(c *Config) { c.Rate = -1 },
 	} {
 		c := ok
 		mutate(&c)
 		if c.Validate() == nil {
 			t.Errorf("%s: Validate() = nil, want an error", name)
 		}
+	}
+}
+
+// TestRunRate: with a rate the run starts no more lookups than the rate
+// allows over its duration, whatever the concurrency; without one the same
+// run starts far more (the cap is what bounds it).
+func TestRunRate(t *testing.T) {
+	resolver := startServer(t, 0)
+	const d = 300 * time.Millisecond
+	capped, err := Run(context.Background(), Config{Host: "fast.test.", Concurrency: 8, Duration: d,
+		MaxLookups: 100_000, Slow: time.Second, LookupTimeout: time.Second, Rate: 20, Resolver: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := int64(d.Seconds()*20) + 1; capped.Lookups < 1 || capped.Lookups > limit {
+		t.Errorf("rate 20/s for %s: %d lookups, want 1..%d", d, capped.Lookups, limit)
+	}
+	free, err := Run(context.Background(), Config{Host: "fast.test.", Concurrency: 8, Duration: d,
+		MaxLookups: 100_000, Slow: time.Second, LookupTimeout: time.Second, Resolver: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free.Lookups <= capped.Lookups {
+		t.Errorf("no rate: %d lookups, not more than the capped run's %d", free.Lookups, capped.Lookups)
 	}
 }
