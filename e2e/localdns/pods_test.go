@@ -2,8 +2,10 @@ package localdns
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCheckResolvConf(t *testing.T) {
@@ -95,5 +97,29 @@ func TestParseSNMP(t *testing.T) {
 	before := map[string]int64{"Udp.InErrors": 2}
 	if d := SNMPDelta(before, got, "Udp.InErrors", "Icmp.OutRateLimitHost"); d != "Udp.InErrors +0, Icmp.OutRateLimitHost +3" {
 		t.Errorf("SNMPDelta = %q", d)
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	stat := "4242 (localdns stub) S 1 4242 4242 0 -1 4194560 800 0 0 0 150 50 0 0 20 0 7 0 12345 1000000 3000 18446744073709551615"
+	status := "Name:\tlocaldns-stub\nVmPeak:\t  1300000 kB\nVmHWM:\t    12288 kB\nVmRSS:\t    10000 kB\n"
+	cpu, hwm, err := parseProc(stat, status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu != 2*time.Second || hwm != 12288<<10 {
+		t.Errorf("parseProc = %s, %d; want 2s (200 ticks), %d", cpu, hwm, 12288<<10)
+	}
+	for _, bad := range [][2]string{{"no name", status}, {stat, "VmRSS:\t1 kB\n"}, {"1 (x) S 1 2", status}} {
+		if _, _, err := parseProc(bad[0], bad[1]); err == nil {
+			t.Errorf("parseProc(%q, %q): no error", bad[0], bad[1])
+		}
+	}
+	// This test process itself: it has used some CPU and memory.
+	if _, hwm, err := readProc(os.Getpid()); err != nil || hwm <= 0 {
+		t.Errorf("readProc(self) = %d, %v", hwm, err)
+	}
+	if u := (Usage{CPU: time.Second, Wall: 4 * time.Second}); u.CPUShare() != 0.25 {
+		t.Errorf("CPUShare = %v, want 0.25", u.CPUShare())
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,22 +48,14 @@ func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
 	if err := syscall.Stat(c.NetnsPath(), &node); err != nil {
 		return nil, fmt.Errorf("stat node namespace: %w", err)
 	}
-	procs, err := filepath.Glob("/proc/[0-9]*")
+	all, err := PIDsByComm(nodeCacheComm)
 	if err != nil {
 		return nil, err
 	}
 	var pids []int
-	for _, p := range procs {
-		comm, err := os.ReadFile(filepath.Join(p, "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != nodeCacheComm {
-			continue
-		}
+	for _, pid := range all {
 		var ns syscall.Stat_t
-		if syscall.Stat(filepath.Join(p, "ns", "net"), &ns) != nil || ns.Ino != node.Ino || ns.Dev != node.Dev {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(p))
-		if err == nil {
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &ns) == nil && ns.Ino == node.Ino && ns.Dev == node.Dev {
 			pids = append(pids, pid)
 		}
 	}

@@ -22,8 +22,11 @@ const demoNamespace = "default"
 // demo is `make demo`: boot the cluster, install localdns from its
 // manifests, run the seeds' test with the race emulated before and after
 // opting a namespace in, show what the pods got and the figures side by
-// side, tear everything down (also on failure or Ctrl-C).
-func demo(ctx context.Context, o options) (err error) {
+// side, tear everything down (also on failure or Ctrl-C). With bench set
+// (`make bench-cluster`) the seeds' test runs in its own shape (the seeds
+// flags) instead of -demo-duration, and the stub's footprint under a steady
+// load is measured before the teardown.
+func demo(ctx context.Context, o options, bench bool) (err error) {
 	begin := time.Now()
 	if err := demoPrerequisites(ctx, o.cfg); err != nil {
 		return err
@@ -79,7 +82,9 @@ func demo(ctx context.Context, o options) (err error) {
 
 	sc := o.seeds
 	sc.Namespace = demoNamespace
-	sc.CDuration, sc.GoDuration = o.demoDuration, o.demoDuration
+	if !bench {
+		sc.CDuration, sc.GoDuration = o.demoDuration, o.demoDuration
+	}
 	sc.Annotations = nil
 	if err := seeds.Prepare(ctx, c, o.cfg.RepoDir, clientsDir, sc); err != nil {
 		return err
@@ -105,9 +110,15 @@ func demo(ctx context.Context, o options) (err error) {
 	if err := showPods(ctx, c); err != nil {
 		return err
 	}
+	var footprint string
+	if bench {
+		if footprint, err = stubFootprint(ctx, c, sc); err != nil {
+			return err
+		}
+	}
 
-	fmt.Printf("\nThe seeds' test on a real node (kube-proxy %s, 0.5%% of UDP to kube-dns dropped to emulate the conntrack race),\n"+
-		"glibc and musl %d threads, Go %d concurrent, %s each:\n\n", o.cfg.ProxyMode, sc.CThreads, sc.GoConcurrency, o.demoDuration)
+	fmt.Printf("\nThe seeds' test on a real node (kube-proxy %s, %.2g%% of UDP to kube-dns dropped to emulate the conntrack race),\n"+
+		"glibc and musl %d threads for %s, Go %d concurrent for %s:\n\n", o.cfg.ProxyMode, 100*sc.Drop, sc.CThreads, sc.CDuration, sc.GoConcurrency, sc.GoDuration)
 	var rows []seeds.Row
 	for i := range before {
 		b, a := before[i], after[i]
@@ -117,6 +128,9 @@ func demo(ctx context.Context, o options) (err error) {
 	}
 	if err := seeds.WriteTable(os.Stdout, rows); err != nil {
 		return err
+	}
+	if footprint != "" {
+		fmt.Println("\n" + footprint)
 	}
 	var slow []string
 	for _, r := range after {
@@ -129,6 +143,59 @@ func demo(ctx context.Context, o options) (err error) {
 	}
 	fmt.Println("\nwith localdns: zero lookups of 1 s or more, zero errors, for glibc, musl and Go")
 	return nil
+}
+
+// stubRate is the Go client's lookups per second in stubFootprint: each
+// lookup of an absolute name is one A and one AAAA query, so the stub
+// answers 1k queries per second.
+const stubRate = 500
+
+// stubFootprint runs a Go client pod in stub mode that looks up the seeds'
+// Service by its absolute name at stubRate for 30 s, and samples the
+// injected stub's process from the node meanwhile: CPU and peak RSS.
+func stubFootprint(ctx context.Context, c *cluster.Cluster, sc seeds.Config) (string, error) {
+	const name, comm = "stub-footprint", "localdns-stub"
+	load := clients.Load{Host: fmt.Sprintf("%s.%s.svc.%s.", sc.Service, sc.ServiceNamespace, cluster.ClusterDomain),
+		Concurrency: 8, Duration: 30 * time.Second, Slow: time.Second, MaxLookups: 1_000_000, Rate: stubRate}
+	manifest, err := clients.PodManifest(demoNamespace, name, clients.Go, load, map[string]string{localdns.ModeAnnotation: localdns.ModeStub})
+	if err != nil {
+		return "", err
+	}
+	before, err := localdns.PIDsByComm(comm)
+	if err != nil {
+		return "", err
+	}
+	type watched struct {
+		u   localdns.Usage
+		err error
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	usage := make(chan watched, 1)
+	go func() {
+		u, err := localdns.WatchNewProcess(wctx, comm, before, 500*time.Millisecond)
+		usage <- watched{u, err}
+	}()
+	var logs string
+	if err := c.Step(fmt.Sprintf("stub footprint: Go client in stub mode, %d lookups/s (A + AAAA: %d queries/s) of %s for %s",
+		stubRate, 2*stubRate, load.Host, load.Duration), func() error {
+		logs, err = c.RunPod(ctx, demoNamespace, name, manifest)
+		return err
+	}); err != nil {
+		cancel()
+		<-usage
+		return "", err
+	}
+	w := <-usage
+	if w.err != nil {
+		return "", w.err
+	}
+	res, err := clients.ParseResult([]byte(logs))
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("Stub footprint at %.0f queries/s (Go client in stub mode, %d lookups, %d errors, mean %s, max %s): %s",
+		2*float64(res.Lookups)/res.Elapsed.Seconds(), res.Lookups, res.Errors, res.Mean.Round(time.Microsecond), res.Max.Round(time.Microsecond), w.u), nil
 }
 
 // showPods prints, for each opted-in seeds pod, what the webhook stored

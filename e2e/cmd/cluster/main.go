@@ -10,6 +10,7 @@
 //	go run ./e2e/cmd/cluster [flags] install   build the localdns images, import them, apply the default overlay
 //	go run ./e2e/cmd/cluster [flags] uninstall the documented uninstall (make undeploy's sequence)
 //	go run ./e2e/cmd/cluster [flags] demo      boot, install, seeds' test before and after opt-in, tear down
+//	go run ./e2e/cmd/cluster [flags] bench     demo in the seeds' own shape, plus the stub's CPU and RSS at 1k queries/s
 package main
 
 import (
@@ -55,7 +56,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	var demoDuration time.Duration
 	fs.DurationVar(&demoDuration, "demo-duration", 10*time.Second, "demo: run time of each client in each seeds' run (the seeds' own: 15s for glibc and musl, 30s for Go)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|install|uninstall|demo|kubectl ARGS...")
+		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|install|uninstall|demo|bench|kubectl ARGS...")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -70,7 +71,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	o := options{cfg: cfg, seeds: sc, demoDuration: demoDuration, command: fs.Arg(0), args: fs.Args()[1:]}
 	switch o.command {
-	case "up", "check", "seeds", "down", "smoke", "install", "uninstall", "demo", "kubectl":
+	case "up", "check", "seeds", "down", "smoke", "install", "uninstall", "demo", "bench", "kubectl":
 	default:
 		return options{}, fmt.Errorf("unknown command %q", o.command)
 	}
@@ -120,7 +121,9 @@ func run(ctx context.Context, o options) error {
 		}
 		return errors.Join(check(ctx, c), c.Down())
 	case "demo":
-		return demo(ctx, o)
+		return demo(ctx, o, false)
+	case "bench":
+		return demo(ctx, o, true)
 	}
 	c, err := cluster.Attach(o.cfg)
 	if err != nil {
