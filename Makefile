@@ -60,7 +60,7 @@ bench: build ## Go benchmarks, dnsperf against the node cache and its peers on l
 
 .PHONY: bench-cluster
 bench-cluster: ## As root: on a real node, the seeds' test (50 x 15 s, Go 200 x 30 s) via kube-dns vs localdns, and the stub's CPU and RSS at 1k queries/s.
-	go run ./e2e/cmd/cluster bench
+	go run ./e2e/cmd/cluster -results bench/results.md bench
 
 .PHONY: images
 images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.

@@ -517,5 +517,7 @@ EOF
 }
 
 report | tee "$RESULTS.tmp"
+# The in-cluster section belongs to `make bench-cluster`: keep it.
+if [ -f "$RESULTS" ]; then sed -n '/^## In the cluster/,$p' "$RESULTS" | sed '1s/^/\n/' >>"$RESULTS.tmp"; fi
 mv "$RESULTS.tmp" "$RESULTS"
 log "written to $RESULTS"

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -117,8 +118,8 @@ func demo(ctx context.Context, o options, bench bool) (err error) {
 		}
 	}
 
-	fmt.Printf("\nThe seeds' test on a real node (kube-proxy %s, %.2g%% of UDP to kube-dns dropped to emulate the conntrack race),\n"+
-		"glibc and musl %d threads for %s, Go %d concurrent for %s:\n\n", o.cfg.ProxyMode, 100*sc.Drop, sc.CThreads, sc.CDuration, sc.GoConcurrency, sc.GoDuration)
+	heading := fmt.Sprintf("The seeds' test on a real node (kube-proxy %s, %.2g%% of UDP to kube-dns dropped to emulate the conntrack race),\n"+
+		"glibc and musl %d threads for %s, Go %d concurrent for %s:", o.cfg.ProxyMode, 100*sc.Drop, sc.CThreads, sc.CDuration, sc.GoConcurrency, sc.GoDuration)
 	var rows []seeds.Row
 	for i := range before {
 		b, a := before[i], after[i]
@@ -126,11 +127,21 @@ func demo(ctx context.Context, o options, bench bool) (err error) {
 		a.Client += " localdns (" + modeOf(a.Client) + ")"
 		rows = append(rows, b, a)
 	}
-	if err := seeds.WriteTable(os.Stdout, rows); err != nil {
+	var table strings.Builder
+	if err := seeds.WriteTable(&table, rows); err != nil {
 		return err
 	}
+	fmt.Printf("\n%s\n\n%s", heading, table.String())
 	if footprint != "" {
 		fmt.Println("\n" + footprint)
+	}
+	if bench && o.resultsFile != "" {
+		section := fmt.Sprintf("## In the cluster\n\nProduced by `go run ./e2e/cmd/cluster bench` (`make bench-cluster`) on %s; %s.\n\n%s\n\n```\n%s```\n\n%s\n",
+			time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), heading, table.String(), footprint)
+		if err := writeSection(o.resultsFile, section); err != nil {
+			return err
+		}
+		fmt.Println("written to", o.resultsFile)
 	}
 	var slow []string
 	for _, r := range after {
@@ -285,4 +296,32 @@ func runScript(ctx context.Context, dir string, argv ...string) error {
 		return fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
 	}
 	return nil
+}
+
+// writeSection replaces the "## In the cluster" section of a markdown
+// file, which runs to its end, with section (appending it when absent).
+func writeSection(path, section string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	text := string(old)
+	if i := strings.Index(text, "## In the cluster\n"); i >= 0 && (i == 0 || text[i-1] == '\n') {
+		text = text[:i]
+	}
+	if text != "" && !strings.HasSuffix(text, "\n\n") {
+		text = strings.TrimRight(text, "\n") + "\n\n"
+	}
+	return os.WriteFile(path, []byte(text+section), 0o644)
+}
+
+// machine describes this machine for a results file: cores, kernel, load.
+func machine() string {
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	load, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(load))
+	if len(f) > 3 {
+		f = f[:3]
+	}
+	return fmt.Sprintf("machine: %d CPUs, kernel %s, load average %s", runtime.NumCPU(), strings.TrimSpace(string(kernel)), strings.Join(f, " "))
 }

@@ -33,6 +33,7 @@ type options struct {
 	cfg          cluster.Config
 	seeds        seeds.Config
 	demoDuration time.Duration
+	resultsFile  string
 	command      string
 	args         []string
 }
@@ -55,6 +56,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&mode, "seeds-mode", "", "seeds: localdns.io/mode annotation of the client pods (auto puts musl in stub mode); empty for none")
 	var demoDuration time.Duration
 	fs.DurationVar(&demoDuration, "demo-duration", 10*time.Second, "demo: run time of each client in each seeds' run (the seeds' own: 15s for glibc and musl, 30s for Go)")
+	var resultsFile string
+	fs.StringVar(&resultsFile, "results", "", "bench: also write the figures as the \"## In the cluster\" section of this markdown file (replacing it), e.g. bench/results.md")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cluster [flags] up|check|seeds|down|smoke|install|uninstall|demo|bench|kubectl ARGS...")
 		fs.PrintDefaults()
@@ -69,7 +72,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	if mode != "" {
 		sc.Annotations = map[string]string{localdns.ModeAnnotation: mode}
 	}
-	o := options{cfg: cfg, seeds: sc, demoDuration: demoDuration, command: fs.Arg(0), args: fs.Args()[1:]}
+	o := options{cfg: cfg, seeds: sc, demoDuration: demoDuration, resultsFile: resultsFile, command: fs.Arg(0), args: fs.Args()[1:]}
 	switch o.command {
 	case "up", "check", "seeds", "down", "smoke", "install", "uninstall", "demo", "bench", "kubectl":
 	default:
