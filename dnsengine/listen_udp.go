@@ -136,12 +136,18 @@ func (e *Engine) serveUDP(u *udpListener) {
 		}
 		e.answerBatch(u, reads[:n], writes, r)
 	}
-	// Shutdown: answer the queries already queued, which closing the socket
-	// would drop, and the misses this socket owes replies to; then close it at
-	// once, since a socket no longer read still receives its SO_REUSEPORT
-	// share of new queries and drops them when closed. Bounded, as the socket
-	// keeps receiving until closed.
+	// Shutdown: first leave the SO_REUSEPORT group, so that new queries go to
+	// the port's other sockets (a replacement instance's during a rolling
+	// update) or, with none left, get port-unreachable and move clients to
+	// their next nameserver at once. Until then a query could land between
+	// the last read and the close, and be dropped with the socket: glibc's
+	// A and AAAA, sent back to back, often did. Then answer the queries
+	// already queued, which closing the socket would drop, and the misses
+	// this socket owes replies to, and close it. Bounded all the same.
 	defer e.closeDrainedUDP(u)
+	if err := sockopt.LeaveReusePortGroup(u.conn); err != nil {
+		e.log.Warn("udp socket stays in its SO_REUSEPORT group while draining", "addr", u.conn.LocalAddr(), "err", err)
+	}
 	for range udpDrainBatches {
 		if err := u.conn.SetReadDeadline(time.Time{}); err != nil {
 			return

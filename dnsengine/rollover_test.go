@@ -2,12 +2,14 @@ package dnsengine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,7 +204,8 @@ func queued(t *testing.T, u *udpListener) int {
 // TestShutdownAnswersMissReadWhileDraining: a miss found in the queue by the
 // final drain (after the misses in flight were answered) still gets its reply,
 // so the draining reader must keep its socket open, and keep reading, until
-// that reply is sent.
+// that reply is sent; a new query meanwhile is refused, as the socket left
+// its SO_REUSEPORT group when the drain began.
 func TestShutdownAnswersMissReadWhileDraining(t *testing.T) {
 	up := newHeldUpstream()
 	var stallNext atomic.Bool
@@ -263,8 +266,12 @@ func TestShutdownAnswersMissReadWhileDraining(t *testing.T) {
 	if m := receive(t, hit, "reply to the stalled hit"); m == nil || m.Rcode != dns.RcodeSuccess {
 		t.Fatalf("hit during Shutdown: %v", m)
 	}
-	if resp := a.query(t, "udp", question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeSuccess {
-		t.Fatalf("hit while the socket waits for its miss: %v", resp)
+	// The draining socket left its SO_REUSEPORT group and no other socket
+	// holds the port: a new query is refused at once (the client moves on
+	// to its next nameserver), never queued where it could be dropped.
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	if resp, _, err := c.Exchange(question("www.example.", dns.TypeA), a.udp); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("new query while the socket waits for its miss: %v, %v; want connection refused", resp, err)
 	}
 	releaseLate()
 	if m := receive(t, late, "reply to late.example."); m == nil || m.Rcode != dns.RcodeSuccess {

@@ -20,3 +20,27 @@ func ReusePort(_, _ string, rc syscall.RawConn) error {
 	}
 	return sockErr
 }
+
+// LeaveReusePortGroup connects a UDP socket of a SO_REUSEPORT group to its
+// own address. The kernel then steers no more datagrams to it (a connected
+// UDP socket matches only datagrams from its peer, and it sends none to
+// itself): new ones go to the group's other sockets, or, when none is left,
+// get ICMP port-unreachable. Datagrams already queued stay readable, and
+// sendto with an address still works, so a stopping server can answer what
+// it holds without racing new arrivals.
+func LeaveReusePortGroup(conn syscall.Conn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var opErr error
+	if err := rc.Control(func(fd uintptr) {
+		var self unix.Sockaddr
+		if self, opErr = unix.Getsockname(int(fd)); opErr == nil {
+			opErr = unix.Connect(int(fd), self)
+		}
+	}); err != nil {
+		return err
+	}
+	return opErr
+}
