@@ -468,6 +468,24 @@ func (e *env) checkServing(t *testing.T) {
 // rollingUpdate: `kubectl rollout restart` of the node cache under load:
 // no failed and no slow lookups (surge pod, SO_REUSEPORT, setup adopted).
 func (e *env) rollingUpdate(t *testing.T) {
+	// The replaced pod's log, for a post-mortem of any lost query.
+	var oldLog strings.Builder
+	follow := e.c.KubectlCommand(e.ctx, "-n", localdns.Namespace, "logs", "-f", "--timestamps", "daemonset/"+localdns.NodeCacheDS)
+	follow.Stdout, follow.Stderr = &oldLog, &oldLog
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = follow.Process.Kill()
+		_ = follow.Wait()
+		if t.Failed() {
+			t.Logf("the replaced node cache pod's log:\n%s", oldLog.String())
+		}
+	}()
+	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	loads := glibcAndGoLoad("roll", 25*time.Second)
 	e.startLoads(t, loads...)
 	time.Sleep(3 * time.Second) // mid-load
@@ -481,6 +499,12 @@ func (e *env) rollingUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLoads(t, false, loads...)
+	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
+		t.Logf("node during the rolling update: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.NoPorts", "Udp.InErrors", "Udp.RcvbufErrors", "Icmp.OutDestUnreachs"))
+	}
+	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_setup_", "localdns_nodecache_malformed"); err == nil {
+		t.Logf("new node cache's setup metrics:\n%s", strings.Join(lines, "\n"))
+	}
 	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
 		t.Fatal(err)
