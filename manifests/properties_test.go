@@ -209,12 +209,27 @@ func TestNodecacheDaemonSet(t *testing.T) {
 			if want := []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}; !slices.Equal(caps, want) {
 				t.Errorf("added capabilities %v, want exactly %v", caps, want)
 			}
-			checkHTTPProbe(t, "readiness", c, c.ReadinessProbe, "/readyz", 9253)
 			checkHTTPProbe(t, "liveness", c, c.LivenessProbe, "/healthz", 9253)
 
 			cfg, err := nodecache.Parse(expandArgs(c), io.Discard)
 			if err != nil {
 				t.Fatalf("localdns-nodecache rejects the DaemonSet's args %q: %v", c.Args, err)
+			}
+			// Readiness must be this container's own (the surge's two
+			// instances share :9253): `ready` on the file the serving
+			// instance writes, kept in the pod's own emptyDir.
+			if p := c.ReadinessProbe; p == nil || p.Exec == nil || len(p.Exec.Command) < 2 || p.Exec.Command[0] != "/localdns-nodecache" {
+				t.Errorf("readiness probe %+v: want exec /localdns-nodecache ready", p)
+			} else if ready, err := nodecache.Parse(p.Exec.Command[1:], io.Discard); err != nil || ready.Command != nodecache.CommandReady || ready.ReadyFile != cfg.ReadyFile || cfg.ReadyFile == "" {
+				t.Errorf("readiness probe %q (%v): want `ready` on the serving --ready-file %q", p.Exec.Command, err, cfg.ReadyFile)
+			}
+			inEmptyDir := slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return strings.HasPrefix(cfg.ReadyFile, m.MountPath+"/") && slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool {
+					return v.Name == m.Name && v.EmptyDir != nil
+				})
+			})
+			if !inEmptyDir {
+				t.Errorf("--ready-file %q is not on an emptyDir mount of the pod", cfg.ReadyFile)
 			}
 			if cfg.Command != nodecache.CommandServe || len(cfg.Listen) != 1 || cfg.Listen[0].String() != localIP+":53" ||
 				!cfg.Setup.Interface || !cfg.Setup.Rules || cfg.MetricsAddr != ":9253" || len(cfg.Upstream) != 0 {

@@ -25,10 +25,16 @@ const (
 	CommandServe Command = iota
 	// CommandCleanup removes the interface and rules, then exits.
 	CommandCleanup
+	// CommandReady reports whether the instance of this container is ready
+	// (its ReadyFile exists): the DaemonSet's readiness probe.
+	CommandReady
 )
 
-// cleanupCommand is the subcommand name on the command line.
-const cleanupCommand = "cleanup"
+// Subcommand names on the command line.
+const (
+	cleanupCommand = "cleanup"
+	readyCommand   = "ready"
+)
 
 // IptablesMode selects the iptables backend.
 type IptablesMode string
@@ -73,6 +79,12 @@ type Config struct {
 	Setup             SetupConfig
 	ReconcileInterval time.Duration
 	ShutdownTimeout   time.Duration
+	// ReadyFile, when set, is created once this process serves DNS and an
+	// upstream has answered, and removed when it stops. /readyz cannot tell
+	// the instances of a surge rolling update apart (they share the node's
+	// port through SO_REUSEPORT), this file, in the container's own volume,
+	// can.
+	ReadyFile string
 }
 
 // Defaults.
@@ -90,11 +102,17 @@ const (
 )
 
 // Parse reads the command line without the program name. A first argument
-// "cleanup" selects the cleanup subcommand, which takes the setup flags only.
+// "cleanup" selects the cleanup subcommand, which takes the setup flags only;
+// "ready" the readiness check, which takes --ready-file only.
 // Usage goes to output; -h/--help returns flag.ErrHelp.
 func Parse(args []string, output io.Writer) (Config, error) {
-	if len(args) > 0 && args[0] == cleanupCommand {
-		return parseCleanup(args[1:], output)
+	if len(args) > 0 {
+		switch args[0] {
+		case cleanupCommand:
+			return parseCleanup(args[1:], output)
+		case readyCommand:
+			return parseReady(args[1:], output)
+		}
 	}
 	return parseServe(args, output)
 }
@@ -156,9 +174,10 @@ func (s *setupFlags) validate() ([]netip.AddrPort, SetupConfig, error) {
 }
 
 func parseServe(args []string, output io.Writer) (Config, error) {
-	fs := flagutil.NewFlagSet("localdns-nodecache", "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n\n"+
+	fs := flagutil.NewFlagSet("localdns-nodecache", "Usage: localdns-nodecache [flags]\n       localdns-nodecache cleanup [setup flags]\n       localdns-nodecache ready --ready-file PATH\n\n"+
 		"A node-local caching DNS forwarder in front of kube-dns. SIGTERM drains and exits, leaving\n"+
-		"the interface and rules in place for the next instance; \"cleanup\" removes them.\n\nFlags:\n")
+		"the interface and rules in place for the next instance; \"cleanup\" removes them; \"ready\"\n"+
+		"exits 0 when the instance that writes --ready-file is ready (a readiness probe).\n\nFlags:\n")
 	var (
 		setup             setupFlags
 		clusterDomain     string
@@ -170,6 +189,7 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 		metricsAddr       string
 		reconcileInterval time.Duration
 		shutdownTimeout   time.Duration
+		readyFile         string
 	)
 	setup.register(fs)
 	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --upstream")
@@ -181,11 +201,12 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&metricsAddr, "metrics-addr", DefaultMetricsAddr, "`host:port` serving /metrics, /healthz and /readyz")
 	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
+	fs.StringVar(&readyFile, "ready-file", "", "`path` created once this instance serves DNS and an upstream answered, removed when it stops (for `localdns-nodecache ready`); empty: none")
 	if err := parseFlagSet(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q (flags only; the only subcommand is %q, given first)", fs.Arg(0), cleanupCommand)
+		return Config{}, fmt.Errorf("unexpected argument %q (flags only; subcommands %q and %q come first)", fs.Arg(0), cleanupCommand, readyCommand)
 	}
 
 	var errs []error
@@ -240,7 +261,26 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 		Setup:             setupCfg,
 		ReconcileInterval: reconcileInterval,
 		ShutdownTimeout:   shutdownTimeout,
+		ReadyFile:         readyFile,
 	}, nil
+}
+
+func parseReady(args []string, output io.Writer) (Config, error) {
+	fs := flagutil.NewFlagSet("localdns-nodecache ready", "Usage: localdns-nodecache ready --ready-file PATH\n\n"+
+		"Exits 0 when PATH exists: the node cache of this container (run with the same\n"+
+		"--ready-file) serves DNS and an upstream has answered.\n\nFlags:\n")
+	var readyFile string
+	fs.StringVar(&readyFile, "ready-file", "", "`path` the serving instance writes (required)")
+	if err := parseFlagSet(fs, args, output); err != nil {
+		return Config{}, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return Config{}, fmt.Errorf("ready: unexpected argument %q", fs.Arg(0))
+	case readyFile == "":
+		return Config{}, errors.New("ready: --ready-file is required")
+	}
+	return Config{Command: CommandReady, ReadyFile: readyFile}, nil
 }
 
 func parseCleanup(args []string, output io.Writer) (Config, error) {

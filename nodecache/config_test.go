@@ -79,6 +79,16 @@ func TestParseGood(t *testing.T) {
 			},
 		},
 		{
+			"ready takes the ready file",
+			[]string{"ready", "--ready-file", "/run/localdns/ready"},
+			func(c *Config) { *c = Config{Command: CommandReady, ReadyFile: "/run/localdns/ready"} },
+		},
+		{
+			"serve with a ready file",
+			[]string{"--ready-file", "/run/localdns/ready"},
+			func(c *Config) { c.ReadyFile = "/run/localdns/ready" },
+		},
+		{
 			"cleanup takes the setup flags",
 			[]string{"cleanup", "--listen", "169.254.20.11", "--interface-name", "x0", "--iptables-mode", "nft", "--setup-rules=false"},
 			func(c *Config) {
@@ -123,6 +133,8 @@ func TestParseBad(t *testing.T) {
 		{"bad transport", []string{"--upstream-transport", "tls"}, `--upstream-transport: "tls"`},
 		{"bad duration", []string{"--stale-max", "10"}, "invalid value \"10\" for flag -stale-max"},
 		{"negative stale", []string{"--stale-max", "-1s"}, "--stale-max: -1s is negative"},
+		{"ready without a file", []string{"ready"}, "ready: --ready-file is required"},
+		{"ready with an argument", []string{"ready", "--ready-file", "/x", "extra"}, `ready: unexpected argument "extra"`},
 		{"zero reconcile", []string{"--reconcile-interval", "0s"}, "--reconcile-interval"},
 		{"zero shutdown timeout", []string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 		{"zero cache", []string{"--cache-size", "0"}, "--cache-size"},

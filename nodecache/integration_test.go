@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -68,14 +69,19 @@ func TestNodeCacheInNetns(t *testing.T) {
 	defer upstream.Terminate(t)
 	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53"), netip.MustParseAddrPort("[fd00:20::10]:53")}
 	listenFlag := listen[0].String() + "," + listen[1].String()
+	readyFile := filepath.Join(t.TempDir(), "ready")
+	isReady := func() bool {
+		return exec.Command(bin["localdns-nodecache"], "ready", "--ready-file", readyFile).Run() == nil
+	}
 	nodecacheArgs := []string{"--listen", listenFlag, "--upstream", "127.0.0.1:5301", "--metrics-addr", "127.0.0.1:9253",
-		"--setup-interface", "--setup-rules", "--interface-name", "ldtest0", "--reconcile-interval", "100ms"}
+		"--setup-interface", "--setup-rules", "--interface-name", "ldtest0", "--reconcile-interval", "100ms", "--ready-file", readyFile}
 	cache := systest.Start(t, "nodecache", append([]string{"ip", "netns", "exec", nodeNS, bin["localdns-nodecache"]}, nodecacheArgs...)...)
 
 	systest.WaitFor(t, "/readyz to turn 200", func() (bool, string) {
 		code, body := systest.HTTPGet(t, nodeNS, "127.0.0.1:9253", "/readyz")
 		return code == http.StatusOK, fmt.Sprintf("%d %s\n%s", code, body, cache.Logs())
 	})
+	systest.WaitFor(t, "`localdns-nodecache ready` to pass", func() (bool, string) { return isReady(), cache.Logs() })
 
 	t.Run("answers", func(t *testing.T) {
 		digAt := func(server string, args ...string) string {
@@ -185,6 +191,9 @@ func TestNodeCacheInNetns(t *testing.T) {
 			t.Fatalf("exit status %d after SIGTERM, want 0:\n%s", code, cache.Logs())
 		}
 		assertNodeSetup(t, nodeNS, listen, true)
+		if isReady() {
+			t.Error("`localdns-nodecache ready` passes after the instance stopped: the ready file was left")
+		}
 		// The IP still exists with nothing behind it: clients are refused at once
 		// (ICMP port unreachable) and move to their next nameserver.
 		out, _ := exec.Command("ip", "netns", "exec", clientNS, "dig", "@169.254.20.10", "+time=5", "+tries=1", "svc-1.default.svc.cluster.local").CombinedOutput()

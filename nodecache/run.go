@@ -23,10 +23,13 @@ const MetricsNamespace = "localdns_nodecache"
 var reverseZones = []string{"in-addr.arpa.", "ip6.arpa."}
 
 // Execute runs what cfg.Command selects until ctx ends (serve) or the work
-// is done (cleanup).
+// is done (cleanup, ready).
 func Execute(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	if cfg.Command == CommandCleanup {
+	switch cfg.Command {
+	case CommandCleanup:
 		return cleanup(ctx, cfg, logger)
+	case CommandReady:
+		return checkReady(cfg.ReadyFile)
 	}
 	return serve(ctx, cfg, logger)
 }
@@ -35,6 +38,10 @@ func Execute(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // and returns, leaving the interface and rules for the next instance.
 func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	reg := ops.NewRegistry()
+	// A container restarted in the same pod finds its predecessor's file.
+	if err := removeReadyFile(cfg.ReadyFile); err != nil {
+		return err
+	}
 
 	// Setup comes first: once the listen IPs exist, a client reaching them
 	// while nothing listens gets a port-unreachable and moves on to its
@@ -80,18 +87,19 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("dns engine: %w", err)
 	}
 
+	ready := func() error {
+		switch {
+		case !engine.Listening():
+			return errors.New("not listening")
+		case !fwd.Answered():
+			return errors.New("no upstream has answered yet")
+		}
+		return nil
+	}
 	opsServer, err := ops.Start(ops.Config{
-		Addr:     cfg.MetricsAddr,
-		Gatherer: reg,
-		Ready: func() error {
-			switch {
-			case !engine.Listening():
-				return errors.New("not listening")
-			case !fwd.Answered():
-				return errors.New("no upstream has answered yet")
-			}
-			return nil
-		},
+		Addr:      cfg.MetricsAddr,
+		Gatherer:  reg,
+		Ready:     ready,
 		Logger:    logger,
 		ReusePort: true, // the surge pod of a rolling update shares the node's port
 	})
@@ -104,14 +112,20 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	logger.Info("serving DNS", "listen", listen, "upstream", fmt.Sprint(upstream),
 		"upstream_external", fmt.Sprint(cfg.UpstreamExternal), "metrics", opsServer.Addr().String())
 
-	var reconciling sync.WaitGroup
-	reconcileCtx, stopReconcile := context.WithCancel(ctx)
-	reconciling.Go(func() { setup.Run(reconcileCtx, cfg.ReconcileInterval) })
+	var background sync.WaitGroup
+	backgroundCtx, stopBackground := context.WithCancel(ctx)
+	background.Go(func() { setup.Run(backgroundCtx, cfg.ReconcileInterval) })
+	if cfg.ReadyFile != "" {
+		background.Go(func() { writeReadyFileWhenReady(backgroundCtx, cfg.ReadyFile, ready, logger) })
+	}
 
 	<-ctx.Done()
 	logger.Info("stopping: draining in-flight queries", "timeout", cfg.ShutdownTimeout)
-	stopReconcile()
-	reconciling.Wait()
+	stopBackground()
+	background.Wait()
+	if err := removeReadyFile(cfg.ReadyFile); err != nil {
+		logger.Warn("ready file left behind", "err", err)
+	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	err = errors.Join(engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
