@@ -588,9 +588,7 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	icmp := []string{"Icmp.OutDestUnreachs", "Icmp.OutRateLimitHost", "Icmp.OutRateLimitGlobal"}
 	for _, tuned := range []bool{false, true} {
 		if tuned {
-			if out, err := e.c.NodeCommand(e.ctx, "sysctl", "-w", "net.ipv4.icmp_ratelimit=0").CombinedOutput(); err != nil {
-				t.Fatalf("sysctl: %v: %s", err, out)
-			}
+			e.setNodeSysctl(t, "net.ipv4.icmp_ratelimit", "0")
 		}
 		for _, kind := range []string{clients.Glibc, clients.Go} {
 			snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
@@ -614,9 +612,6 @@ func (e *env) kubeDNSDown(t *testing.T) {
 			}
 		}
 	}
-	if out, err := e.c.NodeCommand(e.ctx, "sysctl", "-w", "net.ipv4.icmp_ratelimit=1000").CombinedOutput(); err != nil {
-		t.Fatalf("sysctl: %v: %s", err, out)
-	}
 	// A Service created while kube-dns is down resolves once it is back.
 	fresh := seeds.Default()
 	fresh.Service = "fresh-svc"
@@ -633,6 +628,30 @@ func (e *env) kubeDNSDown(t *testing.T) {
 			t.Errorf("%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
 		}
 	}
+}
+
+// setNodeSysctl sets a sysctl in the node's network namespace until the
+// (sub)test ends, even when it fails, so later scenarios see the stock value.
+func (e *env) setNodeSysctl(t *testing.T, key, value string) {
+	t.Helper()
+	old, err := e.c.NodeCommand(e.ctx, "sysctl", "-n", key).Output()
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	set := func(v string) error {
+		if out, err := e.c.NodeCommand(e.ctx, "sysctl", "-w", key+"="+v).CombinedOutput(); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w: %s", key, v, err, out)
+		}
+		return nil
+	}
+	if err := set(value); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := set(strings.TrimSpace(string(old))); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // webhookDown: the webhook scaled to 0: pods of an opted-in namespace are
