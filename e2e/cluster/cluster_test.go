@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,13 +12,8 @@ import (
 	"github.com/localdns/localdns/e2e/e2etest"
 )
 
-// lineLogger sends the progress output to the test log.
-type lineLogger struct{ t *testing.T }
-
-func (l lineLogger) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+// TestMain repeats the failures at the end of the long verbose output.
+func TestMain(m *testing.M) { os.Exit(e2etest.Main(m)) }
 
 // TestClusterBootsResolvesAndTearsDown boots the real cluster once per
 // kube-proxy mode, proves a pod resolves through the kube-dns ClusterIP
@@ -29,7 +25,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 	ctx, repo := e2etest.Start(t)
 	bins, err := clients.Build(repo, t.TempDir())
 	if err != nil {
-		t.Fatalf("build load clients: %v", err)
+		e2etest.Fatalf(t, "build load clients: %v", err)
 	}
 
 	newConfig := func(t *testing.T, mode string) cluster.Config {
@@ -37,7 +33,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 		// A fixed name, so a crashed earlier run's leftovers are found.
 		cfg.Name = "localdns-e2e-test"
 		cfg.ProxyMode = mode
-		cfg.Progress = lineLogger{t}
+		cfg.Progress = e2etest.LogWriter(t)
 		return cfg
 	}
 	// Whatever a failed or filtered subtest left, nothing outlives the test.
@@ -47,7 +43,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			err = c.Down()
 		}
 		if err != nil {
-			t.Errorf("final teardown: %v", err)
+			e2etest.Errorf(t, "final teardown: %v", err)
 		}
 	})
 
@@ -64,20 +60,20 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			start := time.Now()
 			c, err := cluster.Up(ctx, newConfig(t, mode))
 			if err != nil {
-				t.Fatalf("boot: %v", err)
+				e2etest.Fatalf(t, "boot: %v", err)
 			}
 			t.Logf("boot (%s) took %s", mode, time.Since(start).Round(100*time.Millisecond))
 			t.Cleanup(func() {
 				if run.crash {
 					if err := c.KillDaemons(); err != nil {
-						t.Errorf("crash drill: %v", err)
+						e2etest.Errorf(t, "crash drill: %v", err)
 					}
 					t.Log("crash drill: daemons SIGKILLed, the rest left for the next boot to clean")
 					return
 				}
 				start := time.Now()
 				if err := c.Down(); err != nil {
-					t.Errorf("teardown: %v", err)
+					e2etest.Errorf(t, "teardown: %v", err)
 				}
 				t.Logf("teardown took %s", time.Since(start).Round(100*time.Millisecond))
 			})
@@ -87,7 +83,7 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 				out, err = c.CheckDNS(ctx)
 				return err
 			}); err != nil {
-				t.Fatalf("%v\nlogs in %s", err, c.LogsDir())
+				e2etest.Fatalf(t, "%v\nlogs in %s", err, c.LogsDir())
 			}
 			for _, want := range []string{
 				"nameserver " + cluster.KubeDNSIP.String(),                      // kubelet's clusterDNS
@@ -96,14 +92,14 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 				"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded to the fake upstream
 			} {
 				if !strings.Contains(out, want) {
-					t.Errorf("dns check output lacks %q:\n%s", want, out)
+					e2etest.Errorf(t, "dns check output lacks %q:\n%s", want, out)
 				}
 			}
 
 			if err := c.Step("import load client images", func() error {
 				return c.BuildAndImport(ctx, bins.Images()...)
 			}); err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			// A short load through the search path (ndots:5 makes
 			// kubernetes.default try kubernetes.default.default.svc first).
@@ -114,22 +110,22 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			for _, kind := range clients.Kinds {
 				manifest, err := clients.PodManifest("default", "load-"+kind, kind, load, nil)
 				if err != nil {
-					t.Fatal(err)
+					e2etest.Fatalf(t, "%v", err)
 				}
 				var logs string
 				if err := c.Step(fmt.Sprintf("%s client: %d x %s of %s", kind, load.Concurrency, load.Duration, load.Host), func() error {
 					logs, err = c.RunPod(ctx, "default", "load-"+kind, manifest)
 					return err
 				}); err != nil {
-					t.Fatalf("%v\nlogs in %s", err, c.LogsDir())
+					e2etest.Fatalf(t, "%v\nlogs in %s", err, c.LogsDir())
 				}
 				res, err := clients.ParseResult([]byte(logs))
 				if err != nil {
-					t.Fatal(err)
+					e2etest.Fatalf(t, "%v", err)
 				}
 				t.Logf("%s: %s", kind, res)
 				if res.Lookups == 0 || res.Errors != 0 {
-					t.Errorf("%s client: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
+					e2etest.Errorf(t, "%s client: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
 				}
 			}
 
@@ -139,31 +135,31 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 			// lookups stall; 20 threads for 8 s all but surely hit some.
 			remove, err := c.DropKubeDNSUDP(ctx, 0.005)
 			if err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			baseline := clients.Load{Host: "kubernetes.default", Concurrency: 20, Duration: 8 * time.Second,
 				Slow: time.Second, MaxLookups: 100_000}
 			manifest, err := clients.PodManifest("default", "baseline-glibc", clients.Glibc, baseline, nil)
 			if err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			var logs string
 			if err := c.Step("glibc client with 0.5% of UDP to kube-dns dropped", func() error {
 				logs, err = c.RunPod(ctx, "default", "baseline-glibc", manifest)
 				return err
 			}); err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			res, err := clients.ParseResult([]byte(logs))
 			if err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			t.Logf("glibc with drops: %s", res)
 			if res.Over1s == 0 {
-				t.Errorf("no lookup took 1 s or more with 0.5%% of the UDP packets dropped: the emulation does not work")
+				e2etest.Errorf(t, "no lookup took 1 s or more with 0.5%% of the UDP packets dropped: the emulation does not work")
 			}
 			if err := remove(); err != nil {
-				t.Error(err)
+				e2etest.Errorf(t, "%v", err)
 			}
 		})
 	}

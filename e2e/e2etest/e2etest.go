@@ -4,9 +4,11 @@ package e2etest
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -29,4 +31,15 @@ func Start(t *testing.T) (ctx context.Context, repo string) {
 		t.Fatal(err)
 	}
 	return ctx, repo
+}
+
+// LogWriter sends what is written to it, a line per write (the cluster's
+// progress lines), to the test log.
+func LogWriter(t *testing.T) io.Writer { return logWriter{t} }
+
+type logWriter struct{ t *testing.T }
+
+func (l logWriter) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -18,19 +18,14 @@ import (
 	"github.com/localdns/localdns/e2e/seeds"
 )
 
+// TestMain repeats the failures at the end of the long verbose output.
+func TestMain(m *testing.M) { os.Exit(e2etest.Main(m)) }
+
 // Namespaces of the scenarios: one never opted in, one opted in.
 const (
 	plainNS = "plain"
 	optedNS = "opted"
 )
-
-// lineLogger sends the cluster's progress output to the test log.
-type lineLogger struct{ t *testing.T }
-
-func (l lineLogger) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // env is one booted cluster with localdns installed, shared by the
 // scenarios, which run in order (each leaves the cluster as the next one
@@ -95,54 +90,54 @@ func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scen
 	cfg := cluster.DefaultConfig()
 	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
 	cfg.ProxyMode = mode
-	cfg.Progress = lineLogger{t}
+	cfg.Progress = e2etest.LogWriter(t)
 	start := time.Now()
 	c, err := cluster.Up(ctx, cfg)
 	if err != nil {
 		<-images
-		t.Fatalf("boot: %v", err)
+		e2etest.Fatalf(t, "boot: %v", err)
 	}
 	t.Logf("boot took %s", time.Since(start).Round(100*time.Millisecond))
 	t.Cleanup(func() {
 		start := time.Now()
 		if err := c.Down(); err != nil {
-			t.Errorf("teardown: %v", err)
+			e2etest.Errorf(t, "teardown: %v", err)
 		}
 		t.Logf("teardown took %s", time.Since(start).Round(100*time.Millisecond))
 	})
 	b := <-images
 	if b.err != nil {
-		t.Fatalf("build localdns images: %v", b.err)
+		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
 	e := &env{ctx: ctx, c: c, repo: repo, short: short}
 
 	start = time.Now()
 	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
-		t.Fatalf("install: %v\nlogs in %s", err, c.LogsDir())
+		e2etest.Fatalf(t, "install: %v\nlogs in %s", err, c.LogsDir())
 	}
 	t.Logf("install took %s", time.Since(start).Round(100*time.Millisecond))
 	st, err := localdns.ReadNodeState(ctx, c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if !st.HasSetup() {
-		t.Fatalf("after install the node lacks %s or the localdns: rules: %+v", localdns.LocalIP, st)
+		e2etest.Fatalf(t, "after install the node lacks %s or the localdns: rules: %+v", localdns.LocalIP, st)
 	}
 	t.Logf("node: %s; %d localdns rules", st.Addresses, len(st.Rules))
 
 	clientsDir := filepath.Join(work, "clients")
 	if err := os.Mkdir(clientsDir, 0o755); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if err := seeds.Prepare(ctx, c, repo, clientsDir, seeds.Default()); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	for _, ns := range []struct {
 		name  string
 		optIn bool
 	}{{plainNS, false}, {optedNS, true}} {
 		if err := localdns.EnsureNamespace(ctx, c, ns.name, ns.optIn); err != nil {
-			t.Fatal(err)
+			e2etest.Fatalf(t, "%v", err)
 		}
 	}
 
@@ -167,7 +162,7 @@ func (e *env) load(t *testing.T, ns, name, kind string, l clients.Load, annotati
 	t.Helper()
 	res, err := e.runLoad(ns, name, kind, l, annotations)
 	if err != nil {
-		t.Fatalf("%s: %v\nlogs in %s", name, err, e.c.LogsDir())
+		e2etest.Fatalf(t, "%s: %v\nlogs in %s", name, err, e.c.LogsDir())
 	}
 	t.Logf("%s (%s, %d x %s of %s): %s", name, kind, l.Concurrency, l.Duration, l.Host, res)
 	return res
@@ -206,7 +201,7 @@ func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
 	}
 	for _, bl := range loads {
 		if err := e.waitRunning(bl.name); err != nil {
-			t.Fatal(err)
+			e2etest.Fatalf(t, "%v", err)
 		}
 	}
 }
@@ -218,7 +213,7 @@ func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
 	for _, bl := range loads {
 		<-bl.done
 		if bl.err != nil {
-			t.Errorf("%s: %v", bl.name, bl.err)
+			e2etest.Errorf(t, "%s: %v", bl.name, bl.err)
 			continue
 		}
 		t.Logf("%s (%s, %d x %s of %s): %s", bl.name, bl.kind, bl.load.Concurrency, bl.load.Duration, bl.load.Host, bl.res)
@@ -227,7 +222,7 @@ func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
 			slow = bl.res.Over5s
 		}
 		if bl.res.Lookups == 0 || bl.res.Errors != 0 || slow != 0 {
-			t.Errorf("%s: %d lookups, %d errors (%s), %d >= 1 s, %d >= 5 s (max %s)", bl.name, bl.res.Lookups, bl.res.Errors,
+			e2etest.Errorf(t, "%s: %d lookups, %d errors (%s), %d >= 1 s, %d >= 5 s (max %s)", bl.name, bl.res.Lookups, bl.res.Errors,
 				bl.res.FirstError, bl.res.Over1s, bl.res.Over5s, bl.res.Max)
 		}
 	}
@@ -275,11 +270,11 @@ func (e *env) correctness(t *testing.T) {
 		name := "nslookup-" + mode
 		out, err := localdns.ShellPod(e.ctx, e.c, optedNS, name, mode, script)
 		if err != nil {
-			t.Fatalf("%s mode: %v", mode, err)
+			e2etest.Fatalf(t, "%s mode: %v", mode, err)
 		}
 		resolv, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, mode)
 		if err != nil {
-			t.Error(err)
+			e2etest.Errorf(t, "%v", err)
 		}
 		t.Logf("kubelet-written resolv.conf, %s mode:\n%s", mode, resolv)
 		for _, want := range []string{
@@ -290,7 +285,7 @@ func (e *env) correctness(t *testing.T) {
 			"NXDOMAIN",
 		} {
 			if !strings.Contains(out, want) {
-				t.Errorf("%s mode: nslookup output lacks %q:\n%s", mode, want, out)
+				e2etest.Errorf(t, "%s mode: nslookup output lacks %q:\n%s", mode, want, out)
 			}
 		}
 	}
@@ -312,11 +307,11 @@ func (e *env) correctness(t *testing.T) {
 				wantErrors = res.Lookups
 			}
 			if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
-				t.Errorf("%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
+				e2etest.Errorf(t, "%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
 					kind, tt.host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
 			}
 			if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, modeOf(kind)); err != nil {
-				t.Error(err)
+				e2etest.Errorf(t, "%v", err)
 			}
 		}
 	}
@@ -331,12 +326,12 @@ func (e *env) seeds(t *testing.T) {
 	base.CDuration, base.GoDuration = 8*time.Second, 8*time.Second
 	rows, err := seeds.RunClients(e.ctx, e.c, base)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	logTable(t, "baseline, namespace not opted in", rows)
 	for _, r := range rows {
 		if r.Over1s == 0 {
-			t.Errorf("baseline %s: no lookup took 1 s or more: the race emulation did not bite", r.Client)
+			e2etest.Errorf(t, "baseline %s: no lookup took 1 s or more: the race emulation did not bite", r.Client)
 		}
 	}
 
@@ -348,11 +343,11 @@ func (e *env) seeds(t *testing.T) {
 	opted.Annotations = autoMode
 	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	rows, err = seeds.RunClients(e.ctx, e.c, opted)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
 		t.Logf("node during the opted-in run: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
@@ -365,10 +360,10 @@ func (e *env) seeds(t *testing.T) {
 	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
 	for _, r := range rows {
 		if r.Lookups == 0 || r.Errors != 0 || r.Over1s != 0 {
-			t.Errorf("localdns %s: %d lookups, %d errors (%s), %d >= 1 s (max %s)", r.Client, r.Lookups, r.Errors, r.FirstError, r.Over1s, r.Max)
+			e2etest.Errorf(t, "localdns %s: %d lookups, %d errors (%s), %d >= 1 s (max %s)", r.Client, r.Lookups, r.Errors, r.FirstError, r.Over1s, r.Max)
 		}
 		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, "seeds-"+r.Client, modeOf(r.Client)); err != nil {
-			t.Error(err)
+			e2etest.Errorf(t, "%v", err)
 		}
 	}
 }
@@ -380,7 +375,7 @@ func logTable(t *testing.T, title string, rows []seeds.Row) {
 	}
 	var b strings.Builder
 	if err := seeds.WriteTable(&b, rows); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Logf("%s:\n%s", title, b.String())
 }
@@ -405,24 +400,24 @@ func (e *env) nodeCacheKilled(t *testing.T) {
 	time.Sleep(3 * time.Second) // mid-load
 	pids, err := localdns.NodeCachePIDs(e.c)
 	if err != nil || len(pids) == 0 {
-		t.Fatalf("node cache processes: %v %v", pids, err)
+		e2etest.Fatalf(t, "node cache processes: %v %v", pids, err)
 	}
 	for _, pid := range pids {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill -9 %d: %v", pid, err)
+			e2etest.Fatalf(t, "kill -9 %d: %v", pid, err)
 		}
 	}
 	t.Logf("SIGKILLed node cache pid %v", pids)
 	if err := e.waitNodeCacheReady(); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "delete", "pod", "-l", "app.kubernetes.io/name="+localdns.NodeCacheDS,
 		"--force", "--grace-period=0"); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Log("force-deleted the node cache pod")
 	if err := e.waitNodeCacheReady(); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	waitLoads(t, true, loads...)
 	e.checkServing(t)
@@ -451,17 +446,17 @@ func (e *env) waitNodeCacheReady() error {
 func (e *env) checkServing(t *testing.T) {
 	before, err := localdns.NodeCacheRequests(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	l := clients.Load{Host: serviceHost, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 50}
 	e.load(t, optedNS, "serving-glibc", clients.Glibc, l, autoMode)
 	after, err := localdns.NodeCacheRequests(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Logf("node cache requests: %.0f -> %.0f", before, after)
 	if after-before < float64(l.MaxLookups) {
-		t.Errorf("node cache counted %.0f requests during %d lookups: traffic did not return to it", after-before, l.MaxLookups)
+		e2etest.Errorf(t, "node cache counted %.0f requests during %d lookups: traffic did not return to it", after-before, l.MaxLookups)
 	}
 }
 
@@ -473,7 +468,7 @@ func (e *env) rollingUpdate(t *testing.T) {
 	follow := e.c.KubectlCommand(e.ctx, "-n", localdns.Namespace, "logs", "-f", "--timestamps", "daemonset/"+localdns.NodeCacheDS)
 	follow.Stdout, follow.Stderr = &oldLog, &oldLog
 	if err := follow.Start(); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	defer func() {
 		_ = follow.Process.Kill()
@@ -484,7 +479,7 @@ func (e *env) rollingUpdate(t *testing.T) {
 	}()
 	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	loads := glibcAndGoLoad("roll", 25*time.Second)
 	e.startLoads(t, loads...)
@@ -496,7 +491,7 @@ func (e *env) rollingUpdate(t *testing.T) {
 		_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "status", "daemonset/"+localdns.NodeCacheDS, "--timeout=2m")
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	waitLoads(t, false, loads...)
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
@@ -507,10 +502,10 @@ func (e *env) rollingUpdate(t *testing.T) {
 	}
 	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if !st.HasSetup() {
-		t.Errorf("after the rolling update the node lacks its setup: %+v", st)
+		e2etest.Errorf(t, "after the rolling update the node lacks its setup: %+v", st)
 	}
 	e.checkServing(t)
 }
@@ -536,7 +531,7 @@ func (e *env) kubeDNSDown(t *testing.T) {
 		})
 	}
 	if err := scale(0); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Cleanup(func() { _ = scale(2) })
 	// kube-dns gives Service records a TTL of 30 s: past it, only a stale
@@ -549,7 +544,7 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "stale-"+kind, kind, cached, autoMode)
 		if res.Lookups == 0 || res.Errors != 0 || res.Over1s != 0 {
-			t.Errorf("%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s)
+			e2etest.Errorf(t, "%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s)
 		}
 	}
 	// One query straight at the node cache, from the node: the rcode and
@@ -560,7 +555,7 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	took := time.Since(start)
 	t.Logf("dig @%s of an uncached name with kube-dns down: %s in %s", localdns.LocalIP, digStatus(string(out)), took.Round(time.Millisecond))
 	if err != nil || digStatus(string(out)) != "SERVFAIL" || took >= time.Second {
-		t.Errorf("node cache, uncached name with kube-dns down: %q after %s (%v), want SERVFAIL within 1 s (the pods' resolver timeout)",
+		e2etest.Errorf(t, "node cache, uncached name with kube-dns down: %q after %s (%v), want SERVFAIL within 1 s (the pods' resolver timeout)",
 			digStatus(string(out)), took.Round(time.Millisecond), err)
 	}
 	uncached := clients.Load{Host: "never-seen-e2e.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
@@ -570,12 +565,12 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "nofallback-"+kind, kind, uncached, noFallback)
 		if res.Errors != res.Lookups || res.Over1s != 0 {
-			t.Errorf("%s, fallback off, uncached name with kube-dns down: %d lookups, %d errors, %d >= 1 s (max %s); want all failing fast",
+			e2etest.Errorf(t, "%s, fallback off, uncached name with kube-dns down: %d lookups, %d errors, %d >= 1 s (max %s); want all failing fast",
 				kind, res.Lookups, res.Errors, res.Over1s, res.Max)
 		}
 		// Go names the rcode: SERVFAIL is "server misbehaving".
 		if kind == clients.Go && !strings.Contains(res.FirstError, "server misbehaving") {
-			t.Errorf("Go, fallback off, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
+			e2etest.Errorf(t, "Go, fallback off, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
 		}
 	}
 	// With the fallback (the default), a SERVFAIL from the node cache sends
@@ -593,22 +588,22 @@ func (e *env) kubeDNSDown(t *testing.T) {
 		for _, kind := range []string{clients.Glibc, clients.Go} {
 			snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
 			if err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			res := e.load(t, optedNS, fmt.Sprintf("uncached-tuned-%v-%s", tuned, kind), kind, uncached, autoMode)
 			snmp1, err := localdns.NodeSNMP(e.ctx, e.c)
 			if err != nil {
-				t.Fatal(err)
+				e2etest.Fatalf(t, "%v", err)
 			}
 			rateLimited := snmp1["Icmp.OutRateLimitHost"] - snmp0["Icmp.OutRateLimitHost"] + snmp1["Icmp.OutRateLimitGlobal"] - snmp0["Icmp.OutRateLimitGlobal"]
 			t.Logf("kube-dns down, fallback on, node tuned %v, %s: node %s", tuned, kind, localdns.SNMPDelta(snmp0, snmp1, icmp...))
 			switch {
 			case res.Errors != res.Lookups:
-				t.Errorf("%s, uncached name with kube-dns down: %d of %d lookups answered, want all failing", kind, res.Lookups-res.Errors, res.Lookups)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d of %d lookups answered, want all failing", kind, res.Lookups-res.Errors, res.Lookups)
 			case res.Over1s > 0 && rateLimited == 0:
-				t.Errorf("%s, uncached name with kube-dns down: %d lookups >= 1 s (max %s) with no ICMP rate-limited: not the kernel's limit", kind, res.Over1s, res.Max)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d lookups >= 1 s (max %s) with no ICMP rate-limited: not the kernel's limit", kind, res.Over1s, res.Max)
 			case tuned && res.Over5s != 0:
-				t.Errorf("%s, uncached name with kube-dns down, node tuned: %d lookups >= 5 s (max %s), want none", kind, res.Over5s, res.Max)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down, node tuned: %d lookups >= 5 s (max %s), want none", kind, res.Over5s, res.Max)
 			}
 		}
 	}
@@ -616,16 +611,16 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	fresh := seeds.Default()
 	fresh.Service = "fresh-svc"
 	if err := seeds.Prepare(e.ctx, e.c, e.repo, t.TempDir(), fresh); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if err := scale(2); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	l := clients.Load{Host: "fresh-svc.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "fresh-"+kind, kind, l, autoMode)
 		if res.Lookups != l.MaxLookups || res.Errors != 0 {
-			t.Errorf("%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
+			e2etest.Errorf(t, "%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
 		}
 	}
 }
@@ -636,7 +631,7 @@ func (e *env) setNodeSysctl(t *testing.T, key, value string) {
 	t.Helper()
 	old, err := e.c.NodeCommand(e.ctx, "sysctl", "-n", key).Output()
 	if err != nil {
-		t.Fatalf("read %s: %v", key, err)
+		e2etest.Fatalf(t, "read %s: %v", key, err)
 	}
 	set := func(v string) error {
 		if out, err := e.c.NodeCommand(e.ctx, "sysctl", "-w", key+"="+v).CombinedOutput(); err != nil {
@@ -645,11 +640,11 @@ func (e *env) setNodeSysctl(t *testing.T, key, value string) {
 		return nil
 	}
 	if err := set(value); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Cleanup(func() {
 		if err := set(strings.TrimSpace(string(old))); err != nil {
-			t.Error(err)
+			e2etest.Errorf(t, "%v", err)
 		}
 	})
 }
@@ -664,7 +659,7 @@ func (e *env) webhookDown(t *testing.T) {
 		_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name="+localdns.WebhookDeploy, "--timeout=2m")
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	e.plainPodResolves(t, "nowebhook")
 }
@@ -676,22 +671,22 @@ func (e *env) plainPodResolves(t *testing.T, name string) {
 	out, err := localdns.ShellPod(e.ctx, e.c, optedNS, name, "auto",
 		"cat /etc/resolv.conf && nslookup kubernetes.default.svc."+cluster.ClusterDomain)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	t.Logf("pod %s created and finished in %s:\n%s", name, time.Since(start).Round(100*time.Millisecond), out)
 	p, err := localdns.GetPod(e.ctx, e.c, optedNS, name)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if got := p.Metadata.Annotations[localdns.InjectedAnnotation]; got != "" || p.Spec.DNSPolicy != "ClusterFirst" {
-		t.Errorf("pod %s: %s=%q dnsPolicy %q, want unmutated ClusterFirst", name, localdns.InjectedAnnotation, got, p.Spec.DNSPolicy)
+		e2etest.Errorf(t, "pod %s: %s=%q dnsPolicy %q, want unmutated ClusterFirst", name, localdns.InjectedAnnotation, got, p.Spec.DNSPolicy)
 	}
 	nameservers, _, _ := localdns.ParseResolvConf(out)
 	if len(nameservers) != 1 || nameservers[0] != cluster.KubeDNSIP.String() {
-		t.Errorf("pod %s: nameservers %v, want only the kube-dns ClusterIP", name, nameservers)
+		e2etest.Errorf(t, "pod %s: nameservers %v, want only the kube-dns ClusterIP", name, nameservers)
 	}
 	if !strings.Contains(out, "Address: "+cluster.APIServiceIP.String()) {
-		t.Errorf("pod %s did not resolve kubernetes.default", name)
+		e2etest.Errorf(t, "pod %s did not resolve kubernetes.default", name)
 	}
 }
 
@@ -699,20 +694,20 @@ func (e *env) plainPodResolves(t *testing.T, name string) {
 // from the node; new pods get the plain ClusterIP and resolve.
 func (e *env) uninstall(t *testing.T) {
 	if err := localdns.Uninstall(e.ctx, e.c, e.repo); err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
-		t.Fatal(err)
+		e2etest.Fatalf(t, "%v", err)
 	}
 	if !st.IsClean() {
-		t.Errorf("after uninstall the node keeps %q and rules %v", st.Addresses, st.Rules)
+		e2etest.Errorf(t, "after uninstall the node keeps %q and rules %v", st.Addresses, st.Rules)
 	}
 	e.plainPodResolves(t, "after-uninstall")
 	l := clients.Load{Host: serviceHost, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 50}
 	res := e.load(t, optedNS, "after-uninstall-glibc", clients.Glibc, l, autoMode)
 	if res.Lookups != l.MaxLookups || res.Errors != 0 {
-		t.Errorf("glibc after uninstall: %d lookups, %d errors (%s)", res.Lookups, res.Errors, res.FirstError)
+		e2etest.Errorf(t, "glibc after uninstall: %d lookups, %d errors (%s)", res.Lookups, res.Errors, res.FirstError)
 	}
 }
 
