@@ -353,10 +353,8 @@ func (e *env) seeds(t *testing.T) {
 		t.Logf("node during the opted-in run: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
 	}
 	// What the node cache saw, for a post-mortem of any slow lookup.
-	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_upstream_", "localdns_nodecache_miss_duration_seconds_count",
-		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_"); err == nil {
-		t.Logf("node cache metrics after the opted-in run:\n%s", strings.Join(lines, "\n"))
-	}
+	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_duration_seconds_count",
+		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_")
 	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
 	for _, r := range rows {
 		if r.Lookups == 0 || r.Errors != 0 || r.Over1s != 0 {
@@ -497,9 +495,7 @@ func (e *env) rollingUpdate(t *testing.T) {
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
 		t.Logf("node during the rolling update: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.NoPorts", "Udp.InErrors", "Udp.RcvbufErrors", "Icmp.OutDestUnreachs"))
 	}
-	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_setup_", "localdns_nodecache_malformed"); err == nil {
-		t.Logf("new node cache's setup metrics:\n%s", strings.Join(lines, "\n"))
-	}
+	e.logNodeCacheMetrics(t, "of the new node cache", "localdns_nodecache_setup_", "localdns_nodecache_malformed")
 	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
@@ -544,7 +540,8 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "stale-"+kind, kind, cached, autoMode)
 		if res.Lookups == 0 || res.Errors != 0 || res.Over1s != 0 {
-			e2etest.Errorf(t, "%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s)
+			e2etest.Errorf(t, "%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s (max %s)", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s, res.Max)
+			e.logNodeCacheMetrics(t, "serving stale", downMetrics...)
 		}
 	}
 	// One query straight at the node cache, from the node: the rcode and
@@ -616,13 +613,39 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	if err := scale(2); err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
+	// Ready CoreDNS pods are not yet a way through the ClusterIP: that
+	// takes kube-proxy's next sync, and the node cache's probe (every
+	// 500 ms) to find it. Until then both nameservers of a pod fail.
+	back := time.Now()
+	if err := localdns.WaitUpstreamHealthy(e.ctx, e.c, time.Minute); err != nil {
+		e2etest.Fatalf(t, "node cache after kube-dns came back: %v", err)
+	}
+	t.Logf("node cache counts kube-dns healthy %s after its rollout", time.Since(back).Round(10*time.Millisecond))
 	l := clients.Load{Host: "fresh-svc.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
 	for _, kind := range []string{clients.Glibc, clients.Go} {
 		res := e.load(t, optedNS, "fresh-"+kind, kind, l, autoMode)
 		if res.Lookups != l.MaxLookups || res.Errors != 0 {
 			e2etest.Errorf(t, "%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
+			e.logNodeCacheMetrics(t, "after kube-dns returned", downMetrics...)
 		}
 	}
+}
+
+// downMetrics are the node cache's samples that tell what it did while
+// kube-dns was down.
+var downMetrics = []string{"localdns_nodecache_upstream_", "localdns_nodecache_cache_stale_total",
+	"localdns_nodecache_cache_misses_total", "localdns_nodecache_requests_total"}
+
+// logNodeCacheMetrics logs the node cache's samples named by prefixes, for
+// a post-mortem.
+func (e *env) logNodeCacheMetrics(t *testing.T, when string, prefixes ...string) {
+	t.Helper()
+	lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, prefixes...)
+	if err != nil {
+		t.Logf("node cache metrics %s: %v", when, err)
+		return
+	}
+	t.Logf("node cache metrics %s:\n%s", when, strings.Join(lines, "\n"))
 }
 
 // setNodeSysctl sets a sysctl in the node's network namespace until the

@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/localdns/localdns/e2e/cluster"
 )
@@ -150,4 +153,21 @@ func SNMPDelta(before, after map[string]int64, names ...string) string {
 		parts[i] = fmt.Sprintf("%s +%d", n, after[n]-before[n])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// WaitUpstreamHealthy waits up to d until the node cache counts the kube-dns
+// ClusterIP healthy (localdns_nodecache_upstream_healthy 1): a probe or a
+// query of its got an answer through kube-proxy's rules.
+func WaitUpstreamHealthy(ctx context.Context, c *cluster.Cluster, d time.Duration) error {
+	want := fmt.Sprintf("localdns_nodecache_upstream_healthy{server=%q} 1", net.JoinHostPort(cluster.KubeDNSIP.String(), "53"))
+	return poll(ctx, d, func() error {
+		lines, err := NodeCacheMetrics(ctx, c, "localdns_nodecache_upstream_healthy")
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(lines, want) {
+			return fmt.Errorf("node cache reports %q", lines)
+		}
+		return nil
+	})
 }
