@@ -193,6 +193,13 @@ func (e *Engine) answerBatch(u *udpListener, reads, writes []ipv4.Message, r *re
 			writes[out].Addr = m.Addr
 			out++
 		case needsUpstream:
+			r.client = clientAddr(m.Addr)
+			if !e.admitMiss(r.client, u.c) {
+				writes[out].Buffers[0] = refuseMiss(writes[out].Buffers[0][:0], r, protoUDP, u.c)
+				writes[out].Addr = m.Addr
+				out++
+				continue
+			}
 			e.missUDP(u, r.detach(), m.Addr)
 		}
 	}
