@@ -14,6 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/dnsengine"
+	"github.com/localdns/localdns/dnsengine/forward"
 	"github.com/localdns/localdns/internal/flagutil"
 )
 
@@ -74,7 +78,10 @@ type Config struct {
 	UpstreamExternal  []netip.AddrPort // optional servers for "."
 	UpstreamTransport Transport
 	CacheSize         int
+	CacheMaxBytes     int64
+	MaxCachedAnswer   int
 	StaleMax          time.Duration
+	Limits            Limits
 	MetricsAddr       string
 	Setup             SetupConfig
 	ReconcileInterval time.Duration
@@ -87,18 +94,37 @@ type Config struct {
 	ReadyFile string
 }
 
+// Limits are the bounds that keep one pod, or a slow kube-dns, from taking
+// what the node cache needs for everyone else. Zero means the default.
+type Limits struct {
+	MaxInflightMisses          int // misses being resolved at once
+	MaxInflightMissesPerClient int // of them, by one client address
+	MaxTCPConns                int // client TCP connections open
+	MaxTCPConnsPerClient       int // of them, from one client address
+	UpstreamMaxConns           int // TCP connections to each kube-dns address
+	// ExternalMaxInflight caps the queries for names outside the cluster
+	// zones in flight at once, so that slow external names leave connections
+	// for cluster names.
+	ExternalMaxInflight int
+}
+
 // Defaults.
 const (
-	DefaultListen            = "169.254.20.10:53"
-	DefaultClusterDomain     = "cluster.local"
-	DefaultCacheSize         = 10000
-	DefaultStaleMax          = time.Hour
-	DefaultMetricsAddr       = ":9253"
-	DefaultInterfaceName     = "localdns0"
-	DefaultReconcileInterval = 5 * time.Second
-	DefaultShutdownTimeout   = 5 * time.Second
-	dnsPort                  = 53
-	maxInterfaceNameLen      = 15 // IFNAMSIZ - 1
+	DefaultListen          = "169.254.20.10:53"
+	DefaultClusterDomain   = "cluster.local"
+	DefaultCacheSize       = dnsengine.DefaultCacheSize
+	DefaultCacheMaxBytes   = dnsengine.DefaultCacheMaxBytes
+	DefaultMaxCachedAnswer = dnsengine.DefaultMaxCachedAnswer
+	DefaultStaleMax        = dnsengine.DefaultStaleMax
+	// DefaultExternalMaxInflight is three quarters of the connections to a
+	// kube-dns address: the last quarter is always there for cluster names.
+	DefaultExternalMaxInflight = forward.DefaultMaxConnsPerServer * 3 / 4
+	DefaultMetricsAddr         = ":9253"
+	DefaultInterfaceName       = "localdns0"
+	DefaultReconcileInterval   = 5 * time.Second
+	DefaultShutdownTimeout     = 5 * time.Second
+	dnsPort                    = 53
+	maxInterfaceNameLen        = 15 // IFNAMSIZ - 1
 )
 
 // Parse reads the command line without the program name. A first argument
@@ -185,7 +211,10 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 		upstreamExternal  flagutil.List
 		upstreamTransport string
 		cacheSize         int
+		cacheMaxBytes     = flagutil.Bytes(DefaultCacheMaxBytes)
+		maxCachedAnswer   = flagutil.Bytes(DefaultMaxCachedAnswer)
 		staleMax          time.Duration
+		limits            Limits
 		metricsAddr       string
 		reconcileInterval time.Duration
 		shutdownTimeout   time.Duration
@@ -195,8 +224,16 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --upstream")
 	fs.Var(&upstream, "upstream", "kube-dns `ip[:port]` for the cluster zones and \".\" (port 53 when omitted); repeatable or comma-separated; when empty, discovered once at start from the kube-dns Service in kube-system")
 	fs.Var(&upstreamExternal, "upstream-external", "optional `ip[:port]` servers for names outside the cluster zones (\".\"); repeatable or comma-separated")
-	fs.StringVar(&upstreamTransport, "upstream-transport", string(TransportTCP), "transport to the upstreams: tcp (connection reuse, pipelining) or udp")
+	fs.StringVar(&upstreamTransport, "upstream-transport", string(TransportTCP), "transport to the upstreams: tcp (pooled connections, one query in flight on each) or udp")
 	fs.IntVar(&cacheSize, "cache-size", DefaultCacheSize, "maximum number of cached answers")
+	fs.Var(&cacheMaxBytes, "cache-max-bytes", "memory the cache may hold, stale answers included (`bytes`, e.g. 16Mi)")
+	fs.Var(&maxCachedAnswer, "max-cached-answer", "largest answer cached, in wire `bytes` (at most 64Ki); larger ones are served, not cached")
+	fs.IntVar(&limits.MaxInflightMisses, "max-inflight-misses", dnsengine.DefaultMaxInflightMisses, "cache misses being resolved at once; beyond it queries get SERVFAIL")
+	fs.IntVar(&limits.MaxInflightMissesPerClient, "max-inflight-misses-per-client", dnsengine.DefaultMaxInflightMissesPerClient, "of those, the most one client address may hold")
+	fs.IntVar(&limits.MaxTCPConns, "max-tcp-conns", dnsengine.DefaultMaxTCPConns, "client TCP connections open at once; more are closed")
+	fs.IntVar(&limits.MaxTCPConnsPerClient, "max-tcp-conns-per-client", dnsengine.DefaultMaxTCPConnsPerClient, "of those, the most one client address may hold")
+	fs.IntVar(&limits.UpstreamMaxConns, "upstream-max-conns", forward.DefaultMaxConnsPerServer, "TCP connections to each upstream address (one query in flight on each); more queries wait for one")
+	fs.IntVar(&limits.ExternalMaxInflight, "upstream-external-max-inflight", DefaultExternalMaxInflight, "queries for names outside the cluster zones in flight at once; 0 = no cap of their own")
 	fs.DurationVar(&staleMax, "stale-max", DefaultStaleMax, "serve expired answers up to this old when every upstream fails (RFC 8767); 0 disables")
 	fs.StringVar(&metricsAddr, "metrics-addr", DefaultMetricsAddr, "`host:port` serving /metrics, /healthz and /readyz")
 	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
@@ -233,6 +270,26 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 	if cacheSize <= 0 {
 		errs = append(errs, fmt.Errorf("--cache-size: %d is not positive", cacheSize))
 	}
+	if cacheMaxBytes <= 0 {
+		errs = append(errs, fmt.Errorf("--cache-max-bytes: %s is not positive", &cacheMaxBytes))
+	}
+	if maxCachedAnswer <= 0 || maxCachedAnswer > dns.MaxMsgSize {
+		errs = append(errs, fmt.Errorf("--max-cached-answer: %s is not in 1..%d", &maxCachedAnswer, dns.MaxMsgSize))
+	}
+	for name, v := range map[string]int{
+		"--max-inflight-misses":            limits.MaxInflightMisses,
+		"--max-inflight-misses-per-client": limits.MaxInflightMissesPerClient,
+		"--max-tcp-conns":                  limits.MaxTCPConns,
+		"--max-tcp-conns-per-client":       limits.MaxTCPConnsPerClient,
+		"--upstream-max-conns":             limits.UpstreamMaxConns,
+	} {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %d is not positive", name, v))
+		}
+	}
+	if limits.ExternalMaxInflight < 0 {
+		errs = append(errs, fmt.Errorf("--upstream-external-max-inflight: %d is negative", limits.ExternalMaxInflight))
+	}
 	if staleMax < 0 {
 		errs = append(errs, fmt.Errorf("--stale-max: %v is negative", staleMax))
 	}
@@ -256,7 +313,10 @@ func parseServe(args []string, output io.Writer) (Config, error) {
 		UpstreamExternal:  external,
 		UpstreamTransport: transport,
 		CacheSize:         cacheSize,
+		CacheMaxBytes:     int64(cacheMaxBytes),
+		MaxCachedAnswer:   int(maxCachedAnswer),
 		StaleMax:          staleMax,
+		Limits:            limits,
 		MetricsAddr:       metricsAddr,
 		Setup:             setupCfg,
 		ReconcileInterval: reconcileInterval,

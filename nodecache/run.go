@@ -75,13 +75,19 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		listen[i] = ap.String()
 	}
 	engine, err := dnsengine.New(dnsengine.Config{
-		Listen:     listen,
-		Upstream:   fwd,
-		CacheSize:  cfg.CacheSize,
-		StaleMax:   cfg.StaleMax,
-		Registerer: reg,
-		Namespace:  MetricsNamespace,
-		Logger:     logger,
+		Listen:                     listen,
+		Upstream:                   fwd,
+		CacheSize:                  cfg.CacheSize,
+		CacheMaxBytes:              cfg.CacheMaxBytes,
+		MaxCachedAnswer:            cfg.MaxCachedAnswer,
+		StaleMax:                   cfg.StaleMax,
+		MaxInflightMisses:          cfg.Limits.MaxInflightMisses,
+		MaxInflightMissesPerClient: cfg.Limits.MaxInflightMissesPerClient,
+		MaxTCPConns:                cfg.Limits.MaxTCPConns,
+		MaxTCPConnsPerClient:       cfg.Limits.MaxTCPConnsPerClient,
+		Registerer:                 reg,
+		Namespace:                  MetricsNamespace,
+		Logger:                     logger,
 	})
 	if err != nil {
 		return fmt.Errorf("dns engine: %w", err)
@@ -138,12 +144,15 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 }
 
 // forwardConfig routes the cluster domain and the reverse zones to kube-dns,
-// and "." to the external servers when given, else to kube-dns too.
+// and "." to the external servers when given, else to kube-dns too, with at
+// most Limits.ExternalMaxInflight of its queries in flight. Each attempt may
+// take the engine's whole upstream timeout: a slow answer is still an answer.
 func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registerer, logger *slog.Logger) forward.Config {
 	servers := func(aps []netip.AddrPort) []forward.Server {
 		out := make([]forward.Server, len(aps))
 		for i, ap := range aps {
-			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport)}
+			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport),
+				Timeout: dnsengine.DefaultUpstreamTimeout}
 		}
 		return out
 	}
@@ -156,14 +165,15 @@ func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registe
 	for _, z := range reverseZones {
 		zones = append(zones, forward.Zone{Name: z, Servers: cluster})
 	}
-	zones = append(zones, forward.Zone{Name: ".", Servers: root})
+	zones = append(zones, forward.Zone{Name: ".", Servers: root, MaxInflight: cfg.Limits.ExternalMaxInflight})
 	return forward.Config{
-		Zones:        zones,
-		ProbeName:    cfg.ClusterDomain,
-		ProbeAtStart: true, // readiness without waiting for client traffic
-		Registerer:   reg,
-		Namespace:    MetricsNamespace,
-		Logger:       logger,
+		Zones:             zones,
+		MaxConnsPerServer: cfg.Limits.UpstreamMaxConns,
+		ProbeName:         cfg.ClusterDomain,
+		ProbeAtStart:      true, // readiness without waiting for client traffic
+		Registerer:        reg,
+		Namespace:         MetricsNamespace,
+		Logger:            logger,
 	}
 }
 
