@@ -42,10 +42,10 @@ type fakeUpstream struct {
 	mu      sync.Mutex
 	calls   map[string]int // "name type DO" -> calls
 	total   int
-	fail    bool          // answer every query with an error
+	fail    bool           // answer every query with an error
 	rcodes  map[string]int // lower-case name -> RCODE to reply with instead of the zone's answer
-	gate    chan struct{} // when set, every Exchange waits for a receive from it (or ctx)
-	called  chan string   // when set, every Exchange sends its "name type" here first
+	gate    chan struct{}  // when set, every Exchange waits for a receive from it (or ctx)
+	called  chan string    // when set, every Exchange sends its "name type" here first
 	lastReq *dns.Msg
 }
 
