@@ -86,6 +86,9 @@ type Config struct {
 	// MaxInflightMissesPerClient bounds one client address's share of them,
 	// so that one pod's flood cannot make other pods' misses fail. Default 256.
 	MaxInflightMissesPerClient int
+	// FreeBind lets the listeners bind addresses the host does not have yet
+	// (IP_FREEBIND), so that an address can be added only once it is served.
+	FreeBind bool
 	// UDPSockets is the number of SO_REUSEPORT sockets per UDP listen address,
 	// default GOMAXPROCS.
 	UDPSockets int

@@ -43,19 +43,16 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
-	// Setup comes first: once the listen IPs exist, a client reaching them
-	// while nothing listens gets a port-unreachable and moves on to its
-	// fallback nameserver at once.
-	setup, err := NewSetup(cfg.Setup, cfg.Listen, reg, MetricsNamespace, logger)
-	if err != nil {
-		return err
-	}
-	if err := setup.Apply(ctx); err != nil {
-		return err
-	}
-
+	// The order closes every gap at the listen IPs: kube-dns is found first
+	// (that may take a while), then the rules go in, the sockets are bound
+	// (IP_FREEBIND: before the node has the address) and only then is the
+	// address added. A listen IP that exists with no socket bound answers
+	// port unreachable, which the kernel sends each client only a few times
+	// before it rate-limits them and drops the rest in silence: every lookup
+	// then waits out the pod's resolver timeout.
 	upstream := cfg.Upstream
 	if len(upstream) == 0 {
+		var err error
 		if upstream, err = DiscoverUpstream(ctx, cfg.UpstreamTransport, logger); err != nil {
 			if ctx.Err() != nil {
 				logger.Info("stopped before kube-dns was found")
@@ -63,6 +60,10 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			}
 			return err
 		}
+	}
+	setup, err := NewSetup(cfg.Setup, cfg.Listen, reg, MetricsNamespace, logger)
+	if err != nil {
+		return err
 	}
 	fwd, err := forward.New(forwardConfig(cfg, upstream, reg, logger))
 	if err != nil {
@@ -76,6 +77,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	engine, err := dnsengine.New(dnsengine.Config{
 		Listen:                     listen,
+		FreeBind:                   cfg.Setup.Interface,
 		Upstream:                   fwd,
 		CacheSize:                  cfg.CacheSize,
 		CacheMaxBytes:              cfg.CacheMaxBytes,
@@ -112,8 +114,16 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := setup.Prepare(ctx); err != nil {
+		return errors.Join(err, opsServer.Shutdown(context.Background()))
+	}
 	if err := engine.Start(); err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), opsServer.Shutdown(context.Background()))
+	}
+	if err := setup.Publish(ctx); err != nil {
+		drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		return errors.Join(err, engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
 	}
 	logger.Info("serving DNS", "listen", listen, "upstream", fmt.Sprint(upstream),
 		"upstream_external", fmt.Sprint(cfg.UpstreamExternal), "metrics", opsServer.Addr().String())
