@@ -214,4 +214,3 @@ func (l *udpLoad) stop() []queryResult {
 	defer l.mu.Unlock()
 	return l.results
 }
-
