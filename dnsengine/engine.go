@@ -44,6 +44,9 @@ type Engine struct {
 	udpDraining     atomic.Bool // set by Shutdown once UDP readers are to drain and close their sockets
 	listening       atomic.Bool
 
+	// lifecycle orders Start after a Shutdown that is still draining.
+	lifecycle sync.Mutex
+
 	mu      sync.Mutex // guards the fields below
 	started bool
 	stopped bool
@@ -94,12 +97,19 @@ func (e *Engine) nowNanos() int64 {
 }
 
 // Start binds every listener (SO_REUSEPORT) and starts serving. It returns once
-// all are listening, or the first bind error (with nothing left bound).
+// all are listening, or the first bind error (with nothing left bound). After
+// Shutdown has returned, Start serves again with the same cache and metrics
+// (the node cache's standby serves only while the primary is gone).
 func (e *Engine) Start() error {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.started {
+	if e.started && !e.stopped {
 		return errors.New("dnsengine: already started")
+	}
+	if e.stopped {
+		e.restartLocked()
 	}
 	for _, addr := range e.cfg.Listen {
 		udp, tcp, err := e.bind(addr)
@@ -124,6 +134,20 @@ func (e *Engine) Start() error {
 	e.log.Info("dns engine listening", "udp", e.udpAddrsLocked(), "tcp", e.tcpAddrsLocked(),
 		"udp_sockets_per_address", e.cfg.UDPSockets)
 	return nil
+}
+
+// restartLocked resets what Shutdown ended, so that Start can serve again
+// (e.mu held; Shutdown has returned, so no goroutine of the last run is left).
+func (e *Engine) restartLocked() {
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.udp, e.tcp = nil, nil
+	e.started, e.stopped = false, false
+	e.stopping.Store(false)
+	e.udpDraining.Store(false)
+	select {
+	case <-e.missesIdle: // a wake-up left from the last Shutdown
+	default:
+	}
 }
 
 // closeListeners closes every socket (e.mu held).
@@ -181,6 +205,8 @@ func (e *Engine) Listening() bool {
 // group (the next instance's). When ctx ends first, upstream requests are
 // aborted, sockets force-closed, and ctx's error returned.
 func (e *Engine) Shutdown(ctx context.Context) error {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
 	e.mu.Lock()
 	if !e.started || e.stopped {
 		e.mu.Unlock()
