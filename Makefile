@@ -63,8 +63,19 @@ bench-cluster: ## As root: on a real node, the seeds' test (50 x 15 s, Go 200 x 
 	go run ./e2e/cmd/cluster -results bench/results.md bench
 
 .PHONY: images
-images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
+images: build ## Build image tarballs bin/images/{nodecache,webhook,stub,stub-filecap}.tar without a container engine.
 	go run ./hack/imagebuild -product -bin-dir $(BIN) -out-dir $(BIN)/images -tag $(IMAGE_TAG)
+
+# Checked before anything builds.
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REGISTRY)),)
+$(error make push needs REGISTRY, e.g. make push REGISTRY=registry.example.com/localdns)
+endif
+endif
+
+.PHONY: push
+push: build ## Push the same images as REGISTRY/<image>:IMAGE_TAG, e.g. make push REGISTRY=registry.example.com/localdns (credentials from docker login).
+	go run ./hack/imagebuild -product -bin-dir $(BIN) -tag $(IMAGE_TAG) -push $(REGISTRY)
 
 .PHONY: deploy
 deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
