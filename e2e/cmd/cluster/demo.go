@@ -248,14 +248,19 @@ func modeOf(kind string) string {
 	return localdns.ModeNodeCache
 }
 
-// demoPrerequisites installs what the demo needs on its first run, with
-// the scripts `make test` uses: Debian packages and Go tools
-// (hack/install-deps.sh), then Kubernetes and CoreDNS built once from their
-// Go modules, the long part, whose scripts report each component's progress.
+// demoPrerequisites checks the demo runs as root and installs what it needs.
 func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo runs a Kubernetes node (network namespaces, containerd, kubelet): run it as root")
 	}
+	return installPrerequisites(ctx, cfg)
+}
+
+// installPrerequisites installs what the demo needs on its first run, with
+// the scripts `make test` uses: Debian packages and Go tools
+// (hack/install-deps.sh), then Kubernetes and CoreDNS built once from their
+// Go modules, the long part, whose scripts report each component's progress.
+func installPrerequisites(ctx context.Context, cfg cluster.Config) error {
 	begin := time.Now()
 	installed := false
 	if missing := missingTools(cfg); len(missing) > 0 {
@@ -269,13 +274,13 @@ func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
 		installed = true
 	}
 	var k8sMissing []string
-	for _, b := range []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"} {
+	for _, b := range kubernetesComponents {
 		if _, err := os.Stat(filepath.Join(cfg.K8sBinDir, b)); err != nil {
 			k8sMissing = append(k8sMissing, b)
 		}
 	}
 	if len(k8sMissing) > 0 {
-		fmt.Printf("building Kubernetes %s once (%s; 10-15 min on 2 cores, cached in %s afterwards)\n",
+		fmt.Printf("building Kubernetes %s once (%s; 10-20 min on 2 cores, cached in %s afterwards)\n",
 			cluster.KubernetesVersion, strings.Join(k8sMissing, ", "), cfg.K8sBinDir)
 		if err := runScript(ctx, cfg.RepoDir, append([]string{"hack/provision-k8s.sh"}, k8sMissing...)...); err != nil {
 			return err
@@ -295,10 +300,18 @@ func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
 	return nil
 }
 
+// demoTools are the programs the demo runs, from Debian packages
+// (hack/install-deps.sh) and Go.
+var demoTools = []string{"go", "gcc", "musl-gcc", "containerd", "ctr", "runc", "etcd", "iptables", "conntrack", "nsenter", "curl"}
+
+// kubernetesComponents are the binaries the cluster runs, built by
+// hack/provision-k8s.sh.
+var kubernetesComponents = []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"}
+
 // missingTools names the programs the demo runs that are not installed.
 func missingTools(cfg cluster.Config) []string {
 	var missing []string
-	for _, tool := range []string{"go", "gcc", "musl-gcc", "containerd", "ctr", "runc", "etcd", "iptables", "conntrack", "nsenter", "curl"} {
+	for _, tool := range demoTools {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
