@@ -64,16 +64,18 @@ func productImages(cfg productConfig) []productImage {
 		return copySpec{src: filepath.Join(cfg.binDir, name), dst: "/" + name}
 	}
 	xtablesDir := fmt.Sprintf("/usr/lib/%s/xtables", multiarch[runtime.GOARCH])
-	stub := imageSpec{
-		ref:        ref("stub"),
-		entrypoint: []string{"/localdns-stub"},
-		user:       nonroot,
-		etcPasswd:  true,
-		platform:   plat,
-		copies:     []copySpec{bin("localdns-stub")},
+	// The webhook and the stubs: their static binary, run as nonroot.
+	nonrootBinary := func(image, binary string) imageSpec {
+		return imageSpec{
+			ref:        ref(image),
+			entrypoint: []string{"/" + binary},
+			user:       nonroot,
+			etcPasswd:  true,
+			platform:   plat,
+			copies:     []copySpec{bin(binary)},
+		}
 	}
-	stubFileCap := stub
-	stubFileCap.ref = ref("stub-filecap")
+	stubFileCap := nonrootBinary("stub-filecap", "localdns-stub")
 	stubFileCap.fileCapabilities = map[string][]capability{"/localdns-stub": {capNetBindService}}
 	return []productImage{
 		{file: "nodecache.tar", spec: imageSpec{
@@ -96,15 +98,8 @@ func productImages(cfg productConfig) []productImage {
 			},
 			symlinks: iptablesLinks(),
 		}},
-		{file: "webhook.tar", spec: imageSpec{
-			ref:        ref("webhook"),
-			entrypoint: []string{"/localdns-webhook"},
-			user:       nonroot,
-			etcPasswd:  true,
-			platform:   plat,
-			copies:     []copySpec{bin("localdns-webhook")},
-		}},
-		{file: "stub.tar", spec: stub},
+		{file: "webhook.tar", spec: nonrootBinary("webhook", "localdns-webhook")},
+		{file: "stub.tar", spec: nonrootBinary("stub", "localdns-stub")},
 		{file: "stub-filecap.tar", spec: stubFileCap},
 	}
 }
