@@ -93,6 +93,8 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad env", args: append(slices.Clone(ok), "-env", "=v"), wantErr: "want K=V"},
 		{name: "bad platform", args: append(slices.Clone(ok), "-platform", "linux"), wantErr: "want os/arch"},
 		{name: "bad tag", args: []string{"-product", "-tag", "a:b"}, wantErr: "plain tag"},
+		{name: "tag with a character a tag cannot have", args: []string{"-product", "-tag", "v1+x"}, wantErr: "plain tag"},
+		{name: "push repository with a trailing slash", args: []string{"-product", "-push", "registry.example.com/localdns/"}},
 		{name: "bad push repository", args: []string{"-product", "-push", "Registry/Localdns"}, wantErr: "want a repository"},
 		{name: "push without product", args: append(slices.Clone(ok), "-push", "registry.example.com/localdns"), wantErr: "-push goes with -product"},
 		{name: "bad reference", args: []string{"-o", "x.tar", "-ref", "a/b:bad tag", "-entrypoint", "/b"}, wantErr: "want a reference"},

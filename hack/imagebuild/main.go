@@ -11,7 +11,7 @@
 //	  -entrypoint /localdns-stub -user 65532:65532 -etc-passwd \
 //	  -add bin/localdns-stub:/localdns-stub
 //
-// The three localdns images (what `make images` runs):
+// The localdns images (what `make images` runs):
 //
 //	go run ./hack/imagebuild -product -bin-dir bin -out-dir bin/images -tag dev
 //
@@ -132,7 +132,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&platformFlag, "platform", runtime.GOOS+"/"+runtime.GOARCH, "`os/arch` recorded in the image (must match the files added)")
 	fs.BoolVar(&product, "product", false, "build the localdns images (nodecache, webhook, stub) from -bin-dir into -out-dir")
 	fs.StringVar(&binDir, "bin-dir", "bin", "with -product: `directory` holding the static localdns-* binaries")
-	fs.StringVar(&outDir, "out-dir", "bin/images", "with -product: `directory` for nodecache.tar, webhook.tar, stub.tar")
+	fs.StringVar(&outDir, "out-dir", "bin/images", "with -product: `directory` for nodecache.tar, webhook.tar, stub.tar, stub-filecap.tar")
 	fs.StringVar(&tag, "tag", "dev", "with -product: image tag")
 	fs.StringVar(&push, "push", "", "with -product: push to `repository`/<image>:<tag> (e.g. registry.example.com/localdns) instead of writing tarballs")
 	if err := fs.Parse(args); err != nil {
@@ -142,15 +142,15 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if product {
-		if tag == "" || strings.ContainsAny(tag, ":/@ ") {
+		if _, err := name.NewTag("localdns/stub:" + tag); err != nil || tag == "" || strings.ContainsAny(tag, ":/@") {
 			return config{}, fmt.Errorf("-tag %q: want a plain tag such as dev or v1.2.3", tag)
 		}
 		pc := &productConfig{binDir: binDir, outDir: outDir, tag: tag, repository: "localdns"}
 		if push != "" {
-			if _, err := name.NewRepository(push); err != nil {
+			pc.repository, pc.push = strings.TrimSuffix(push, "/"), true
+			if _, err := name.NewRepository(pc.repository); err != nil {
 				return config{}, fmt.Errorf("-push %q: want a repository such as registry.example.com/localdns: %w", push, err)
 			}
-			pc.repository, pc.push = strings.TrimSuffix(push, "/"), true
 		}
 		return config{product: pc}, nil
 	}
