@@ -17,7 +17,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min; the first run installs its dependencies and builds Kubernetes and CoreDNS once, ~15 min on 2 cores, showing progress).
+demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min; the first run installs its dependencies and builds Kubernetes and CoreDNS once, 15-20 min on 2 cores, showing progress).
 	go run ./e2e/cmd/cluster demo
 
 .PHONY: demo-loopback
