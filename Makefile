@@ -17,7 +17,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min warm; builds Kubernetes once).
+demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min; the first run installs its dependencies and builds Kubernetes and CoreDNS once, 15-20 min on 2 cores, showing progress).
 	go run ./e2e/cmd/cluster demo
 
 .PHONY: demo-loopback
@@ -63,8 +63,19 @@ bench-cluster: ## As root: on a real node, the seeds' test (50 x 15 s, Go 200 x 
 	go run ./e2e/cmd/cluster -results bench/results.md bench
 
 .PHONY: images
-images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
+images: build ## Build image tarballs bin/images/{nodecache,webhook,stub,stub-filecap}.tar without a container engine.
 	go run ./hack/imagebuild -product -bin-dir $(BIN) -out-dir $(BIN)/images -tag $(IMAGE_TAG)
+
+# Checked before anything builds.
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REGISTRY)),)
+$(error make push needs REGISTRY, e.g. make push REGISTRY=registry.example.com/localdns)
+endif
+endif
+
+.PHONY: push
+push: build ## Push the same images as REGISTRY/<image>:IMAGE_TAG, e.g. make push REGISTRY=registry.example.com/localdns (credentials from docker login).
+	go run ./hack/imagebuild -product -bin-dir $(BIN) -tag $(IMAGE_TAG) -push $(REGISTRY)
 
 .PHONY: deploy
 deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).

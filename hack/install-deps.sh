@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything `make test` needs on a fresh Debian 12 machine, as root:
-# Debian packages and Go tools. Idempotent and fast when all is present.
+# Installs everything `make test` and `make demo` need on a fresh Debian 12
+# machine, as root: Debian packages and Go tools. Idempotent and fast when all
+# is present.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -10,6 +11,7 @@ APT_PACKAGES=(
   unbound dnsdist dnsmasq-base # benchmark peers
   musl-tools                  # a real musl client for resolver tests
   iptables nftables conntrack iproute2 # node setup tests in network namespaces
+  curl                        # e2e: the node cache's metrics, read on the node
   tcpdump
   containerd runc containernetworking-plugins # the single-node cluster of e2e/
   busybox-static              # e2e client images
