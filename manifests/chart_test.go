@@ -63,10 +63,13 @@ func isFile(path string) bool {
 }
 
 // runHelm runs helm with args and returns its standard output; the error
-// carries its standard error.
+// carries its standard error. Helm's own configuration and caches live in the
+// test's temporary directory.
 func runHelm(t *testing.T, args ...string) ([]byte, error) {
 	t.Helper()
 	cmd := exec.Command(helm(t), args...)
+	home := t.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+home+"/config", "HELM_CACHE_HOME="+home+"/cache", "HELM_DATA_HOME="+home+"/data")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -337,4 +340,97 @@ func objectValues(t *testing.T, objs []object) map[string]any {
 		out[id] = v
 	}
 	return out
+}
+
+// TestHelmInstall installs the chart with helm itself into a real API server
+// (what `helm install` does, not only what it renders: ordering, ownership,
+// the namespace it creates), upgrades it through every profile, checks what
+// each left installed, and uninstalls it. A bad value fails at install.
+func TestHelmInstall(t *testing.T) {
+	c := bootCluster(t)
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := runHelm(t, append(args, "--kubeconfig", c.kubeconfig)...); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	get := func(args ...string) (string, error) {
+		return c.kubectl(nil, append([]string{"get"}, args...)...)
+	}
+	values := func(profile string) []string {
+		return []string{"--values", filepath.Join(chartDir, chartProfiles[profile])}
+	}
+
+	_, err := runHelm(t, "install", releaseName, chartDir, "--namespace", namespace, "--create-namespace",
+		"--set", "webhook.ndots=0", "--kubeconfig", c.kubeconfig)
+	if err == nil || !strings.Contains(err.Error(), "at '/webhook/ndots'") {
+		t.Fatalf("helm install with webhook.ndots=0: %v, want the schema's error", err)
+	}
+	if out, err := get("namespace", namespace); err == nil {
+		t.Fatalf("a refused install created the namespace:\n%s", out)
+	}
+
+	run(append([]string{"install", releaseName, chartDir, "--namespace", namespace, "--create-namespace"}, values("helm-default")...)...)
+	out, err := get("namespace", namespace, "-o", "jsonpath={.metadata.labels}")
+	if err != nil || !strings.Contains(out, `"pod-security.kubernetes.io/enforce":"privileged"`) || !strings.Contains(out, `"localdns.io/inject":"disabled"`) {
+		t.Errorf("namespace labels %s (%v): want Pod Security privileged and localdns.io/inject=disabled", out, err)
+	}
+	steps := []struct {
+		profile string
+		want    map[string]string // kubectl get arguments -> jsonpath output
+		gone    []string          // kubectl get arguments that must find nothing
+	}{
+		{
+			profile: "helm-cluster-wide",
+			want: map[string]string{
+				"mutatingwebhookconfiguration localdns-webhook -o jsonpath={.webhooks[0].namespaceSelector.matchExpressions[0].operator}": "NotIn",
+				"validatingadmissionpolicy " + caBundlePolicy + " -o jsonpath={.metadata.name}":                                           caBundlePolicy,
+			},
+		},
+		{
+			profile: "helm-cert-manager",
+			want: map[string]string{
+				"-n " + namespace + " certificate localdns-webhook -o jsonpath={.spec.secretName}":                                   "localdns-webhook-cert",
+				"mutatingwebhookconfiguration localdns-webhook -o jsonpath={.metadata.annotations.cert-manager\\.io/inject-ca-from}": namespace + "/localdns-webhook",
+			},
+			gone: []string{"validatingadmissionpolicy " + caBundlePolicy, "clusterrole localdns-webhook-cabundle"},
+		},
+		{
+			profile: "helm-custom",
+			want: map[string]string{
+				"-n " + namespace + " daemonset localdns-nodecache -o jsonpath={.spec.template.spec.nodeSelector.kubernetes\\.io/os}": "linux",
+				"-n " + namespace + " servicemonitor localdns-webhook -o jsonpath={.spec.endpoints[0].interval}":                      "15s",
+			},
+			gone: []string{"-n " + namespace + " issuer localdns-selfsigned"},
+		},
+		{
+			profile: "helm-default",
+			want: map[string]string{
+				"validatingadmissionpolicybinding " + caBundlePolicy + " -o jsonpath={.spec.validationActions[0]}": "Deny",
+			},
+			gone: []string{"-n " + namespace + " servicemonitor localdns-webhook", "-n " + namespace + " certificate localdns-webhook"},
+		},
+	}
+	for _, step := range steps {
+		// --reset-values: exactly the profile's values (with an empty
+		// values file helm would otherwise keep the release's last ones).
+		run(append([]string{"upgrade", releaseName, chartDir, "--namespace", namespace, "--reset-values"}, values(step.profile)...)...)
+		for query, want := range step.want {
+			if got, err := get(strings.Fields(query)...); err != nil || got != want {
+				t.Errorf("after upgrading to %s: get %s = %q (%v), want %q", step.profile, query, got, err, want)
+			}
+		}
+		for _, query := range step.gone {
+			if out, err := get(strings.Fields(query)...); err == nil {
+				t.Errorf("after upgrading to %s: %s still there:\n%s", step.profile, query, out)
+			}
+		}
+	}
+
+	run("uninstall", releaseName, "--namespace", namespace)
+	for _, query := range []string{"mutatingwebhookconfiguration localdns-webhook", "clusterrole localdns-webhook", "validatingadmissionpolicy " + caBundlePolicy} {
+		if out, err := get(strings.Fields(query)...); err == nil {
+			t.Errorf("after helm uninstall: %s still there:\n%s", query, out)
+		}
+	}
 }
