@@ -66,6 +66,11 @@ bench-cluster: ## As root: on a real node, the seeds' test (50 x 15 s, Go 200 x 
 images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
 	go run ./hack/imagebuild -product -bin-dir $(BIN) -out-dir $(BIN)/images -tag $(IMAGE_TAG)
 
+.PHONY: manifests
+manifests: ## Render manifests/base, monitoring and uninstall from charts/localdns (helm template), then the kustomize goldens.
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGenerated$$' -update
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGolden$$' -update
+
 .PHONY: deploy
 deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
 	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)

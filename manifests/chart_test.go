@@ -370,7 +370,9 @@ func TestHelmInstall(t *testing.T) {
 		t.Fatalf("a refused install created the namespace:\n%s", out)
 	}
 
-	run(append([]string{"install", releaseName, chartDir, "--namespace", namespace, "--create-namespace"}, values("helm-default")...)...)
+	// As e2e/localdns InstallWithHelm does: one command installs or upgrades.
+	run(append([]string{"upgrade", "--install", releaseName, chartDir, "--namespace", namespace, "--create-namespace", "--reset-values"},
+		values("helm-default")...)...)
 	out, err := get("namespace", namespace, "-o", "jsonpath={.metadata.labels}")
 	if err != nil || !strings.Contains(out, `"pod-security.kubernetes.io/enforce":"privileged"`) || !strings.Contains(out, `"localdns.io/inject":"disabled"`) {
 		t.Errorf("namespace labels %s (%v): want Pod Security privileged and localdns.io/inject=disabled", out, err)
