@@ -79,12 +79,7 @@ func valueArgs(values []string) []string {
 // waits until the node cache and the webhook are ready and the webhook
 // mutates. The images are tagged dev, the chart's appVersion.
 func InstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, imgs Images, values ...string) error {
-	if err := c.Step("import localdns images (nodecache, webhook, stub)", func() error {
-		if err := c.ImportImages(ctx, imgs...); err != nil {
-			return err
-		}
-		return c.TagImage(ctx, cluster.PauseImage, cleanupPauseImage)
-	}); err != nil {
+	if err := importImages(ctx, c, imgs); err != nil {
 		return err
 	}
 	args := append([]string{"upgrade", "--install", Release, filepath.Join(repoDir, Chart),
@@ -96,6 +91,19 @@ func InstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, im
 		return err
 	}
 	return WaitReady(ctx, c)
+}
+
+// importImages imports the product images into the node's containerd and
+// tags the harness's pause image as the one the cleanup DaemonSet names: the
+// first step of every install (Install does the same inline; it can call
+// this instead).
+func importImages(ctx context.Context, c *cluster.Cluster, imgs Images) error {
+	return c.Step("import localdns images (nodecache, webhook, stub)", func() error {
+		if err := c.ImportImages(ctx, imgs...); err != nil {
+			return err
+		}
+		return c.TagImage(ctx, cluster.PauseImage, cleanupPauseImage)
+	})
 }
 
 // UninstallWithHelm is Uninstall for a release installed by InstallWithHelm
