@@ -315,6 +315,7 @@ func TestWebhookDeployment(t *testing.T) {
 			if len(pod.Containers) != 1 {
 				t.Fatalf("%d containers, want 1", len(pod.Containers))
 			}
+			checkLinuxOnly(t, "webhook", pod)
 			c := pod.Containers[0]
 			checkRestrictedContainer(t, pod, c)
 			if c.Image != in.webhookImage {

@@ -30,10 +30,11 @@ node; the cleanup DaemonSet passes the same ones to remove exactly that.
 {{- end -}}
 
 {{/*
-localdns.linuxNodeSelector: the node selector of the node-level DaemonSets:
-the user's, with kubernetes.io/os=linux always (nothing of localdns runs on
-Windows nodes, and the webhook leaves Windows pods alone).
+localdns.linuxNodeSelector: a pod's node selector, the given one with
+kubernetes.io/os=linux always: localdns's images are Linux images, nothing
+serves the node cache's address on Windows nodes, and the webhook leaves
+Windows pods alone.
 */}}
 {{- define "localdns.linuxNodeSelector" -}}
-{{- toYaml (merge (dict "kubernetes.io/os" "linux") .Values.nodecache.nodeSelector) -}}
+{{- toYaml (merge (dict "kubernetes.io/os" "linux") .) -}}
 {{- end -}}
