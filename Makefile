@@ -77,6 +77,11 @@ endif
 push: build ## Push the same images as REGISTRY/<image>:IMAGE_TAG, e.g. make push REGISTRY=registry.example.com/localdns (credentials from docker login).
 	go run ./hack/imagebuild -product -bin-dir $(BIN) -tag $(IMAGE_TAG) -push $(REGISTRY)
 
+.PHONY: manifests
+manifests: ## Render manifests/base, monitoring and uninstall from charts/localdns (helm template), then the kustomize goldens.
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGenerated$$' -update
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGolden$$' -update
+
 .PHONY: deploy
 deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
 	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)

@@ -18,6 +18,8 @@ APT_PACKAGES=(
   gcc libc6-dev               # the glibc load client
 )
 STATICCHECK_VERSION=v0.8.2
+# The chart's tests (manifests/) and `make manifests` render with it.
+HELM_VERSION=v4.3.2
 
 need=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -40,4 +42,10 @@ gobin="$(go env GOPATH)/bin"
 if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q "(${STATICCHECK_VERSION#v})"; then
   echo "install-deps: installing staticcheck $STATICCHECK_VERSION" >&2
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" >&2
+fi
+# Built from the Go module proxy like staticcheck; `go version -m` names the
+# module version it was built from (helm's own `version` says only v4.3).
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v4\s+${HELM_VERSION}\s"; then
+  echo "install-deps: installing helm $HELM_VERSION" >&2
+  go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
 fi
