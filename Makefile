@@ -40,8 +40,8 @@ deps: ## Install what the tests need (Debian packages, Go tools, Kubernetes v1.3
 	e2e/hack/provision-coredns.sh >/dev/null
 
 .PHONY: test
-test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server, brief fuzzing, then make e2e (as root).
-	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 \
+test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server and CoreDNS, brief fuzzing, then make e2e (as root).
+	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 LOCALDNS_REQUIRE_COREDNS=1 \
 	  go test -count=1 -timeout 20m ./...
 	hack/fuzz.sh 10s
 	$(MAKE) --no-print-directory e2e
