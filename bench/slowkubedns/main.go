@@ -67,99 +67,137 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	cmd, args := args[0], args[1:]
 	switch cmd {
 	case "kube-dns":
-		fs := flagutil.NewFlagSet("slowkubedns kube-dns", usage)
-		dir := fs.String("dir", "", "directory for the Corefile and zone files")
-		listen := fs.String("listen", "", "IP:PORT kube-dns serves on")
-		delay := fs.Duration("external-delay", 200*time.Millisecond, "how long kube-dns takes to answer an ext.test name")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		addr, err := loopback(*listen)
-		if err != nil {
-			return fmt.Errorf("-listen: %w", err)
-		}
-		if *dir == "" {
-			return errors.New("-dir is required")
-		}
-		return writeKubeDNS(*dir, addr, *delay)
+		return kubeDNSCommand(args)
 	case "load":
-		fs := flagutil.NewFlagSet("slowkubedns load", usage)
-		server := fs.String("server", "", "IP:PORT of the DNS cache under test")
-		name := fs.String("name", "", "the server's name in the report")
-		out := fs.String("out", "", "file for the figures (JSON)")
-		cfg := defaultLoad
-		fs.DurationVar(&cfg.duration, "duration", cfg.duration, "how long the load runs")
-		fs.IntVar(&cfg.externalOutstanding, "external-outstanding", cfg.externalOutstanding, "ext.test queries outstanding at once")
-		fs.IntVar(&cfg.externalRate, "external-rate", cfg.externalRate, "at most this many ext.test queries per second")
-		fs.IntVar(&cfg.clusterRate, "cluster-rate", cfg.clusterRate, "cluster names timed per second")
-		fs.DurationVar(&cfg.timeout, "timeout", cfg.timeout, "how long a client waits for a reply")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		var err error
-		if cfg.server, err = loopback(*server); err != nil {
-			return fmt.Errorf("-server: %w", err)
-		}
-		if err := cfg.check(); err != nil {
-			return err
-		}
-		if *name == "" || *out == "" {
-			return errors.New("-name and -out are required")
-		}
-		res := runLoad(ctx, cfg)
-		res.Name = *name
-		fmt.Fprintln(os.Stderr, res.summary())
-		return writeJSON(*out, res)
+		return loadCommand(ctx, args)
 	case "hostile":
-		fs := flagutil.NewFlagSet("slowkubedns hostile", usage)
-		server := fs.String("server", "", "IP:PORT of the DNS cache under test")
-		kind := fs.String("load", "", "big, flood, tcp or stuck")
-		pid := fs.Int("pid", 0, "the server's process, for its peak RSS")
-		out := fs.String("out", "", "file for the figures (JSON)")
-		cfg := defaultHostile
-		fs.IntVar(&cfg.count, "count", 0, "queries or connections of the load (0: the load's default)")
-		fs.DurationVar(&cfg.limit, "limit", cfg.limit, "the longest the load may run")
-		fs.DurationVar(&cfg.hold, "hold", cfg.hold, "tcp, stuck: how long the load is held once sent")
-		fs.DurationVar(&cfg.timeout, "timeout", cfg.timeout, "how long a client waits for a reply")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		var err error
-		if cfg.server, err = loopback(*server); err != nil {
-			return fmt.Errorf("-server: %w", err)
-		}
-		if cfg.load, err = hostileLoadNamed(*kind); err != nil {
-			return fmt.Errorf("-load: %w", err)
-		}
-		if *pid <= 0 || *out == "" {
-			return errors.New("-pid and -out are required")
-		}
-		if cfg.count == 0 {
-			cfg.count = cfg.load.count
-		}
-		res, err := runHostile(ctx, cfg, *pid)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(os.Stderr, res.summary())
-		return writeJSON(*out, res)
+		return hostileCommand(ctx, args)
 	case "report":
-		fs := flagutil.NewFlagSet("slowkubedns report", usage)
-		limit := fs.String("memory-limit", "", "the node cache DaemonSet's memory limit (a Kubernetes quantity)")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		q, err := resource.ParseQuantity(*limit)
-		if err != nil {
-			return fmt.Errorf("-memory-limit: %w", err)
-		}
-		slow, hostile, err := readResults(fs.Args())
-		if err != nil {
-			return err
-		}
-		return writeReport(stdout, slow, hostile, q.Value())
+		return reportCommand(args, stdout)
 	}
 	return fmt.Errorf("unknown command %q: %w", cmd, errUsage)
+}
+
+func kubeDNSCommand(args []string) error {
+	fs := flagutil.NewFlagSet("slowkubedns kube-dns", usage)
+	dir := fs.String("dir", "", "directory for the Corefile and zone files")
+	listen := fs.String("listen", "", "IP:PORT kube-dns serves on")
+	delay := fs.Duration("external-delay", 200*time.Millisecond, "how long kube-dns takes to answer an ext.test name")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	addr, err := loopback(*listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	if *dir == "" {
+		return errors.New("-dir is required")
+	}
+	return writeKubeDNS(*dir, addr, *delay)
+}
+
+// measuring is the flags that load and hostile share: the server under
+// test and the file for the figures.
+type measuring struct {
+	fs     *flag.FlagSet
+	server *string
+	out    *string
+}
+
+func newMeasuring(cmd string) measuring {
+	fs := flagutil.NewFlagSet("slowkubedns "+cmd, usage)
+	return measuring{
+		fs:     fs,
+		server: fs.String("server", "", "IP:PORT of the DNS cache under test"),
+		out:    fs.String("out", "", "file for the figures (JSON)"),
+	}
+}
+
+// parse parses args and returns the server's address.
+func (m measuring) parse(args []string) (netip.AddrPort, error) {
+	if err := m.fs.Parse(args); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if *m.out == "" {
+		return netip.AddrPort{}, errors.New("-out is required")
+	}
+	addr, err := loopback(*m.server)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("-server: %w", err)
+	}
+	return addr, nil
+}
+
+func loadCommand(ctx context.Context, args []string) error {
+	m := newMeasuring("load")
+	name := m.fs.String("name", "", "the server's name in the report")
+	cfg := defaultLoad
+	m.fs.DurationVar(&cfg.duration, "duration", cfg.duration, "how long the load runs")
+	m.fs.IntVar(&cfg.externalOutstanding, "external-outstanding", cfg.externalOutstanding, "ext.test queries outstanding at once")
+	m.fs.IntVar(&cfg.externalRate, "external-rate", cfg.externalRate, "at most this many ext.test queries per second")
+	m.fs.IntVar(&cfg.clusterRate, "cluster-rate", cfg.clusterRate, "cluster names timed per second")
+	m.fs.DurationVar(&cfg.timeout, "timeout", cfg.timeout, "how long a client waits for a reply")
+	var err error
+	if cfg.server, err = m.parse(args); err != nil {
+		return err
+	}
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	if *name == "" {
+		return errors.New("-name is required")
+	}
+	res := runLoad(ctx, cfg)
+	res.Name = *name
+	fmt.Fprintln(os.Stderr, res.summary())
+	return writeJSON(*m.out, res)
+}
+
+func hostileCommand(ctx context.Context, args []string) error {
+	m := newMeasuring("hostile")
+	kind := m.fs.String("load", "", "big, flood, tcp or stuck")
+	pid := m.fs.Int("pid", 0, "the server's process, for its peak RSS")
+	cfg := defaultHostile
+	m.fs.IntVar(&cfg.count, "count", 0, "queries or connections of the load (0: the load's default)")
+	m.fs.DurationVar(&cfg.limit, "limit", cfg.limit, "the longest the load may run")
+	m.fs.DurationVar(&cfg.hold, "hold", cfg.hold, "tcp, stuck: how long the load is held once sent")
+	m.fs.DurationVar(&cfg.timeout, "timeout", cfg.timeout, "how long a client waits for a reply")
+	var err error
+	if cfg.server, err = m.parse(args); err != nil {
+		return err
+	}
+	if cfg.load, err = hostileLoadNamed(*kind); err != nil {
+		return fmt.Errorf("-load: %w", err)
+	}
+	if *pid <= 0 {
+		return errors.New("-pid is required")
+	}
+	if cfg.count == 0 {
+		cfg.count = cfg.load.count
+	}
+	res, err := runHostile(ctx, cfg, *pid)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, res.summary())
+	return writeJSON(*m.out, res)
+}
+
+func reportCommand(args []string, stdout io.Writer) error {
+	fs := flagutil.NewFlagSet("slowkubedns report", usage)
+	limit := fs.String("memory-limit", "", "the node cache DaemonSet's memory limit (a Kubernetes quantity)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	q, err := resource.ParseQuantity(*limit)
+	if err != nil {
+		return fmt.Errorf("-memory-limit: %w", err)
+	}
+	slow, hostile, err := readResults(fs.Args())
+	if err != nil {
+		return err
+	}
+	return writeReport(stdout, slow, hostile, q.Value())
 }
 
 // loopback parses IP:PORT and insists on a loopback IP: the bench never

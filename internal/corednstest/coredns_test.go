@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/localdns/localdns/internal/dnstest"
 	"github.com/localdns/localdns/internal/kubednsfake"
 	"github.com/localdns/localdns/internal/systest"
 	"github.com/miekg/dns"
@@ -63,39 +64,13 @@ func TestPipelinedQueriesAnsweredSerially(t *testing.T) {
 	})
 	sent := []string{"q1.slow.test.", "q2.slow.test.", "q3.slow.test.", "q4.slow.test.", "q5.slow.test.", "svc-1.default.svc.cluster.local."}
 
-	conn, err := dns.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var batch []byte
-	for i, name := range sent {
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeA)
-		q.Id = uint16(i + 1)
-		wire, err := q.Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		batch = append(batch, byte(len(wire)>>8), byte(len(wire)))
-		batch = append(batch, wire...)
-	}
-	start := time.Now()
-	if _, err := conn.Conn.Write(batch); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var got []string
-	for range sent {
-		r, err := conn.ReadMsg()
-		if err != nil {
-			t.Fatalf("after %v: %v%s", got, err, s.Logs())
-		}
+	for _, r := range dnstest.Pipeline(t, "tcp", s.Addr(), sent) {
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
 			t.Errorf("%s: %s with %d answers, want NOERROR with 1", r.Question[0].Name, dns.RcodeToString[r.Rcode], len(r.Answer))
 		}
 		got = append(got, r.Question[0].Name)
-		t.Logf("%-34s answered after %v", r.Question[0].Name, time.Since(start).Round(time.Millisecond))
+		t.Logf("%-34s answered after %v", r.Question[0].Name, r.After.Round(time.Millisecond))
 	}
 	if !slices.Equal(got, sent) {
 		t.Errorf("replies in the order %v, want the order sent %v (one query at a time per connection)", got, sent)

@@ -2,7 +2,6 @@ package dnstest
 
 import (
 	"errors"
-	"net/netip"
 	"slices"
 	"syscall"
 	"testing"
@@ -83,52 +82,6 @@ func kubeDNS(t *testing.T, latency time.Duration, cfg Config) (*Fake, *InFlight)
 	return Start(t, cfg), inFlight
 }
 
-// pipeline writes one query per name on one connection at once, then returns
-// the names of the replies in the order they arrived.
-func pipeline(t *testing.T, network string, addr netip.AddrPort, names []string) []string {
-	t.Helper()
-	conn, err := dns.Dial(network, addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var batch []byte
-	for i, name := range names {
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeA)
-		q.Id = uint16(i)
-		wire, err := q.Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if network == "tcp" {
-			batch = append(batch, byte(len(wire)>>8), byte(len(wire)))
-			batch = append(batch, wire...)
-			continue
-		}
-		if _, err := conn.Write(wire); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if network == "tcp" {
-		// One write: every query is in the server's socket buffer before
-		// the first is answered.
-		if _, err := conn.Conn.Write(batch); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var order []string
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for range names {
-		r, err := conn.ReadMsg()
-		if err != nil {
-			t.Fatalf("after replies %v: %v", order, err)
-		}
-		order = append(order, r.Question[0].Name)
-	}
-	return order
-}
-
 // TestTCPConnectionServedSerially pipelines slow and fast queries on one TCP
 // connection: like CoreDNS, the fake answers them one at a time, in the order
 // sent, so each fast cluster name waits for the slow names before it, and the
@@ -136,7 +89,7 @@ func pipeline(t *testing.T, network string, addr netip.AddrPort, names []string)
 func TestTCPConnectionServedSerially(t *testing.T) {
 	f, inFlight := kubeDNS(t, 100*time.Millisecond, Config{})
 	sent := []string{"a.slow.test.", "svc-1.default.svc.cluster.local.", "b.slow.test.", "svc-2.default.svc.cluster.local.", "c.slow.test."}
-	got := pipeline(t, "tcp", f.Addr(), sent)
+	got := Names(Pipeline(t, "tcp", f.Addr(), sent))
 	if !slices.Equal(got, sent) {
 		t.Errorf("replies in the order %v, want the order sent %v (one at a time)", got, sent)
 	}
@@ -156,7 +109,7 @@ func TestInFlightSeesUDPConcurrency(t *testing.T) {
 		replyEmpty(w, r)
 	})})
 	done := make(chan []string)
-	go func() { done <- pipeline(t, "udp", f.Addr(), []string{"a.test.", "b.test.", "c.test."}) }()
+	go func() { done <- Names(Pipeline(t, "udp", f.Addr(), []string{"a.test.", "b.test.", "c.test."})) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for inFlight.PeakPerConn() < 3 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond) // polling for the state, not a guessed wait
