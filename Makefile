@@ -53,7 +53,7 @@ lint: ## gofmt, go vet and staticcheck.
 	$(STATICCHECK) ./...
 
 .PHONY: bench
-bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, then bench-cluster (bench/results.md).
+bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, the slow kube-dns section (real CoreDNS), then bench-cluster (bench/results.md).
 	go test -run '^$$' -bench . -benchmem ./dnsengine/...
 	bench/peers.sh
 	$(MAKE) --no-print-directory bench-cluster
