@@ -634,7 +634,10 @@ How to read it: **cluster-name misses**: the timed queries; p50/p99/max of their
 replies neither NOERROR nor SERVFAIL, and broken connections; **no reply**: nothing within 5 s. **external
 names**: the \`ext.test\` queries answered or not (kube-dns answers every one with NOERROR after 200 ms). Under
 the hostile loads, the hostile client is 127.0.3.1 and the other client 127.0.2.1; each load is bounded in
-count and time (\`bench/slowkubedns hostile\`).
+count and time (\`bench/slowkubedns hostile\`). Peak RSS counts the pages a process has touched: buffers
+allocated but never written (a TCP flood's) add to the Go heap but little to a fresh process's RSS.
+unbound pipelines up to \`max-reuse-tcp-queries\` (default 200) queries on a reused TCP stream, so its misses
+wait behind slow names on CoreDNS's serial connections, as localdns's do.
 
 Targets (design.md): cluster-name misses p99 <= 20 ms, max < 200 ms, 0 SERVFAIL under the external load;
 external names answered when kube-dns answers them; RSS under 60% of the DaemonSet's memory limit under
