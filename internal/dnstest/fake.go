@@ -9,7 +9,8 @@
 // silent and big zones) — and wraps the handler in InFlight to see how many
 // queries the server handles at once. Like CoreDNS, the fake handles one TCP
 // connection's queries one at a time: a slow answer holds up the queries
-// behind it on that connection.
+// behind it on that connection, as Pipeline shows. internal/corednstest runs
+// the real CoreDNS where a test can use it.
 package dnstest
 
 import (
