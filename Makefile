@@ -40,8 +40,8 @@ deps: ## Install what the tests need (Debian packages, Go tools, Kubernetes v1.3
 	e2e/hack/provision-coredns.sh >/dev/null
 
 .PHONY: test
-test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server, brief fuzzing, then make e2e (as root).
-	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 \
+test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server and CoreDNS, brief fuzzing, then make e2e (as root).
+	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 LOCALDNS_REQUIRE_COREDNS=1 \
 	  go test -count=1 -timeout 20m ./...
 	hack/fuzz.sh 10s
 	$(MAKE) --no-print-directory e2e
@@ -53,7 +53,7 @@ lint: ## gofmt, go vet and staticcheck.
 	$(STATICCHECK) ./...
 
 .PHONY: bench
-bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, then bench-cluster (bench/results.md).
+bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, the slow kube-dns section (real CoreDNS), then bench-cluster (bench/results.md).
 	go test -run '^$$' -bench . -benchmem ./dnsengine/...
 	bench/peers.sh
 	$(MAKE) --no-print-directory bench-cluster
