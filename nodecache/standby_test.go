@@ -26,19 +26,38 @@ func handoverName(t *testing.T) string {
 
 // testResolver builds a resolver on addr in front of upstream, with metrics
 // on a registry of its own.
-func testResolver(t *testing.T, addr netip.AddrPort, upstream netip.AddrPort, command Command) *resolver {
+func testResolver(t *testing.T, addr netip.AddrPort, upstream netip.AddrPort, command Command) (*resolver, *prometheus.Registry) {
 	t.Helper()
 	cfg := Config{
 		Command: command, Listen: []netip.AddrPort{addr}, ClusterDomain: "cluster.local.",
 		Upstream: []netip.AddrPort{upstream}, UpstreamTransport: TransportTCP,
 		CacheSize: 100, CacheMaxBytes: 1 << 20, MaxCachedAnswer: 1 << 14, StaleMax: time.Hour,
 	}
-	res, err := newResolver(context.Background(), cfg, prometheus.NewRegistry(), discard())
+	reg := prometheus.NewRegistry()
+	res, err := newResolver(context.Background(), cfg, reg, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { res.fwd.Close() })
-	return res
+	return res, reg
+}
+
+// metricSum sums the named metric's series in reg (0 when absent).
+func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // askUDP asks addr once over UDP and returns the answer's first address, or
@@ -81,7 +100,7 @@ func TestStandbyFollowsPrimaries(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go p.accept(ctx)
-	standbyRes := testResolver(t, addr, up.Addr(), CommandStandby)
+	standbyRes, _ := testResolver(t, addr, up.Addr(), CommandStandby)
 	metrics := newStandbyMetrics()
 	followed := make(chan error, 1)
 	go func() { followed <- followPrimaries(ctx, p, standbyRes, metrics, time.Hour, time.Second, discard()) }()
@@ -95,7 +114,7 @@ func TestStandbyFollowsPrimaries(t *testing.T) {
 	serving := func() bool { return standbyRes.engine.Listening() }
 
 	// A node cache serves and links: the standby, in its start-up grace, waits.
-	primary := testResolver(t, addr, up.Addr(), CommandServe)
+	primary, _ := testResolver(t, addr, up.Addr(), CommandServe)
 	if err := primary.engine.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +139,7 @@ func TestStandbyFollowsPrimaries(t *testing.T) {
 	}
 
 	// A node cache is back: the standby stands down, draining.
-	next := testResolver(t, addr, up.Addr(), CommandServe)
+	next, _ := testResolver(t, addr, up.Addr(), CommandServe)
 	if err := next.engine.Start(); err != nil {
 		t.Fatal(err)
 	}
