@@ -117,7 +117,14 @@ type Limits struct {
 
 // Defaults.
 const (
-	DefaultListen          = "169.254.20.10:53"
+	DefaultListen = "169.254.20.10:53"
+	// DefaultListenIPv6 is the node cache's IPv6 address in IPv6 and
+	// dual-stack clusters (passed with --listen; the chart does). It is in a
+	// /48 of the unique-local range fd00::/8 whose 40-bit global ID spells
+	// "loc" and "al" in ASCII (6c 6f 63 61 6c), held as a /128 on each node:
+	// it can only collide with a network that chose the same global ID, which
+	// RFC 4193 has sites draw at random.
+	DefaultListenIPv6      = "[fd6c:6f63:616c::10]:53"
 	DefaultClusterDomain   = "cluster.local"
 	DefaultCacheSize       = dnsengine.DefaultCacheSize
 	DefaultCacheMaxBytes   = dnsengine.DefaultCacheMaxBytes
@@ -167,7 +174,7 @@ type setupFlags struct {
 
 func (s *setupFlags) register(fs *flag.FlagSet, setupDefault bool) {
 	s.listen = flagutil.List{Values: []string{DefaultListen}}
-	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list")
+	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list; IPv6 and dual-stack clusters add "+DefaultListenIPv6)
 	fs.BoolVar(&s.iface, "setup-interface", setupDefault, "create (or adopt) the interface holding the listen IPs; falls back to adding them to lo where the kernel has no dummy interfaces")
 	fs.BoolVar(&s.rules, "setup-rules", setupDefault, "install iptables rules that skip conntrack (raw NOTRACK) and accept DNS to and from the listen IPs")
 	fs.StringVar(&s.interfaceName, "interface-name", DefaultInterfaceName, "name of the dummy interface holding the listen IPs")
