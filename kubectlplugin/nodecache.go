@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,19 +14,27 @@ import (
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/localdns/localdns/nodecache"
 )
 
 // The node cache's metrics the status reads (dnsengine and
-// dnsengine/forward name them; docs/deploy.md documents them).
-var (
-	metricHits     = nodecache.MetricsNamespace + "_cache_hits_total"
-	metricMisses   = nodecache.MetricsNamespace + "_cache_misses_total"
-	metricStale    = nodecache.MetricsNamespace + "_cache_stale_total"
-	metricRequests = nodecache.MetricsNamespace + "_requests_total"
-	metricHealthy  = nodecache.MetricsNamespace + "_upstream_healthy"
+// dnsengine/forward name them under nodecache.MetricsNamespace;
+// docs/deploy.md documents them). The plugin does not import the node
+// cache, which builds for Linux only: the plugin runs on any workstation.
+const (
+	metricsPrefix  = "localdns_nodecache"
+	metricHits     = metricsPrefix + "_cache_hits_total"
+	metricMisses   = metricsPrefix + "_cache_misses_total"
+	metricStale    = metricsPrefix + "_cache_stale_total"
+	metricRequests = metricsPrefix + "_requests_total"
+	metricHealthy  = metricsPrefix + "_upstream_healthy"
+
+	// defaultOpsPort is the node cache's --metrics-addr port by default.
+	defaultOpsPort = "9253"
+	// scrapePortAnnotation is where the manifests name the ops port for
+	// Prometheus.
+	scrapePortAnnotation = "prometheus.io/port"
 )
 
 // NodeCache is one node's node cache as the status shows it.
@@ -100,12 +107,7 @@ func nodeCacheOf(ctx context.Context, client kubernetes.Interface, pod *corev1.P
 		row.Problem = "no pod IP yet"
 		return row
 	}
-	port, err := metricsPort(c.Args)
-	if err != nil {
-		row.Problem = err.Error()
-		return row
-	}
-	body, err := client.CoreV1().Pods(pod.Namespace).ProxyGet("http", pod.Name, port, "/metrics", nil).DoRaw(ctx)
+	body, err := client.CoreV1().Pods(pod.Namespace).ProxyGet("http", pod.Name, opsPort(pod, c), "/metrics", nil).DoRaw(ctx)
 	if err != nil {
 		row.Problem = "metrics unreachable through the API server's pod proxy: " + firstLine(err.Error())
 		return row
@@ -119,18 +121,17 @@ func nodeCacheOf(ctx context.Context, client kubernetes.Interface, pod *corev1.P
 	return row
 }
 
-// metricsPort is the port of the ops listener, from the container's flags
-// parsed by the node cache's own parser.
-func metricsPort(args []string) (string, error) {
-	cfg, err := nodecache.Parse(args, io.Discard)
-	if err != nil {
-		return "", fmt.Errorf("the node cache's flags: %w", err)
+// opsPort is the port of the node cache's ops listener (/metrics,
+// /healthz): where the kubelet's liveness probe asks /healthz, else the
+// scrape annotation, else the node cache's default.
+func opsPort(pod *corev1.Pod, c *corev1.Container) string {
+	if p := c.LivenessProbe; p != nil && p.HTTPGet != nil && p.HTTPGet.Port.Type == intstr.Int {
+		return p.HTTPGet.Port.String()
 	}
-	_, port, err := net.SplitHostPort(cfg.MetricsAddr)
-	if err != nil {
-		return "", fmt.Errorf("--metrics-addr %q: %w", cfg.MetricsAddr, err)
+	if port := pod.Annotations[scrapePortAnnotation]; port != "" {
+		return port
 	}
-	return port, nil
+	return defaultOpsPort
 }
 
 // parseNodeCacheMetrics reads the Prometheus text the ops listener serves.

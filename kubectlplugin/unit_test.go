@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,8 +20,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/localdns/localdns/nodecache"
 	"github.com/localdns/localdns/webhook"
 )
 
@@ -242,22 +245,37 @@ localdns_nodecache_upstream_healthy{server="10.96.0.11:53"} 0
 	}
 }
 
-func TestMetricsPort(t *testing.T) {
+func TestOpsPort(t *testing.T) {
+	probe := func(port intstr.IntOrString) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: port}}}
+	}
+	annotated := map[string]string{scrapePortAnnotation: "9300"}
 	tests := []struct {
-		args    []string
-		want    string
-		wantErr bool
+		name        string
+		liveness    *corev1.Probe
+		annotations map[string]string
+		want        string
 	}{
-		{[]string{"--listen=169.254.20.10:53", "--metrics-addr=:9253"}, "9253", false},
-		{[]string{"--metrics-addr=127.0.0.1:9999", "--setup-interface=false", "--setup-rules=false"}, "9999", false},
-		{nil, "9253", false}, // the node cache's default
-		{[]string{"--no-such-flag"}, "", true},
+		{"liveness probe", probe(intstr.FromInt32(9999)), annotated, "9999"},
+		{"named probe port, annotation", probe(intstr.FromString("ops")), annotated, "9300"},
+		{"annotation", nil, annotated, "9300"},
+		{"default", nil, nil, "9253"},
 	}
 	for _, tt := range tests {
-		got, err := metricsPort(tt.args)
-		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("metricsPort(%q) = %q, %v; want %q, error %v", tt.args, got, err, tt.want, tt.wantErr)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: tt.annotations}}
+		if got := opsPort(pod, &corev1.Container{LivenessProbe: tt.liveness}); got != tt.want {
+			t.Errorf("%s: opsPort = %q, want %q", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestNodeCacheNames: the names the plugin reads are the node cache's.
+func TestNodeCacheNames(t *testing.T) {
+	if metricsPrefix != nodecache.MetricsNamespace {
+		t.Errorf("metricsPrefix %q, the node cache uses %q", metricsPrefix, nodecache.MetricsNamespace)
+	}
+	if want := ":" + defaultOpsPort; nodecache.DefaultMetricsAddr != want {
+		t.Errorf("defaultOpsPort %s, the node cache's default --metrics-addr is %s", defaultOpsPort, nodecache.DefaultMetricsAddr)
 	}
 }
 
@@ -333,6 +351,30 @@ func TestValidOutput(t *testing.T) {
 	for format, ok := range map[string]bool{"": true, "json": true, "yaml": true, "kyaml": true, "wide": false, "jsonpath={.x}": false} {
 		if err := validOutput(format); (err == nil) != ok {
 			t.Errorf("validOutput(%q) = %v", format, err)
+		}
+	}
+}
+
+// TestPortableImports: the plugin runs on operators' workstations (the krew
+// manifest ships it for Linux, macOS and Windows), so it must not import the
+// DNS side, which builds for Linux only. go list resolves the imports per
+// platform without compiling.
+func TestPortableImports(t *testing.T) {
+	allowed := []string{
+		"github.com/localdns/localdns/cmd/kubectl-localdns", "github.com/localdns/localdns/kubectlplugin",
+		"github.com/localdns/localdns/webhook", "github.com/localdns/localdns/internal/cli", "github.com/localdns/localdns/internal/version",
+	}
+	for _, goos := range []string{"darwin", "windows"} {
+		cmd := exec.Command("go", "list", "-deps", "../cmd/kubectl-localdns")
+		cmd.Env = append(os.Environ(), "GOOS="+goos, "GOARCH=amd64", "CGO_ENABLED=0")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("GOOS=%s go list -deps: %v", goos, err)
+		}
+		for _, pkg := range strings.Fields(string(out)) {
+			if strings.HasPrefix(pkg, "github.com/localdns/localdns/") && !slices.Contains(allowed, pkg) {
+				t.Errorf("GOOS=%s: the plugin imports %s", goos, pkg)
+			}
 		}
 	}
 }
