@@ -69,6 +69,7 @@ func newExplainCommand(o *options) *cobra.Command {
 			"returns and why. For a running pod with a controller, its controller's pod template is\n" +
 			"sent: what a restart would create. -f takes a Pod or a workload manifest (Deployment,\n" +
 			"StatefulSet, DaemonSet, ReplicaSet, Job, CronJob); - reads standard input.",
+		Example: "  kubectl localdns explain -n shop web-5d8f7-aaaaa\n  kubectl localdns explain -f deployment.yaml -o yaml",
 		Args: func(_ *cobra.Command, args []string) error {
 			if (len(args) == 1) == (filename != "") || len(args) > 1 {
 				return errors.New("give either one pod name or -f MANIFEST")

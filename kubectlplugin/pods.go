@@ -52,11 +52,12 @@ func newPodsCommand(o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pods [-n NAMESPACE | -A]",
 		Short: "Pods that should be injected but are not, why, and their workloads",
-		Long: "Lists running pods that the webhook would inject if they were created now and that are not\n" +
-			"injected: created before their opt-in (" + ReasonBeforeOptIn + ") or admitted while the\n" +
-			"webhook could not be called (" + ReasonWebhookDown + "), with the workload that owns them.\n" +
+		Long: "Lists the pods, running or pending, that the webhook would inject if they were created now and\n" +
+			"that are not injected: created before their opt-in (" + ReasonBeforeOptIn + ") or admitted\n" +
+			"while the webhook could not be called (" + ReasonWebhookDown + "), with their workloads.\n" +
 			"`kubectl localdns restart` rolls those workloads.",
-		Args: cobra.NoArgs,
+		Example: "  kubectl localdns pods -A\n  kubectl localdns pods -n shop -o yaml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := o.connect()
 			if err != nil {

@@ -58,7 +58,8 @@ func newRestartCommand(o *options) *cobra.Command {
 		Long: "Rolls the workloads that own the namespace's uninjected pods (see `kubectl localdns pods`)\n" +
 			"with the patch `kubectl rollout restart` makes, so their new pods go through the webhook.\n" +
 			"Pods without such a workload (bare pods, Jobs) are listed and left alone.",
-		Args: cobra.NoArgs,
+		Example: "  kubectl localdns restart -n shop --dry-run\n  kubectl localdns restart -n shop",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !slices.Contains([]string{dryRunNone, dryRunClient, dryRunServer}, dryRun) {
 				return fmt.Errorf("--dry-run %q: want none, client or server", dryRun)

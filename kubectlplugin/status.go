@@ -77,8 +77,9 @@ func newStatusCommand(o *options) *cobra.Command {
 		Long: "Shows whether the webhook is deployed, reachable from the API server (a server-side dry-run\n" +
 			"pod) and trusted (caBundle expiry), the mode, every node's node cache (readiness, version,\n" +
 			"hit ratio, SERVFAIL and stale answers, upstream health, read through the API server's pod\n" +
-			"proxy) and which namespaces are in. Exits non-zero when a check fails.",
-		Args: cobra.NoArgs,
+			"proxy) and which namespaces are in. Exits non-zero when a check fails or a node cache is not ready.",
+		Example: "  kubectl localdns status\n  kubectl localdns status -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := o.connect()
 			if err != nil {
