@@ -16,7 +16,7 @@ import (
 
 // tcpConn is one pooled TCP connection. Only the query holding it uses it.
 type tcpConn struct {
-	nc       *net.TCPConn
+	nc       net.Conn
 	retireAt time.Time // closed once this old, not reused
 	lastUsed time.Time // guarded by the pool's lock while idle
 	nextID   uint16
