@@ -57,7 +57,7 @@ func FuzzTCPReplyStream(f *testing.F) {
 		c := &tcpConn{nc: client, nextID: 7}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		resp, err := c.exchange(ctx, wire, &q.Question[0], sm)
+		resp, err := c.roundTrip(ctx, wire, &q.Question[0], sm)
 		client.Close()
 		if err != nil {
 			return
