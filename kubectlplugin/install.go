@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"regexp"
 	"slices"
 
@@ -40,9 +41,9 @@ type installation struct {
 	config    webhook.Config
 	// webhookConfig is nil when the MutatingWebhookConfiguration is missing.
 	webhookConfig *admissionregistrationv1.MutatingWebhookConfiguration
-	// kubeDNSIP is "" when the webhook would not know it (its skip reason
-	// kube-dns-unknown); kubeDNSErr says why it could not be read.
-	kubeDNSIP  string
+	// kubeDNSIPs is empty when the webhook would not know them (its skip
+	// reason kube-dns-unknown); kubeDNSErr says why they could not be read.
+	kubeDNSIPs []netip.Addr
 	kubeDNSErr error
 }
 
@@ -81,7 +82,7 @@ func readInstallation(ctx context.Context, client kubernetes.Interface, namespac
 	default:
 		in.webhookConfig = whc
 	}
-	in.kubeDNSIP, in.kubeDNSErr = kubeDNSIP(ctx, client, cfg)
+	in.kubeDNSIPs, in.kubeDNSErr = kubeDNSIPs(ctx, client, cfg)
 	return in, nil
 }
 
@@ -142,33 +143,38 @@ func expandArgs(args []string, env map[string]string) []string {
 	return out
 }
 
-// kubeDNSIP is the fallback nameserver the webhook writes: --kube-dns-ip, else
-// the ClusterIP of --kube-dns-service ("" when absent or headless, the webhook's
-// kube-dns-unknown).
-func kubeDNSIP(ctx context.Context, client kubernetes.Interface, cfg webhook.Config) (string, error) {
-	if cfg.KubeDNSIP != "" {
-		return cfg.KubeDNSIP, nil
+// kubeDNSIPs are the fallback nameservers the webhook chooses from:
+// --kube-dns-ip, else the ClusterIPs of --kube-dns-service (none when absent
+// or headless, the webhook's kube-dns-unknown).
+func kubeDNSIPs(ctx context.Context, client kubernetes.Interface, cfg webhook.Config) ([]netip.Addr, error) {
+	if len(cfg.KubeDNSIPs) > 0 {
+		return cfg.KubeDNSIPs, nil
 	}
 	svc, err := client.CoreV1().Services(cfg.KubeDNSService.Namespace).Get(ctx, cfg.KubeDNSService.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("read Service %s: %w", cfg.KubeDNSService, err)
+		return nil, fmt.Errorf("read Service %s: %w", cfg.KubeDNSService, err)
 	}
-	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
-		return "", nil
-	}
-	return svc.Spec.ClusterIP, nil
+	return webhook.ServiceClusterIPs(svc)
 }
 
 // env is what the webhook would know of the cluster now. Native sidecars only
 // change where a stub goes, not whether a pod is injected. When this user
 // may not read the kube-dns Service, the webhook (which may) is assumed to
-// know it rather than every pod reported as skipped for kube-dns-unknown.
+// know it rather than every pod reported as skipped for kube-dns-unknown:
+// the unspecified address of each family stands for its ClusterIPs.
 func (in *installation) env() webhook.Env {
 	if in.kubeDNSErr != nil {
-		return webhook.Env{KubeDNSIP: "kube-dns"}
+		unknown := []netip.Addr{netip.IPv4Unspecified()}
+		switch in.config.IPFamilies {
+		case webhook.IPFamiliesIPv6:
+			unknown = []netip.Addr{netip.IPv6Unspecified()}
+		case webhook.IPFamiliesDual:
+			unknown = append(unknown, netip.IPv6Unspecified())
+		}
+		return webhook.Env{KubeDNSIPs: unknown}
 	}
-	return webhook.Env{KubeDNSIP: in.kubeDNSIP}
+	return webhook.Env{KubeDNSIPs: in.kubeDNSIPs}
 }

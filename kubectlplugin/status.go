@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,17 +220,26 @@ func checkWebhookConfiguration(in *installation) Check {
 	return passed(name, detail)
 }
 
+// addrList is "a" or "a, b": kube-dns's ClusterIPs, one per family.
+func addrList(addrs []netip.Addr) string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	return strings.Join(out, ", ")
+}
+
 func checkKubeDNS(in *installation) Check {
 	const name = "kube-dns"
 	switch {
-	case in.config.KubeDNSIP != "":
-		return passed(name, "fallback nameserver "+in.kubeDNSIP+" (--kube-dns-ip)")
+	case len(in.config.KubeDNSIPs) > 0:
+		return passed(name, fmt.Sprintf("fallback nameserver %s (--kube-dns-ip)", addrList(in.kubeDNSIPs)))
 	case in.kubeDNSErr != nil:
 		return warned(name, in.kubeDNSErr.Error())
-	case in.kubeDNSIP == "":
+	case len(in.kubeDNSIPs) == 0:
 		return failed(name, fmt.Sprintf("Service %s missing or headless: the webhook leaves pods unchanged (kube-dns-unknown)", in.config.KubeDNSService))
 	}
-	return passed(name, fmt.Sprintf("fallback nameserver %s (Service %s)", in.kubeDNSIP, in.config.KubeDNSService))
+	return passed(name, fmt.Sprintf("fallback nameserver %s (Service %s)", addrList(in.kubeDNSIPs), in.config.KubeDNSService))
 }
 
 // checkAdmission creates a pod opted in by its label with a server-side dry

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,7 +99,7 @@ func shippedInstallation(t *testing.T, overlay string) *installation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &installation{namespace: DefaultSystemNamespace, kubeDNSIP: "10.96.0.10"}
+	in := &installation{namespace: DefaultSystemNamespace, kubeDNSIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}
 	for _, doc := range strings.Split(string(data), "\n---\n") {
 		var head struct{ Kind string }
 		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {

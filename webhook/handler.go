@@ -180,13 +180,13 @@ func (h *Handler) kubeDNSIPs(ctx context.Context) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get service %s: %w", h.cfg.KubeDNSService, err)
 	}
-	return serviceClusterIPs(&svc)
+	return ServiceClusterIPs(&svc)
 }
 
-// serviceClusterIPs reads spec.clusterIPs (spec.ipFamilies holds their
+// ServiceClusterIPs reads spec.clusterIPs (spec.ipFamilies holds their
 // families in the same order), or spec.clusterIP where an API server left
 // clusterIPs unset; a headless Service has none.
-func serviceClusterIPs(svc *corev1.Service) ([]netip.Addr, error) {
+func ServiceClusterIPs(svc *corev1.Service) ([]netip.Addr, error) {
 	listed := svc.Spec.ClusterIPs
 	if len(listed) == 0 && svc.Spec.ClusterIP != "" {
 		listed = []string{svc.Spec.ClusterIP}

@@ -199,7 +199,7 @@ func TestServiceClusterIPs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := serviceClusterIPs(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns"}, Spec: tt.spec})
+			got, err := ServiceClusterIPs(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns"}, Spec: tt.spec})
 			if (err != nil) != tt.wantErr || fmt.Sprint(got) != tt.want {
 				t.Errorf("got %v, %v; want %s, error %v", got, err, tt.want, tt.wantErr)
 			}
