@@ -278,12 +278,7 @@ func ipFamiliesFlag(value string, kubeDNS []netip.Addr) error {
 	default:
 		return fmt.Errorf("--ip-families %q: must be auto, ipv4, ipv6 or dual", value)
 	}
-	for _, ip := range kubeDNS {
-		if familyOf(ip) == want {
-			return nil
-		}
-	}
-	if len(kubeDNS) == 0 {
+	if len(kubeDNS) == 0 || slices.ContainsFunc(kubeDNS, func(ip netip.Addr) bool { return familyOf(ip) == want }) {
 		return nil
 	}
 	return fmt.Errorf("--ip-families %s: --kube-dns-ip %s has no %s address for the fallback", value, joinAddrs(kubeDNS), want)
