@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/localdns/localdns/dnsengine"
 	"github.com/localdns/localdns/dnsengine/forward"
@@ -99,6 +100,11 @@ type Config struct {
 	// port through SO_REUSEPORT), this file, in the container's own volume,
 	// can.
 	ReadyFile string
+	// StartupTaint, when set, is the key of a taint the node cache removes
+	// from its own Node (NodeName) once it is ready: workload pods wait for
+	// it on a new node (see taint.go). Empty: off.
+	StartupTaint string
+	NodeName     string
 }
 
 // Limits are the bounds that keep one pod, or a slow kube-dns, from taking
@@ -254,6 +260,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		shutdownTimeout   time.Duration
 		readyFile         string
 		handoverSocket    string
+		startupTaint      string
+		nodeName          string
 	)
 	setup.register(fs, command == CommandServe)
 	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --upstream")
@@ -275,6 +283,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
 	fs.StringVar(&readyFile, "ready-file", "", "`path` created once this instance serves DNS and an upstream answered, removed when it stops (for `localdns-nodecache ready`); empty: none")
+	fs.StringVar(&startupTaint, "startup-taint", "", "taint `key` removed from this node (--node-name) once this instance serves DNS and an upstream answered, so workload pods wait for it on a new node (e.g. "+DefaultStartupTaint+"); empty: off. Needs get and update on the Node")
+	fs.StringVar(&nodeName, "node-name", "", "this node's `name` (the pod's spec.nodeName), for --startup-taint")
 	if err := parseFlagSet(fs, args, output); err != nil {
 		return Config{}, err
 	}
@@ -295,6 +305,20 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		if handoverSocket == "" {
 			errs = append(errs, errors.New("--handover-socket: a standby needs one"))
 		}
+		if startupTaint != "" {
+			errs = append(errs, errors.New("--startup-taint: the node cache removes the startup taint, not the standby"))
+		}
+	}
+	if startupTaint != "" {
+		if msgs := validation.IsQualifiedName(startupTaint); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--startup-taint: %q is not a taint key: %s", startupTaint, strings.Join(msgs, "; ")))
+		}
+		if nodeName == "" {
+			errs = append(errs, errors.New("--node-name: --startup-taint needs this node's name (the pod's spec.nodeName)"))
+		}
+	}
+	if msgs := validation.IsDNS1123Subdomain(nodeName); nodeName != "" && len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--node-name: %q is not a node name: %s", nodeName, strings.Join(msgs, "; ")))
 	}
 	domain, err := flagutil.ParseDomain(clusterDomain)
 	if err != nil {
@@ -368,6 +392,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		ShutdownTimeout:   shutdownTimeout,
 		ReadyFile:         readyFile,
 		HandoverSocket:    handoverSocket,
+		StartupTaint:      startupTaint,
+		NodeName:          nodeName,
 	}, nil
 }
 
