@@ -116,7 +116,7 @@ func TestApplyToAPIServer(t *testing.T) {
 			t.Fatalf("an unknown field was accepted: %v\n%s", err, out)
 		}
 	})
-	for _, name := range []string{"default", "cluster-wide", "cert-manager", "default", "monitoring", "uninstall"} {
+	for _, name := range []string{"default", "cluster-wide", "cert-manager", "default", "startup-taint", "monitoring", "uninstall"} {
 		out, err := c.apply(render(t, kustomizations[name]))
 		if err != nil {
 			t.Fatalf("apply %s: %v\n%s", name, err, out)
@@ -136,6 +136,7 @@ func TestApplyToAPIServer(t *testing.T) {
 	}
 
 	t.Run("the webhook may change only the caBundle", func(t *testing.T) { checkPolicyEnforced(t, c) })
+	t.Run("the node cache may only remove the startup taint from its own Node", func(t *testing.T) { checkStartupTaintPolicyEnforced(t, c) })
 
 	t.Run("RBAC", func(t *testing.T) {
 		const webhookSA = "system:serviceaccount:localdns-system:localdns-webhook"
@@ -158,6 +159,12 @@ func TestApplyToAPIServer(t *testing.T) {
 			{nodecacheSA, "get", "services/kube-dns", "kube-system", true},
 			{nodecacheSA, "list", "services", "kube-system", false},
 			{nodecacheSA, "get", "secrets/localdns-webhook-tls", namespace, false},
+			// The startup-taint overlay is applied: Nodes, confined by its policy.
+			{nodecacheSA, "update", "nodes", "", true},
+			{nodecacheSA, "get", "nodes", "", true},
+			{nodecacheSA, "patch", "nodes", "", false},
+			{nodecacheSA, "delete", "nodes", "", false},
+			{nodecacheSA, "list", "nodes", "", false},
 		}
 		for _, tt := range tests {
 			args := []string{"auth", "can-i", tt.verb, tt.resource, "--as", tt.as}
