@@ -88,8 +88,9 @@ deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
 	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
 
 .PHONY: undeploy
-undeploy: ## Uninstall safely: stop injecting, remove the node cache, clean every node, delete the rest.
+undeploy: ## Uninstall safely: stop injecting, remove the standby, then the node cache, clean every node, delete the rest.
 	$(KUBECTL) delete mutatingwebhookconfiguration localdns-webhook --ignore-not-found
+	$(KUBECTL) -n localdns-system delete daemonset localdns-nodecache-standby --cascade=foreground --wait --ignore-not-found
 	$(KUBECTL) -n localdns-system delete daemonset localdns-nodecache --cascade=foreground --wait --ignore-not-found
 	$(KUBECTL) apply -k manifests/uninstall
 	$(KUBECTL) -n localdns-system rollout status daemonset localdns-cleanup --timeout=5m
