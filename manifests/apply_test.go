@@ -3,7 +3,6 @@ package manifests
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,18 +53,7 @@ func bootCluster(t *testing.T) cluster {
 		standInCRD("cert-manager.io", "Certificate", "certificates"),
 		standInCRD("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
 	}}
-	_, err := testenv.Boot(env)
-	if errors.Is(err, testenv.ErrNoAssets) && !testenv.Required() {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
+	testenv.Start(t, env)
 	admin, err := env.AddUser(envtest.User{Name: "localdns-deploy-test", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -39,27 +39,9 @@ var nodecacheIdentity = "system:serviceaccount:" + namespace + ":localdns-nodeca
 // metadata a client sets; off, neither is installed.
 func checkStartupTaintPolicy(t *testing.T, m manifest, in install) {
 	t.Helper()
-	var policy admissionregistrationv1.ValidatingAdmissionPolicy
-	var binding admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	hasPolicy := m.get("ValidatingAdmissionPolicy", startupTaintPolicy, &policy)
-	hasBinding := m.get("ValidatingAdmissionPolicyBinding", startupTaintPolicy, &binding)
-	if in.startupTaint == "" {
-		if hasPolicy || hasBinding {
-			t.Errorf("policy %s installed without the startup taint", startupTaintPolicy)
-		}
+	p := installedPolicy(t, m, startupTaintPolicy, in.startupTaint != "", "with the startup taint only")
+	if p == nil {
 		return
-	}
-	if !hasPolicy || !hasBinding {
-		t.Fatalf("the startup taint without the policy %s and its binding (%v, %v)", startupTaintPolicy, hasPolicy, hasBinding)
-	}
-	b := binding.Spec
-	if b.PolicyName != policy.Name || !slices.Equal(b.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
-		b.ParamRef != nil || b.MatchResources != nil {
-		t.Errorf("binding %+v: want the policy, Deny, no params, no narrower match", b)
-	}
-	p := policy.Spec
-	if p.FailurePolicy == nil || *p.FailurePolicy != admissionregistrationv1.Fail {
-		t.Errorf("failurePolicy %v, want Fail", p.FailurePolicy)
 	}
 	rules := p.MatchConstraints.ResourceRules
 	if len(rules) != 1 || !slices.Equal(rules[0].Resources, []string{"nodes"}) || len(rules[0].ResourceNames) != 0 ||

@@ -59,26 +59,6 @@ func TestParseStartupTaint(t *testing.T) {
 	}
 }
 
-// bootAPIServer starts a real kube-apiserver and etcd for one test and
-// returns its admin config.
-func bootAPIServer(t *testing.T) *rest.Config {
-	t.Helper()
-	env := &envtest.Environment{}
-	cfg, err := testenv.Boot(env)
-	if errors.Is(err, testenv.ErrNoAssets) && !testenv.Required() {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
-	return cfg
-}
-
 // roundTripFunc hooks into a client's requests.
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
@@ -142,7 +122,7 @@ func getNode(t *testing.T, c kubernetes.Interface, name string) *corev1.Node {
 // retried from a fresh read, and the node cache's remover retries until the
 // Node exists, counting each attempt.
 func TestStartupTaintAgainstAPIServer(t *testing.T) {
-	cfg := bootAPIServer(t)
+	cfg := testenv.Start(t, &envtest.Environment{})
 	admin, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
