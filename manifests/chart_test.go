@@ -37,6 +37,8 @@ var chartProfiles = map[string]string{
 	"helm-cert-manager":  "ci/cert-manager-values.yaml",
 	"helm-monitoring":    "ci/monitoring-values.yaml",
 	"helm-startup-taint": "ci/startup-taint-values.yaml",
+	"helm-ipv6":          "ci/ipv6-values.yaml",
+	"helm-dual-stack":    "ci/dual-stack-values.yaml",
 	"helm-custom":        "ci/custom-values.yaml",
 }
 
@@ -311,6 +313,8 @@ func TestOverlaysMatchChart(t *testing.T) {
 		{[]string{"cert-manager"}, []string{"helm-cert-manager"}},
 		{[]string{"default", "monitoring"}, []string{"helm-monitoring"}},
 		{[]string{"startup-taint"}, []string{"helm-startup-taint"}},
+		{[]string{"ipv6"}, []string{"helm-ipv6"}},
+		{[]string{"dual-stack"}, []string{"helm-dual-stack"}},
 	}
 	for _, p := range pairs {
 		t.Run(strings.Join(p.kustomize, "+"), func(t *testing.T) {

@@ -183,8 +183,10 @@ type install struct {
 	// podAnnotations: the prometheus.io/* scrape annotations on the pods.
 	podAnnotations bool
 	localIP        string
-	upstreams      int // --upstream servers; 0: discovered
-	replicas       int32
+	// families: the chart's ipFamilies (ipv4, ipv6, dual); "" is ipv4.
+	families  string
+	upstreams int // --upstream servers; 0: discovered
+	replicas  int32
 	// startupTaint: the key the node cache removes from its Node; "": off.
 	startupTaint                            string
 	nodecacheImage, webhookImage, stubImage string
@@ -208,6 +210,10 @@ var installs = []install{
 	install{name: "helm-monitoring", monitoring: true}.defaults(),
 	install{name: "startup-taint", startupTaint: nodecache.DefaultStartupTaint}.defaults(),
 	install{name: "helm-startup-taint", startupTaint: nodecache.DefaultStartupTaint}.defaults(),
+	install{name: "ipv6", families: "ipv6"}.defaults(),
+	install{name: "helm-ipv6", families: "ipv6"}.defaults(),
+	install{name: "dual-stack", families: "dual"}.defaults(),
+	install{name: "helm-dual-stack", families: "dual"}.defaults(),
 	{
 		name: "helm-custom", clusterWide: true, certManager: true, monitoring: true,
 		localIP: "169.254.0.53", upstreams: 2, replicas: 3, startupTaint: "example.com/dns-not-ready",
@@ -215,6 +221,26 @@ var installs = []install{
 		webhookImage:   "registry.example:5000/dns/localdns-webhook:v1.2.3",
 		stubImage:      "registry.example:5000/dns/localdns-stub:v1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 	},
+}
+
+// listen is what the node cache (and its standby) must serve: the address
+// of each family the install serves.
+func (in install) listen() []string {
+	switch in.families {
+	case "ipv6":
+		return []string{nodecache.DefaultListenIPv6}
+	case "dual":
+		return []string{in.localIP + ":53", nodecache.DefaultListenIPv6}
+	}
+	return []string{in.localIP + ":53"}
+}
+
+// ipFamilies is the webhook's --ip-families for the install.
+func (in install) ipFamilies() string {
+	if in.families == "" {
+		return "ipv4"
+	}
+	return in.families
 }
 
 // checkLinuxOnly asserts a node-level pod runs on Linux nodes only: nothing
@@ -297,9 +323,13 @@ func TestNodecacheDaemonSet(t *testing.T) {
 			if !inEmptyDir {
 				t.Errorf("--ready-file %q is not on an emptyDir mount of the pod", cfg.ReadyFile)
 			}
-			if cfg.Command != nodecache.CommandServe || len(cfg.Listen) != 1 || cfg.Listen[0].String() != in.localIP+":53" ||
+			var listen []string
+			for _, ap := range cfg.Listen {
+				listen = append(listen, ap.String())
+			}
+			if cfg.Command != nodecache.CommandServe || !slices.Equal(listen, in.listen()) ||
 				!cfg.Setup.Interface || !cfg.Setup.Rules || cfg.MetricsAddr != ":9253" || len(cfg.Upstream) != in.upstreams {
-				t.Errorf("parsed config %+v: want serving %s:53 with interface, rules, metrics on :9253, %d upstreams (0: discovered)", cfg, in.localIP, in.upstreams)
+				t.Errorf("parsed config %+v: want serving %v with interface, rules, metrics on :9253, %d upstreams (0: discovered)", cfg, in.listen(), in.upstreams)
 			}
 			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/run/xtables.lock" }) {
 				t.Errorf("the node's /run/xtables.lock is not mounted (legacy iptables serialises on it with kube-proxy)")
@@ -456,6 +486,9 @@ func TestWebhookDeployment(t *testing.T) {
 			}
 			if cfg.Namespace != namespace || cfg.LocalIP != in.localIP || cfg.MetricsAddr != ":9254" {
 				t.Errorf("namespace %q, local IP %q, metrics %q", cfg.Namespace, cfg.LocalIP, cfg.MetricsAddr)
+			}
+			if cfg.IPFamilies != in.ipFamilies() || "["+cfg.LocalIPv6+"]:53" != nodecache.DefaultListenIPv6 {
+				t.Errorf("--ip-families %q, --local-ipv6 %q: want %q and the node cache's %s", cfg.IPFamilies, cfg.LocalIPv6, in.ipFamilies(), nodecache.DefaultListenIPv6)
 			}
 			if cfg.ClusterWide != in.clusterWide {
 				t.Errorf("--cluster-wide = %v, want %v", cfg.ClusterWide, in.clusterWide)

@@ -30,6 +30,8 @@ var kustomizations = map[string]string{
 	"cluster-wide":  "overlays/cluster-wide",
 	"cert-manager":  "overlays/cert-manager",
 	"startup-taint": "overlays/startup-taint",
+	"ipv6":          "overlays/ipv6",
+	"dual-stack":    "overlays/dual-stack",
 	"uninstall":     "uninstall",
 	"monitoring":    "monitoring",
 }

@@ -8,15 +8,19 @@ localdns.image: the reference of one of the three images, by name
 {{- end -}}
 
 {{/*
-localdns.listen: the node cache's DNS address, ip:53 ([ip]:53 for IPv6). The
-node cache and its cleanup take it from here, so they always agree.
+localdns.listen: the node cache's DNS addresses, one per IP family the
+cluster serves, ip:53 and [ipv6]:53. The node cache, its standby and its
+cleanup take them from here, so they always agree.
 */}}
 {{- define "localdns.listen" -}}
-{{- if contains ":" .Values.localIP -}}
-[{{ .Values.localIP }}]:53
-{{- else -}}
-{{ .Values.localIP }}:53
+{{- $listen := list -}}
+{{- if ne .Values.ipFamilies "ipv6" -}}
+{{- $listen = append $listen (printf "%s:53" .Values.localIP) -}}
 {{- end -}}
+{{- if ne .Values.ipFamilies "ipv4" -}}
+{{- $listen = append $listen (printf "[%s]:53" .Values.localIPv6) -}}
+{{- end -}}
+{{- join "," $listen -}}
 {{- end -}}
 
 {{/*
