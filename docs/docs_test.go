@@ -35,7 +35,7 @@ func TestREADMEDocumentsEveryFlag(t *testing.T) {
 		"localdns-stub":       func(w io.Writer) error { _, err := sidecar.Parse([]string{"--help"}, w); return err },
 		"localdns-stub probe": func(w io.Writer) error { _, err := sidecar.Parse([]string{"probe", "--help"}, w); return err },
 		"localdns-webhook": func(w io.Writer) error {
-			_, err := webhook.ParseFlags("localdns-webhook", []string{"--help"}, func(string) string { return "" }, w)
+			_, err := webhook.Parse("localdns-webhook", []string{"--help"}, func(string) string { return "" }, w)
 			return err
 		},
 	}

@@ -100,7 +100,7 @@ func webhookFlags(deploy *appsv1.Deployment) (webhook.Config, error) {
 	env := containerEnv(containers[i], deploy.Namespace)
 	args := expandArgs(containers[i].Args, env)
 	getenv := func(name string) string { return env[name] }
-	cfg, err := webhook.ParseFlags(webhookAppName, args, getenv, io.Discard)
+	cfg, err := webhook.Parse(webhookAppName, args, getenv, io.Discard)
 	if err != nil {
 		return webhook.Config{}, fmt.Errorf("the flags of Deployment %s/%s: %w", deploy.Namespace, deploy.Name, err)
 	}

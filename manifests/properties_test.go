@@ -477,7 +477,7 @@ func TestWebhookDeployment(t *testing.T) {
 			checkHTTPProbe(t, "readiness", c, c.ReadinessProbe, "/readyz", 9254)
 			checkHTTPProbe(t, "liveness", c, c.LivenessProbe, "/healthz", 9254)
 
-			cfg, err := webhook.ParseFlags("localdns-webhook", expandArgs(c), func(string) string { return "" }, io.Discard)
+			cfg, err := webhook.Parse("localdns-webhook", expandArgs(c), func(string) string { return "" }, io.Discard)
 			if err != nil {
 				t.Fatalf("localdns-webhook rejects the Deployment's args %q: %v", c.Args, err)
 			}

@@ -94,6 +94,8 @@ type Config struct {
 	// HandoverSocket names the abstract unix socket of the handover between
 	// the node cache and its standby; empty = none.
 	HandoverSocket string
+	// LogFormat is text or json (serve, standby, cleanup).
+	LogFormat string
 	// ReadyFile, when set, is created once this process serves DNS and an
 	// upstream has answered, and removed when it stops. /readyz cannot tell
 	// the instances of a surge rolling update apart (they share the node's
@@ -285,7 +287,9 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 	fs.StringVar(&readyFile, "ready-file", "", "`path` created once this instance serves DNS and an upstream answered, removed when it stops (for `localdns-nodecache ready`); empty: none")
 	fs.StringVar(&startupTaint, "startup-taint", "", "taint `key` removed from this node (--node-name) once this instance serves DNS and an upstream answered, so workload pods wait for it on a new node (e.g. "+DefaultStartupTaint+"); empty: off. Needs get and update on the Node")
 	fs.StringVar(&nodeName, "node-name", "", "this node's `name` (the pod's spec.nodeName), for --startup-taint")
-	if err := parseFlagSet(fs, args, output); err != nil {
+	var logFormat string
+	flagutil.LogFormatVar(fs, &logFormat)
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -294,6 +298,9 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 	}
 
 	var errs []error
+	if err := flagutil.ValidLogFormat(logFormat); err != nil {
+		errs = append(errs, err)
+	}
 	listen, setupCfg, err := setup.validate()
 	if err != nil {
 		errs = append(errs, err)
@@ -394,6 +401,7 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		HandoverSocket:    handoverSocket,
 		StartupTaint:      startupTaint,
 		NodeName:          nodeName,
+		LogFormat:         logFormat,
 	}, nil
 }
 
@@ -403,7 +411,7 @@ func parseReady(args []string, output io.Writer) (Config, error) {
 		"--ready-file) serves DNS and an upstream has answered.\n\nFlags:\n")
 	var readyFile string
 	fs.StringVar(&readyFile, "ready-file", "", "`path` the serving instance writes (required)")
-	if err := parseFlagSet(fs, args, output); err != nil {
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	switch {
@@ -421,30 +429,19 @@ func parseCleanup(args []string, output io.Writer) (Config, error) {
 		"interface (or, where it fell back to lo, the listen IPs' /32 and /128 on lo).\n\nFlags:\n")
 	var setup setupFlags
 	setup.register(fs, true)
-	if err := parseFlagSet(fs, args, output); err != nil {
+	var logFormat string
+	flagutil.LogFormatVar(fs, &logFormat)
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("cleanup: unexpected argument %q", fs.Arg(0))
 	}
 	listen, setupCfg, err := setup.validate()
-	if err != nil {
+	if err := errors.Join(err, flagutil.ValidLogFormat(logFormat)); err != nil {
 		return Config{}, err
 	}
-	return Config{Command: CommandCleanup, Listen: listen, Setup: setupCfg}, nil
-}
-
-// parseFlagSet parses args; usage goes to output only when asked for with
-// -h/--help. Other errors are returned, not printed, so the caller reports
-// each exactly once.
-func parseFlagSet(fs *flag.FlagSet, args []string, output io.Writer) error {
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(output)
-		fs.Usage()
-	}
-	return err
+	return Config{Command: CommandCleanup, Listen: listen, Setup: setupCfg, LogFormat: logFormat}, nil
 }
 
 func validInterfaceName(name string) error {

@@ -36,6 +36,7 @@ func defaultConfig() Config {
 		ReconcileInterval: DefaultReconcileInterval,
 		ShutdownTimeout:   DefaultShutdownTimeout,
 		HandoverSocket:    DefaultHandoverSocket,
+		LogFormat:         "text",
 	}
 }
 
@@ -109,9 +110,10 @@ func TestParseGood(t *testing.T) {
 			[]string{"cleanup", "--listen", "169.254.20.11", "--interface-name", "x0", "--iptables-mode", "nft", "--setup-rules=false"},
 			func(c *Config) {
 				*c = Config{
-					Command: CommandCleanup,
-					Listen:  aps("169.254.20.11:53"),
-					Setup:   SetupConfig{Interface: true, Rules: false, InterfaceName: "x0", IptablesMode: IptablesNFT},
+					Command:   CommandCleanup,
+					Listen:    aps("169.254.20.11:53"),
+					Setup:     SetupConfig{Interface: true, Rules: false, InterfaceName: "x0", IptablesMode: IptablesNFT},
+					LogFormat: "text",
 				}
 			},
 		},

@@ -50,6 +50,7 @@ type Config struct {
 	FallbackTimeout     time.Duration
 	UDPSockets          int
 	MetricsAddr         string // empty = no metrics listener
+	LogFormat           string // text or json
 	ShutdownTimeout     time.Duration
 
 	Probe ProbeConfig // CommandProbe only
@@ -117,7 +118,6 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 		"An in-pod DNS stub: answers on loopback from a small cache, asks the node cache (UDP, then\n"+
 		"TCP) and, when it fails, kube-dns over TCP only. SIGTERM drains and exits. \"probe\" asks the\n"+
 		"stub one question and exits 0 when it answers (the container's exec probe).\n\nFlags:\n")
-	fs.SetOutput(output)
 	var (
 		listen              flagutil.List
 		nodeCache           string
@@ -146,7 +146,9 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	fs.IntVar(&udpSockets, "udp-sockets", DefaultUDPSockets, "SO_REUSEPORT UDP sockets per listen address (each holds its own read and write buffers)")
 	fs.StringVar(&metricsAddr, "metrics-addr", "", "`host:port` serving /metrics, /healthz and /readyz; empty = off")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
-	if err := fs.Parse(args); err != nil {
+	var logFormat string
+	flagutil.LogFormatVar(fs, &logFormat)
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -211,6 +213,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	if metricsAddr != "" {
 		check(prefixed("--metrics-addr", flagutil.ValidHostPort(metricsAddr)))
 	}
+	check(flagutil.ValidLogFormat(logFormat))
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
@@ -223,6 +226,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	cfg.FallbackTimeout = fallbackTimeout
 	cfg.UDPSockets = udpSockets
 	cfg.MetricsAddr = metricsAddr
+	cfg.LogFormat = logFormat
 	cfg.ShutdownTimeout = shutdownTimeout
 	return cfg, nil
 }
@@ -232,7 +236,6 @@ func parseProbe(args []string, output io.Writer) (Config, error) {
 		"Sends one SOA query over UDP to the stub and exits 0 when a well-formed reply to it comes\n"+
 		"back, whatever its RCODE (that proves the stub serves); else prints why and exits 1. It is\n"+
 		"the container's exec probe: kubelet's own probes cannot reach the pod's 127.0.0.1.\n\nFlags:\n")
-	fs.SetOutput(output)
 	var (
 		listen  string
 		name    string
@@ -241,7 +244,7 @@ func parseProbe(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&listen, "listen", DefaultListenV4, "the stub's listen `ip[:port]` to query")
 	fs.StringVar(&name, "name", DefaultClusterDomain, "the name asked (type SOA)")
 	fs.DurationVar(&timeout, "timeout", DefaultProbeTimeout, "how long to wait for the reply")
-	if err := fs.Parse(args); err != nil {
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {

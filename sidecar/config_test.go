@@ -26,6 +26,7 @@ func TestParse(t *testing.T) {
 		NodeCacheTCPTimeout: 2500 * time.Millisecond,
 		FallbackTimeout:     time.Second,
 		UDPSockets:          1,
+		LogFormat:           "text",
 		ShutdownTimeout:     5 * time.Second,
 	}
 	with := func(edit func(*Config)) Config {
@@ -79,6 +80,7 @@ func TestParse(t *testing.T) {
 				FallbackTimeout:     3 * time.Second,
 				UDPSockets:          2,
 				MetricsAddr:         "127.0.0.1:9254",
+				LogFormat:           "text",
 				ShutdownTimeout:     time.Second,
 			},
 		},

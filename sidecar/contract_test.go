@@ -117,7 +117,7 @@ func TestWebhookContract(t *testing.T) {
 // cluster whose kube-dns Service has these clusterIPs.
 func webhookStubPlan(t *testing.T, flags, kubeDNS []string, annotations map[string]string) webhook.Plan {
 	t.Helper()
-	cfg, err := webhook.ParseFlags("localdns-webhook", flags, func(string) string { return "" }, io.Discard)
+	cfg, err := webhook.Parse("localdns-webhook", flags, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

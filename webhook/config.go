@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/localdns/localdns/internal/flagutil"
 	"github.com/localdns/localdns/internal/version"
 )
 
@@ -60,6 +60,8 @@ type Config struct {
 	// the cluster's own: under dnsPolicy None the node's are not appended.
 	Searches []string
 
+	LogFormat string // text or json
+
 	// Stub injection.
 	StubImage         string
 	StubResources     corev1.ResourceRequirements
@@ -67,12 +69,13 @@ type Config struct {
 	NativeSidecars    string // auto, true or false
 }
 
-// ParseFlags parses the command line into a validated Config. getenv supplies
+// Parse parses the command line into a validated Config. getenv supplies
 // POD_NAMESPACE (the downward API) as the default of --namespace. Usage goes to
-// output; -h returns flag.ErrHelp.
-func ParseFlags(name string, args []string, getenv func(string) string, output io.Writer) (Config, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(output)
+// output only for -h/--help, which returns flag.ErrHelp.
+func Parse(name string, args []string, getenv func(string) string, output io.Writer) (Config, error) {
+	fs := flagutil.NewFlagSet(name, "Usage: "+name+" [flags]\n\n"+
+		"The mutating admission webhook that points opted-in pods' DNS at the node cache (or an\n"+
+		"injected localdns-stub), with the kube-dns ClusterIP as fallback. See docs/webhook.md.\n\nFlags:\n")
 	var (
 		cfg                               Config
 		ndots, timeout, attempts          int
@@ -113,7 +116,8 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs.StringVar(&cpuRequest, "stub-cpu-request", "10m", "CPU request of the stub container")
 	fs.StringVar(&memRequest, "stub-memory-request", "16Mi", "memory request of the stub container")
 	fs.StringVar(&memLimit, "stub-memory-limit", "32Mi", "memory limit of the stub container")
-	if err := fs.Parse(args); err != nil {
+	flagutil.LogFormatVar(fs, &cfg.LogFormat)
+	if err := flagutil.Parse(fs, args, output); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -128,6 +132,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	}
 	var err error
 	check(validatePort(cfg.Port))
+	check(flagutil.ValidLogFormat(cfg.LogFormat))
 	cfg.LocalIP, err = familyIP("--local-ip", localIP, corev1.IPv4Protocol)
 	check(err)
 	cfg.LocalIPv6, err = familyIP("--local-ipv6", localIPv6, corev1.IPv6Protocol)
@@ -231,17 +236,13 @@ func familyIP(flagName, value string, family corev1.IPFamily) (string, error) {
 	return ip.String(), nil
 }
 
-// parseIP accepts a plain address: no zone (a pod's resolv.conf cannot use
-// one), an IPv4-mapped IPv6 address taken as the IPv4 address it maps.
+// parseIP is flagutil.ParseAddr, its error naming the flag.
 func parseIP(flagName, value string) (netip.Addr, error) {
-	ip, err := netip.ParseAddr(value)
+	ip, err := flagutil.ParseAddr(value)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%s %q: not an IP address: %w", flagName, value, err)
+		return netip.Addr{}, fmt.Errorf("%s: %w", flagName, err)
 	}
-	if ip.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("%s %q: zoned addresses are not allowed", flagName, value)
-	}
-	return ip.Unmap(), nil
+	return ip, nil
 }
 
 // kubeDNSIPsFlag parses --kube-dns-ip: at most one address per family, as a

@@ -41,7 +41,7 @@ func TestParseFlagsNamespaceFromEnv(t *testing.T) {
 		}
 		return ""
 	}
-	cfg, err := ParseFlags("test", nil, getenv, io.Discard)
+	cfg, err := Parse("test", nil, getenv, io.Discard)
 	if err != nil || cfg.Namespace != "dns-system" {
 		t.Fatalf("namespace %q, err %v", cfg.Namespace, err)
 	}
@@ -49,7 +49,7 @@ func TestParseFlagsNamespaceFromEnv(t *testing.T) {
 
 // TestParseFlagsInvalid: every bad flag is reported, all at once.
 func TestParseFlagsInvalid(t *testing.T) {
-	_, err := ParseFlags("test", []string{
+	_, err := Parse("test", []string{
 		"--port=0", "--local-ip=node", "--kube-dns-ip=10.0.0", "--kube-dns-service=kube-dns",
 		"--cluster-domain=Bad_Domain", "--ndots=0", "--timeout=31", "--attempts=6", "--options=ok,BAD",
 		"--namespace=", "--stub-image=", "--native-sidecars=maybe", "--stub-memory-request=64Mi",
@@ -59,7 +59,7 @@ func TestParseFlagsInvalid(t *testing.T) {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{
-		"--port 0", `--local-ip "node"`, `--kube-dns-ip "10.0.0"`, `--kube-dns-service "kube-dns"`,
+		"--port 0", `--local-ip: "node"`, `--kube-dns-ip: "10.0.0"`, `--kube-dns-service "kube-dns"`,
 		`--cluster-domain "Bad_Domain"`, "--ndots", "--timeout", "--attempts", `--options "BAD"`,
 		`--namespace ""`, "--stub-image", `--native-sidecars "maybe"`, "exceeds --stub-memory-limit",
 		"--shutdown-timeout", `--searches "-bad-.example"`,
@@ -98,7 +98,7 @@ func TestParseFlagsSearches(t *testing.T) {
 		{"Bad Domain", -1, `--searches "Bad Domain"`},
 	}
 	for _, tt := range tests {
-		cfg, err := ParseFlags("test", []string{"--searches=" + tt.flag}, func(string) string { return "" }, io.Discard)
+		cfg, err := Parse("test", []string{"--searches=" + tt.flag}, func(string) string { return "" }, io.Discard)
 		if tt.want < 0 {
 			if err == nil || !strings.Contains(err.Error(), tt.problem) {
 				t.Errorf("--searches=%.40q: error %v, want one naming %q", tt.flag, err, tt.problem)
@@ -133,8 +133,8 @@ func TestParseFlagsIPFamilies(t *testing.T) {
 			kubeDNS: "[10.96.0.10]", ipFamilies: "dual"},
 		{flags: []string{"--local-ip=fd00::53"}, problem: `--local-ip "fd00::53": not an IPv4 address`},
 		{flags: []string{"--local-ipv6=169.254.20.10"}, problem: `--local-ipv6 "169.254.20.10": not an IPv6 address`},
-		{flags: []string{"--local-ipv6=fe80::10%eth0"}, problem: "zoned addresses are not allowed"},
-		{flags: []string{"--local-ipv6="}, problem: `--local-ipv6 "": not an IP address`},
+		{flags: []string{"--local-ipv6=fe80::10%eth0"}, problem: "zoned addresses are not supported"},
+		{flags: []string{"--local-ipv6="}, problem: `--local-ipv6: "" is not an IP address`},
 		{flags: []string{"--ip-families=both"}, problem: `--ip-families "both": must be auto, ipv4, ipv6 or dual`},
 		{flags: []string{"--kube-dns-ip=10.96.0.10,10.96.0.11"}, problem: "at most one address per IP family"},
 		{flags: []string{"--kube-dns-ip=10.96.0.10,fd00::a,fd00::b"}, problem: "at most one address per IP family"},
@@ -143,7 +143,7 @@ func TestParseFlagsIPFamilies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.flags, " "), func(t *testing.T) {
-			cfg, err := ParseFlags("test", tt.flags, func(string) string { return "" }, io.Discard)
+			cfg, err := Parse("test", tt.flags, func(string) string { return "" }, io.Discard)
 			if tt.problem != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.problem) {
 					t.Fatalf("error %v, want one containing %q", err, tt.problem)
@@ -162,10 +162,10 @@ func TestParseFlagsIPFamilies(t *testing.T) {
 }
 
 func TestParseFlagsHelpAndArgs(t *testing.T) {
-	if _, err := ParseFlags("test", []string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
+	if _, err := Parse("test", []string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
-	if _, err := ParseFlags("test", []string{"extra"}, func(string) string { return "" }, io.Discard); err == nil {
+	if _, err := Parse("test", []string{"extra"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Error("positional argument accepted")
 	}
 }

@@ -20,9 +20,9 @@ const (
 // testConfig parses flags the way the binary does, with no POD_NAMESPACE.
 func testConfig(t *testing.T, args ...string) Config {
 	t.Helper()
-	cfg, err := ParseFlags("test", args, func(string) string { return "" }, io.Discard)
+	cfg, err := Parse("test", args, func(string) string { return "" }, io.Discard)
 	if err != nil {
-		t.Fatalf("ParseFlags(%q): %v", args, err)
+		t.Fatalf("Parse(%q): %v", args, err)
 	}
 	return cfg
 }

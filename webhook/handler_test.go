@@ -333,7 +333,7 @@ func TestHandlerKeepsUnknownFields(t *testing.T) {
 func BenchmarkHandle(b *testing.B) {
 	for _, mode := range []Mode{ModeNodeCache, ModeStub} {
 		b.Run(string(mode), func(b *testing.B) {
-			cfg, err := ParseFlags("bench", []string{"--kube-dns-ip=10.0.0.10"}, func(string) string { return "" }, io.Discard)
+			cfg, err := Parse("bench", []string{"--kube-dns-ip=10.0.0.10"}, func(string) string { return "" }, io.Discard)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -140,7 +140,7 @@ func startProfiles(ctx context.Context, cfg *rest.Config, hook envtest.WebhookIn
 			metricsAddr = "0"
 		}
 		flags := append([]string{"--port=" + strconv.Itoa(port), "--metrics-addr=" + metricsAddr, "--stub-image=registry.example/localdns-stub:test"}, p.flags...)
-		wcfg, err := ParseFlags(p.name, flags, func(string) string { return "" }, os.Stderr)
+		wcfg, err := Parse(p.name, flags, func(string) string { return "" }, os.Stderr)
 		if err != nil {
 			return nil, err
 		}

@@ -16,7 +16,7 @@ func main() {
 	cli.ExitOnParseError("localdns-nodecache", err)
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	cli.Serve(ctx, "localdns-nodecache", func(ctx context.Context, logger *slog.Logger) error {
+	cli.Serve(ctx, "localdns-nodecache", cfg.LogFormat, func(ctx context.Context, logger *slog.Logger) error {
 		return nodecache.Execute(ctx, cfg, logger)
 	})
 }

@@ -36,7 +36,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(sidecar.DefaultGCPercent)
 	}
-	cli.Serve(ctx, "localdns-stub", func(ctx context.Context, logger *slog.Logger) error {
+	cli.Serve(ctx, "localdns-stub", cfg.LogFormat, func(ctx context.Context, logger *slog.Logger) error {
 		return sidecar.Run(ctx, cfg, logger)
 	})
 }

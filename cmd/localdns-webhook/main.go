@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 
 	"github.com/go-logr/logr"
@@ -19,9 +18,9 @@ import (
 )
 
 func main() {
-	cfg, err := webhook.ParseFlags("localdns-webhook", os.Args[1:], os.Getenv, os.Stderr)
+	cfg, err := webhook.Parse("localdns-webhook", os.Args[1:], os.Getenv, os.Stderr)
 	cli.ExitOnParseError("localdns-webhook", err)
-	logger := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, nil))
+	logger := logr.FromSlogHandler(cli.NewLogger(cfg.LogFormat, "localdns-webhook").Handler())
 	ctrllog.SetLogger(logger)
 	klog.SetLogger(logger)
 

@@ -1,6 +1,7 @@
-// Package cli is what the DNS commands' main functions share (the node cache
-// and the stub): the exit status of a bad command line, the signals that stop
-// them, and how a long-running part is started, logged and ended.
+// Package cli is what the localdns commands' main functions share: the exit
+// status and the one message of a bad command line, the signals that stop
+// them, the logger --log-format chooses, and how a long-running part is
+// started, logged and ended.
 package cli
 
 import (
@@ -14,6 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/localdns/localdns/internal/flagutil"
 	"github.com/localdns/localdns/internal/version"
 )
 
@@ -33,7 +35,7 @@ func ParseStatus(command string, err error, stderr io.Writer) (status int, exit 
 	case errors.Is(err, flag.ErrHelp):
 		return 0, true
 	default:
-		fmt.Fprintf(stderr, "%s: %v\n(see --help)\n", command, err)
+		fmt.Fprintf(stderr, "%s: %v (see --help)\n", command, err)
 		return ExitUsage, true
 	}
 }
@@ -51,11 +53,22 @@ func SignalContext() (ctx context.Context, stop context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 }
 
-// Serve logs the start with the version on a text logger to stderr labelled
-// with the component, runs until run returns (it drains and returns nil once
-// ctx ends), and exits ExitFailure when it returns an error.
-func Serve(ctx context.Context, component string, run func(context.Context, *slog.Logger) error) {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", component)
+// NewLogger is the logger of every part: to stderr, one line per event, in
+// format (flagutil.LogFormatText or LogFormatJSON, validated by the parser),
+// labelled with the component.
+func NewLogger(format, component string) *slog.Logger {
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	if format == flagutil.LogFormatJSON {
+		h = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	return slog.New(h).With("component", component)
+}
+
+// Serve logs the start with the version on NewLogger's logger, runs until
+// run returns (it drains and returns nil once ctx ends), and exits
+// ExitFailure when it returns an error.
+func Serve(ctx context.Context, component, logFormat string, run func(context.Context, *slog.Logger) error) {
+	logger := NewLogger(logFormat, component)
 	logger.Info("starting", "version", version.Version)
 	if err := run(ctx, logger); err != nil {
 		logger.Error("exiting", "err", err)

@@ -19,7 +19,7 @@ func TestParseStatus(t *testing.T) {
 		{"parsed", nil, 0, false, ""},
 		{"help", flag.ErrHelp, 0, true, ""},
 		{"help, wrapped", fmt.Errorf("cleanup: %w", flag.ErrHelp), 0, true, ""},
-		{"bad flag", errors.New("--listen: bad"), ExitUsage, true, "localdns-x: --listen: bad\n(see --help)\n"},
+		{"bad flag", errors.New("--listen: bad"), ExitUsage, true, "localdns-x: --listen: bad (see --help)\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

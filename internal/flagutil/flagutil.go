@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -29,6 +30,40 @@ func NewFlagSet(name, about string) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// Parse parses args with fs, the one way every localdns binary parses its
+// command line: the usage goes to output only when asked for with -h/--help
+// (flag.ErrHelp is returned); any other error is returned, not printed, so
+// that the caller (internal/cli) reports it exactly once.
+func Parse(fs *flag.FlagSet, args []string, output io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(output)
+		fs.Usage()
+	}
+	return err
+}
+
+// Log formats, the values of every binary's --log-format.
+const (
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// LogFormatVar registers --log-format, the same flag with the same default
+// in every binary.
+func LogFormatVar(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "log-format", LogFormatText, "log format: text (key=value) or json, one line per event either way")
+}
+
+// ValidLogFormat checks a --log-format value.
+func ValidLogFormat(format string) error {
+	if format != LogFormatText && format != LogFormatJSON {
+		return fmt.Errorf("--log-format: %q is not %s or %s", format, LogFormatText, LogFormatJSON)
+	}
+	return nil
 }
 
 // List collects values from repeated flags and comma-separated lists,
@@ -91,6 +126,19 @@ func ParseAddrPort(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// ParseAddr accepts a plain IP address: no zone (a resolv.conf cannot use
+// one); an IPv4-mapped IPv6 address is taken as the IPv4 address it maps.
+func ParseAddr(s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address (a hostname is not accepted)", s)
+	}
+	if ip.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+	}
+	return ip.Unmap(), nil
 }
 
 // ParseDomain validates a domain name (not the root) and returns it
