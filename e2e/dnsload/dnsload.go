@@ -104,14 +104,18 @@ func (r Result) String() string {
 	return s
 }
 
-// errorKind is what an error says without the name looked up, which makes
-// every message of a unique-name run different.
+// errorKind is what an error says without the name looked up and the
+// addresses ("read udp 10.244.0.5:33697->10.96.0.10:53: i/o timeout"),
+// which make every message of a unique-name run different.
 func errorKind(err error) string {
 	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return dnsErr.Err
+	if !errors.As(err, &dnsErr) {
+		return err.Error()
 	}
-	return err.Error()
+	if i := strings.LastIndex(dnsErr.Err, ": "); i >= 0 {
+		return dnsErr.Err[i+2:]
+	}
+	return dnsErr.Err
 }
 
 // Run runs the load until cfg.Duration passes, cfg.MaxLookups have started

@@ -200,3 +200,20 @@ func TestRunUniqueNames(t *testing.T) {
 		t.Errorf("A questions asked %v, want each of n1..n%d once", srv.asked, lookups)
 	}
 }
+
+func TestErrorKind(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&net.DNSError{Err: "no such host", Name: "a-1.test", IsNotFound: true}, "no such host"},
+		{&net.DNSError{Err: "server misbehaving", Name: "a-2.test", Server: "169.254.20.10:53"}, "server misbehaving"},
+		{&net.DNSError{Err: "read udp 10.244.0.28:33697->10.96.0.10:53: i/o timeout", Name: "a-3.test", IsTimeout: true}, "i/o timeout"},
+		{fmt.Errorf("lookup: %w", &net.DNSError{Err: "dial udp 10.96.0.10:53: connect: connection refused"}), "connection refused"},
+		{context.DeadlineExceeded, "context deadline exceeded"},
+	} {
+		if got := errorKind(tt.err); got != tt.want {
+			t.Errorf("errorKind(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}

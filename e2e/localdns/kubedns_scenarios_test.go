@@ -11,7 +11,6 @@ import (
 	"github.com/localdns/localdns/e2e/cluster"
 	"github.com/localdns/localdns/e2e/e2etest"
 	"github.com/localdns/localdns/e2e/localdns"
-	"github.com/localdns/localdns/e2e/seeds"
 )
 
 // The node cache in front of a kube-dns that behaves like the real one
@@ -48,81 +47,84 @@ func missLoads(prefix string, d time.Duration) []*backgroundLoad {
 	return []*backgroundLoad{slow, fast}
 }
 
-// checkStillRunning fails unless every load's pod still runs: the drill
-// ended while the load was on.
+// checkStillRunning fails unless every load's pod still runs: what it was
+// to run beside (a drill, the seeds' test) ended while the load was on.
 func (e *env) checkStillRunning(t *testing.T, loads ...*backgroundLoad) {
 	t.Helper()
 	for _, bl := range loads {
 		phase, err := e.c.Kubectl(e.ctx, nil, "-n", optedNS, "get", "pod", bl.name, "-o", "jsonpath={.status.phase}")
 		if err != nil || phase != "Running" {
-			e2etest.Errorf(t, "load %s no longer running (phase %q, %v) when the drill ended: lengthen it", bl.name, phase, err)
+			e2etest.Errorf(t, "load %s no longer running (phase %q, %v) when what it ran beside ended: lengthen it", bl.name, phase, err)
 		}
 	}
 }
 
-// externalNames: the seeds' test (10 s per client) while other opted-in
-// pods resolve unique external names through the search path: names of
-// the 100, 200 and 300 ms zones (Go, glibc, musl in stub mode), names
-// never answered (glibc, Go), and names of kube-dns's TTL 0 zone (Go, 200
-// lookups/s: misses answered at once, like cluster names). Cluster names
-// (the seeds' Service) and the instant misses: no error, none >= 1 s.
-// External names: every one answered (kube-dns answers them all, in at
-// most 300 ms), none SERVFAIL. Never-answered names: every one fails.
-func (e *env) externalNames(t *testing.T) {
-	// Long enough to cover the three seeds' clients one after the other,
-	// with their pods' starts; checked below.
-	const d = 60 * time.Second
-	external := []*backgroundLoad{
-		optedLoad("ext-go", clients.Go, "ext-go-%d."+cluster.SlowZones[0].Name, 16, d),
-		optedLoad("ext-glibc", clients.Glibc, "ext-glibc-%d."+cluster.SlowZones[1].Name, 8, d),
-		optedLoad("ext-musl", clients.Musl, "ext-musl-%d."+cluster.SlowZones[2].Name, 8, d),
-	}
-	unanswered := []*backgroundLoad{
-		optedLoad("never-glibc", clients.Glibc, "never-glibc-%d."+cluster.UnansweredZone, 2, d),
-		optedLoad("never-go", clients.Go, "never-go-%d."+cluster.UnansweredZone, 4, d),
-	}
-	instant := optedLoad("nocache-go", clients.Go, "nocache-go-%d."+cluster.NoCacheZone+".", 10, d)
-	instant.load.Rate = 200
-	all := slices.Concat(external, unanswered, []*backgroundLoad{instant})
-	e.startLoads(t, all...)
+// externalNames are the loads of opted-in pods resolving unique external
+// names through the search path beside the seeds' test (issue 13):
+// names of the 100, 200 and 300 ms zones (Go, glibc, musl in stub mode),
+// names never answered (glibc, Go), and names of kube-dns's TTL 0 zone
+// (Go, 200 lookups/s: misses answered at once, like cluster names).
+type externalNames struct {
+	answered, unanswered []*backgroundLoad
+	instant              *backgroundLoad
+}
 
-	opted := seeds.Default()
-	opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
-	opted.Namespace = optedNS
-	opted.Annotations = autoMode
-	rows, err := seeds.RunClients(e.ctx, e.c, opted)
-	if err != nil {
-		e2etest.Fatalf(t, "%v", err)
+func (x *externalNames) all() []*backgroundLoad {
+	return slices.Concat(x.answered, x.unanswered, []*backgroundLoad{x.instant})
+}
+
+// startExternalNames starts the external names' loads, long enough to
+// outlast the seeds' test in its own shape: its three clients one after
+// the other, with their pods' starts and ends, took 77 s at a machine
+// load of 29 (checked by checkExternalNames).
+func (e *env) startExternalNames(t *testing.T) *externalNames {
+	const d = 110 * time.Second
+	x := &externalNames{
+		answered: []*backgroundLoad{
+			optedLoad("ext-go", clients.Go, "ext-go-%d."+cluster.SlowZones[0].Name, 16, d),
+			optedLoad("ext-glibc", clients.Glibc, "ext-glibc-%d."+cluster.SlowZones[1].Name, 8, d),
+			optedLoad("ext-musl", clients.Musl, "ext-musl-%d."+cluster.SlowZones[2].Name, 8, d),
+		},
+		unanswered: []*backgroundLoad{
+			optedLoad("never-glibc", clients.Glibc, "never-glibc-%d."+cluster.UnansweredZone, 2, d),
+			optedLoad("never-go", clients.Go, "never-go-%d."+cluster.UnansweredZone, 4, d),
+		},
+		instant: optedLoad("nocache-go", clients.Go, "nocache-go-%d."+cluster.NoCacheZone+".", 10, d),
 	}
-	e.checkStillRunning(t, all...)
-	done := finished(t, all...)
-	logTable(t, "the seeds' test beside external names (glibc, Go: node cache; musl: stub)", rows)
-	for _, r := range rows {
-		checkClean(t, "seeds' "+r.Client+" beside external names", r.Result, false)
-	}
-	for _, bl := range done {
+	x.instant.load.Rate = 200
+	e.startLoads(t, x.all()...)
+	return x
+}
+
+// checkExternalNames, once the seeds' test is over: the loads ran through
+// it; the instant misses had no error and none >= 1 s (as the seeds'
+// clients must not); every external name was answered (kube-dns answers
+// them all, in at most 300 ms), none SERVFAIL; no never-answered name was.
+func (e *env) checkExternalNames(t *testing.T, x *externalNames) {
+	t.Helper()
+	e.checkStillRunning(t, x.all()...)
+	for _, bl := range finished(t, x.all()...) {
 		switch {
-		case bl == instant:
-			checkClean(t, bl.name+", instant misses beside external names", bl.res, false)
-		case slices.Contains(external, bl):
+		case bl == x.instant:
+			checkClean(t, bl.name+", instant misses beside the seeds' test", bl.res, false)
+		case slices.Contains(x.answered, bl):
 			if bl.res.Lookups == 0 || bl.res.Errors != 0 {
 				e2etest.Errorf(t, "%s: %d of %d external names not answered (%v), want every one answered: kube-dns answers them",
 					bl.name, bl.res.Errors, bl.res.Lookups, bl.res.ErrorKinds)
 			}
-		case slices.Contains(unanswered, bl):
+		case slices.Contains(x.unanswered, bl):
 			if bl.res.Lookups == 0 || bl.res.Errors != bl.res.Lookups {
 				e2etest.Errorf(t, "%s: %d of %d never-answered names answered, want none", bl.name, bl.res.Lookups-bl.res.Errors, bl.res.Lookups)
 			}
 		}
 	}
-	e.logNodeCacheMetrics(t, "after the external names", upstreamMetrics...)
 }
 
 // kubeDNSRolled: `kubectl rollout restart` of CoreDNS (one replica at a
 // time, each old one in its 5 s lameduck, then gone) under load that keeps
 // missing the node cache: no failed lookup, none >= 1 s.
 func (e *env) kubeDNSRolled(t *testing.T) {
-	loads := missLoads("kdns-roll", 45*time.Second)
+	loads := missLoads("kdns-roll", 30*time.Second)
 	e.startLoads(t, loads...)
 	time.Sleep(3 * time.Second) // mid-load
 	if err := e.c.Step("kubectl rollout restart deployment/coredns, until the old pods are gone", func() error {
@@ -156,7 +158,7 @@ func (e *env) kubeDNSScaledUp(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	loads := missLoads("kdns-up", 95*time.Second)
+	loads := missLoads("kdns-up", 85*time.Second)
 	e.startLoads(t, loads...)
 	time.Sleep(3 * time.Second) // mid-load
 	if err := e.scaleKubeDNS(4); err != nil {
@@ -236,7 +238,7 @@ func (e *env) kubeDNSScaledDown(t *testing.T) {
 	if err := e.scaleKubeDNS(4); err != nil { // already, unless scaling up failed
 		e2etest.Fatalf(t, "%v", err)
 	}
-	loads := missLoads("kdns-down", 35*time.Second)
+	loads := missLoads("kdns-down", 25*time.Second)
 	e.startLoads(t, loads...)
 	time.Sleep(3 * time.Second) // mid-load
 	if err := e.scaleKubeDNS(2); err != nil {
@@ -252,7 +254,7 @@ func (e *env) kubeDNSScaledDown(t *testing.T) {
 // lameduck) under load that keeps missing the node cache: no failed
 // lookup, none >= 1 s.
 func (e *env) kubeDNSPodForceDeleted(t *testing.T) {
-	loads := missLoads("kdns-kill", 30*time.Second)
+	loads := missLoads("kdns-kill", 25*time.Second)
 	e.startLoads(t, loads...)
 	time.Sleep(3 * time.Second) // mid-load
 	pods, err := localdns.KubeDNSPods(e.ctx, e.c)

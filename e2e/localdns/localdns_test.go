@@ -35,36 +35,38 @@ type env struct {
 	ctx  context.Context
 	c    *cluster.Cluster
 	repo string
-	// short runs the seeds' test for 10 s per client instead of its shape.
-	short bool
+	// full runs every scenario, the opted-in seeds' test in its own
+	// shape and with external names resolved beside it; otherwise the
+	// seeds' test runs 10 s per client, alone, and the fullOnly
+	// scenarios are left out, to keep make test well under 30 minutes.
+	full bool
 }
 
 // scenario is one named step of a cluster run.
 type scenario struct {
 	name string
 	run  func(e *env, t *testing.T)
-	// iptablesOnly scenarios run in iptables mode alone, to keep make
-	// test well under 30 minutes: they exercise kube-dns and the node
-	// cache's path to it, which kube-proxy's mode does not change (both
-	// spread new connections over the endpoints at random).
-	iptablesOnly bool
+	// fullOnly scenarios run in full runs alone (iptables mode): they
+	// exercise kube-dns and the node cache's path to it, which kube-proxy's
+	// mode does not change (both spread new connections over the endpoints
+	// at random).
+	fullOnly bool
 }
 
 // scenarios are the e2e issue's, in order: correctness through the real
-// path, the seeds' test, external names beside it, node cache SIGKILL and
-// force-deleted pod under load, rolling update under load, kube-dns
-// rolled, scaled up, scaled down and a pod of it force-deleted under load,
-// kube-dns down, webhook down, uninstall.
+// path, the seeds' test (beside external names in full runs), node cache
+// SIGKILL and force-deleted pod under load, rolling update under load,
+// kube-dns rolled, scaled up, scaled down and a pod of it force-deleted
+// under load, kube-dns down, webhook down, uninstall.
 var scenarios = []scenario{
 	{name: "correctness", run: (*env).correctness},
 	{name: "seeds", run: (*env).seeds},
-	{name: "external-names", run: (*env).externalNames, iptablesOnly: true},
 	{name: "nodecache-sigkill", run: (*env).nodeCacheKilled},
 	{name: "rolling-update", run: (*env).rollingUpdate},
-	{name: "kube-dns-rolled", run: (*env).kubeDNSRolled, iptablesOnly: true},
-	{name: "kube-dns-scaled-up", run: (*env).kubeDNSScaledUp, iptablesOnly: true},
-	{name: "kube-dns-scaled-down", run: (*env).kubeDNSScaledDown, iptablesOnly: true},
-	{name: "kube-dns-pod-force-deleted", run: (*env).kubeDNSPodForceDeleted, iptablesOnly: true},
+	{name: "kube-dns-rolled", run: (*env).kubeDNSRolled, fullOnly: true},
+	{name: "kube-dns-scaled-up", run: (*env).kubeDNSScaledUp, fullOnly: true},
+	{name: "kube-dns-scaled-down", run: (*env).kubeDNSScaledDown, fullOnly: true},
+	{name: "kube-dns-pod-force-deleted", run: (*env).kubeDNSPodForceDeleted, fullOnly: true},
 	{name: "kube-dns-down", run: (*env).kubeDNSDown},
 	{name: "webhook-down", run: (*env).webhookDown},
 	{name: "uninstall", run: (*env).uninstall},
@@ -72,27 +74,20 @@ var scenarios = []scenario{
 
 // TestLocaldnsOnCluster boots one real node (kube-proxy in iptables mode),
 // installs localdns from its own images and manifests, and runs every
-// scenario on it. It needs root and the provisioned binaries, so it runs
-// only with LOCALDNS_E2E=1.
+// scenario on it in full. It needs root and the provisioned binaries, so
+// it runs only with LOCALDNS_E2E=1.
 func TestLocaldnsOnCluster(t *testing.T) {
-	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", false, scenarios)
+	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", true)
 }
 
 // TestLocaldnsOnClusterNFTables runs the scenarios again with kube-proxy
-// in nftables mode (NodeLocal DNSCache does not support it), but for the
-// iptables-only ones, the opted-in seeds' runs 10 s per client instead of
-// the seeds' shape to keep make test short.
+// in nftables mode (NodeLocal DNSCache does not support it), not in full
+// (see env.full), to keep make test well under 30 minutes.
 func TestLocaldnsOnClusterNFTables(t *testing.T) {
-	var inBoth []scenario
-	for _, sc := range scenarios {
-		if !sc.iptablesOnly {
-			inBoth = append(inBoth, sc)
-		}
-	}
-	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", true, inBoth)
+	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", false)
 }
 
-func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scenario) {
+func testOnCluster(t *testing.T, mode, name string, full bool) {
 	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
@@ -128,7 +123,7 @@ func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scen
 	if b.err != nil {
 		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo, short: short}
+	e := &env{ctx: ctx, c: c, repo: repo, full: full}
 
 	start = time.Now()
 	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
@@ -161,6 +156,9 @@ func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scen
 	}
 
 	for _, sc := range scenarios {
+		if sc.fullOnly && !full {
+			continue
+		}
 		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
 	}
 }
@@ -356,7 +354,8 @@ func (e *env) correctness(t *testing.T) {
 
 // seeds: the seeds' test with the conntrack race emulated. Not opted in,
 // every client sees lookups of 1 s or more (the emulation works); opted in
-// (musl in stub mode), none does.
+// (musl in stub mode), none does, in full runs also while other pods
+// resolve external names (see startExternalNames).
 func (e *env) seeds(t *testing.T) {
 	base := seeds.Default()
 	base.Namespace = plainNS
@@ -373,11 +372,15 @@ func (e *env) seeds(t *testing.T) {
 	}
 
 	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
-	if e.short {
+	if !e.full {
 		opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
 	}
 	opted.Namespace = optedNS
 	opted.Annotations = autoMode
+	var external *externalNames
+	if e.full {
+		external = e.startExternalNames(t)
+	}
 	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
@@ -386,13 +389,20 @@ func (e *env) seeds(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
+	if external != nil {
+		e.checkExternalNames(t, external)
+	}
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
 		t.Logf("node during the opted-in run: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
 	}
 	// What the node cache saw, for a post-mortem of any slow lookup.
 	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_duration_seconds_count",
 		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_")
-	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
+	title := "localdns, namespace opted in (glibc, Go: node cache; musl: stub)"
+	if external != nil {
+		title += ", beside external names"
+	}
+	logTable(t, title, rows)
 	for _, r := range rows {
 		checkClean(t, "localdns "+r.Client, r.Result, false)
 		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, "seeds-"+r.Client, modeOf(r.Client)); err != nil {
