@@ -5,11 +5,13 @@
 #   docker build --target nodecache -t localdns/nodecache:dev .
 #   docker build --target webhook   -t localdns/webhook:dev .
 #   docker build --target stub      -t localdns/stub:dev .
+#   docker build --target stub-filecap -t localdns/stub-filecap:dev .
 #
 # `make images` builds the same three images without an engine
 # (hack/imagebuild, tested in make test); keep the two in step: the same
 # static binaries, entrypoints and users (hack/imagebuild's tests compare them
 # with this file), and the node cache with Debian 12's iptables, both backends.
+# `make push REGISTRY=...` pushes the daemonless build.
 
 ARG GO_VERSION=1.26
 
@@ -49,5 +51,19 @@ ENTRYPOINT ["/localdns-webhook"]
 
 FROM gcr.io/distroless/static-debian12:nonroot AS stub
 COPY --from=build /out/localdns-stub /localdns-stub
+USER 65532:65532
+ENTRYPOINT ["/localdns-stub"]
+
+# The stub whose binary carries the file capability cap_net_bind_service=+ep,
+# so it binds 127.0.0.1:53 as non-root without the pod sysctl (see
+# docs/deploy.md). The capability is an extended attribute: BuildKit's COPY
+# (Docker 23 and later) keeps it, the legacy builder's does not.
+FROM build AS stub-filecap-binary
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcap2-bin \
+ && setcap cap_net_bind_service=+ep /out/localdns-stub
+
+FROM gcr.io/distroless/static-debian12:nonroot AS stub-filecap
+COPY --from=stub-filecap-binary /out/localdns-stub /localdns-stub
 USER 65532:65532
 ENTRYPOINT ["/localdns-stub"]

@@ -17,7 +17,7 @@ help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min warm; builds Kubernetes once).
+demo: ## As root: a real single-node cluster in a netns, localdns installed, the seeds' test before and after opt-in, torn down (~2.5 min; the first run installs its dependencies and builds Kubernetes and CoreDNS once, 15-20 min on 2 cores, showing progress).
 	go run ./e2e/cmd/cluster demo
 
 .PHONY: demo-loopback
@@ -40,8 +40,8 @@ deps: ## Install what the tests need (Debian packages, Go tools, Kubernetes v1.3
 	e2e/hack/provision-coredns.sh >/dev/null
 
 .PHONY: test
-test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server, brief fuzzing, then make e2e (as root).
-	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 \
+test: deps lint ## Run every test: unit, real sockets, network namespaces, a real API server and CoreDNS, brief fuzzing, then make e2e (as root).
+	KUBEBUILDER_ASSETS="$$(hack/provision-k8s.sh)" LOCALDNS_REQUIRE_ENVTEST=1 LOCALDNS_REQUIRE_COREDNS=1 \
 	  go test -count=1 -timeout 20m ./...
 	hack/fuzz.sh 10s
 	$(MAKE) --no-print-directory e2e
@@ -53,7 +53,7 @@ lint: ## gofmt, go vet and staticcheck.
 	$(STATICCHECK) ./...
 
 .PHONY: bench
-bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, then bench-cluster (bench/results.md).
+bench: build ## Go benchmarks, dnsperf against the node cache and its peers on loopback, the slow kube-dns section (real CoreDNS), then bench-cluster (bench/results.md).
 	go test -run '^$$' -bench . -benchmem ./dnsengine/...
 	bench/peers.sh
 	$(MAKE) --no-print-directory bench-cluster
@@ -63,8 +63,24 @@ bench-cluster: ## As root: on a real node, the seeds' test (50 x 15 s, Go 200 x 
 	go run ./e2e/cmd/cluster -results bench/results.md bench
 
 .PHONY: images
-images: build ## Build image tarballs bin/images/{nodecache,webhook,stub}.tar without a container engine.
+images: build ## Build image tarballs bin/images/{nodecache,webhook,stub,stub-filecap}.tar without a container engine.
 	go run ./hack/imagebuild -product -bin-dir $(BIN) -out-dir $(BIN)/images -tag $(IMAGE_TAG)
+
+# Checked before anything builds.
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REGISTRY)),)
+$(error make push needs REGISTRY, e.g. make push REGISTRY=registry.example.com/localdns)
+endif
+endif
+
+.PHONY: push
+push: build ## Push the same images as REGISTRY/<image>:IMAGE_TAG, e.g. make push REGISTRY=registry.example.com/localdns (credentials from docker login).
+	go run ./hack/imagebuild -product -bin-dir $(BIN) -tag $(IMAGE_TAG) -push $(REGISTRY)
+
+.PHONY: manifests
+manifests: ## Render manifests/base, monitoring and uninstall from charts/localdns (helm template), then the kustomize goldens.
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGenerated$$' -update
+	LOCALDNS_REQUIRE_ENVTEST=1 go test ./manifests -count=1 -run '^TestGolden$$' -update
 
 .PHONY: deploy
 deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).

@@ -14,11 +14,28 @@
 #      line per query, parsed for p99; dnsperf 2.10 has no histogram). Kept
 #      apart so that printing does not slow the measurement;
 #   4. peak RSS (VmHWM), then the server is stopped.
-# Writes the table to stdout and to BENCH_RESULTS (default bench/results.md).
+# Then the "slow kube-dns" section (issue 13), in front of the real CoreDNS as
+# kube-dns (bench/slowkubedns kube-dns: cluster.local from a file zone,
+# answered at once; ext.test after 200 ms, `erratic { delay 1 200ms }`;
+# stuck.test never; big.test a 60,000-byte TXT for every name):
+#   5. localdns, CoreDNS like NodeLocal DNSCache (with "." forwarded too),
+#      unbound and dnsdist, each fresh: 40 outstanding unique ext.test names
+#      (at most 200/s) while 50/s unique cluster names (misses) are timed, for
+#      BENCH_SLOW_SECONDS (bench/slowkubedns load);
+#   6. localdns alone, fresh for each hostile load (big answers, unique-name
+#      flood, TCP flood, stuck misses): its peak RSS against 60% of the
+#      DaemonSet's memory limit (manifests/base/nodecache.yaml), and another
+#      client's cluster-name misses meanwhile (bench/slowkubedns hostile).
+# Writes the tables to stdout and to BENCH_RESULTS (default bench/results.md),
+# replacing the sections measured and keeping the others.
 #
-# Environment: BENCH_SECONDS (15), BENCH_P99_SECONDS (5), BENCH_ROUNDS (1;
-# each round measures every server, the summary takes the median),
+# Environment: BENCH_TABLES (both: "peers slow"; "slow" measures only the slow
+# kube-dns section and keeps the rest of BENCH_RESULTS), BENCH_SECONDS (15),
+# BENCH_P99_SECONDS (5), BENCH_ROUNDS (1; each round measures every server,
+# the summary takes the median; the slow kube-dns section runs once),
 # BENCH_PEERS (all: "localdns coredns unbound dnsdist dnsmasq ceiling"),
+# BENCH_SLOW_PEERS (all: "localdns coredns unbound dnsdist"),
+# BENCH_SLOW_SECONDS (20), BENCH_HOSTILE (all: "big flood tcp stuck"),
 # BENCH_PORT_BASE (25400; ports BASE..BASE+9 on 127.0.0.1), NODECACHE (a
 # prebuilt binary; default: built from this tree), COREDNS (default: built
 # once by e2e/hack/provision-coredns.sh), BENCH_NICE (0; e.g. -10 on a shared
@@ -27,16 +44,22 @@
 # localdns, under the same load; report in BENCH_PROFILE_OUT, default
 # bench/profile.md).
 #
-# Network: every server listens on 127.0.0.1 and forwards only to the fake;
-# no configuration names /etc/resolv.conf. Every dnsperf run is bounded by
-# -l/-n and by timeout(1); every process started here is stopped on exit.
+# Network: every server listens on 127.0.0.1 and forwards only to the fake
+# or to the kube-dns CoreDNS on 127.0.0.1; no configuration names
+# /etc/resolv.conf. Every dnsperf run is bounded by -l/-n and by timeout(1),
+# every slowkubedns load by its duration, count and limit; every process
+# started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_RUN=${BENCH_SECONDS:-15}
 P99_SECONDS=${BENCH_P99_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-1}
+TABLES=${BENCH_TABLES:-peers slow}
 PEERS=${BENCH_PEERS:-localdns coredns unbound dnsdist dnsmasq ceiling}
+SLOW_PEERS=${BENCH_SLOW_PEERS:-localdns coredns unbound dnsdist}
+SLOW_SECONDS=${BENCH_SLOW_SECONDS:-20}
+HOSTILE=${BENCH_HOSTILE:-big flood tcp stuck}
 PORT_BASE=${BENCH_PORT_BASE:-25400}
 RESULTS=${BENCH_RESULTS:-bench/results.md}
 PROFILE=${BENCH_PROFILE:-0}
@@ -48,13 +71,18 @@ UPSTREAM_PORT=$PORT_BASE
 DNS_PORT=$((PORT_BASE + 1))
 METRICS_PORT=$((PORT_BASE + 2)) # localdns /metrics, CoreDNS prometheus
 HEALTH_PORT=$((PORT_BASE + 3))  # CoreDNS health
+KUBEDNS_PORT=$((PORT_BASE + 4)) # the slow kube-dns (real CoreDNS)
 
 for cmd in dnsperf go gcc unbound dnsdist dnsmasq; do
   command -v "$cmd" >/dev/null || { echo "bench: $cmd is needed (hack/install-deps.sh)" >&2; exit 1; }
 done
-for v in SECONDS_RUN P99_SECONDS ROUNDS PORT_BASE; do
+for v in SECONDS_RUN P99_SECONDS ROUNDS PORT_BASE SLOW_SECONDS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench: $v must be a positive integer" >&2; exit 1; }
 done
+for t in $TABLES; do
+  case $t in peers | slow) ;; *) echo "bench: BENCH_TABLES: $t is neither peers nor slow" >&2; exit 1 ;; esac
+done
+measuring() { case " $TABLES " in *" $1 "*) return 0 ;; esac; return 1; }
 # A negative niceness (root) keeps other work on a shared machine from
 # perturbing the servers and dnsperf as much; every process here inherits it.
 NICE=${BENCH_NICE:-0}
@@ -62,6 +90,7 @@ NICE=${BENCH_NICE:-0}
 
 work=$(mktemp -d)
 fake_pid=
+kubedns_pid=
 server_pid=
 client_pid=
 client_pids=()
@@ -77,6 +106,7 @@ cleanup() {
   for p in "${client_pids[@]}"; do stop_pid "$p"; done
   stop_pid "$server_pid"
   stop_pid "$fake_pid"
+  stop_pid "$kubedns_pid"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -92,10 +122,12 @@ if [ -z "$NODECACHE" ]; then
   go build -o "$NODECACHE" ./cmd/localdns-nodecache
 fi
 COREDNS=${COREDNS:-}
-case " $PEERS " in *" coredns "*)
-  [ -n "$COREDNS" ] || COREDNS="$(e2e/hack/provision-coredns.sh)/coredns" ;;
-esac
+case " $PEERS " in *" coredns "*) measuring peers && COREDNS_NEEDED=1 ;; esac
+if [ -n "${COREDNS_NEEDED:-}" ] || measuring slow; then # the slow kube-dns is CoreDNS
+  [ -n "$COREDNS" ] || COREDNS="$(e2e/hack/provision-coredns.sh)/coredns"
+fi
 go build -o "$work/fakedns" ./hack/fakedns
+go build -o "$work/slowkubedns" ./bench/slowkubedns
 gcc -O2 -Wall -pthread -o "$work/ceiling" bench/ceiling.c
 
 # --- query files ----------------------------------------------------------
@@ -122,11 +154,14 @@ start_localdns() {
 
 # NodeLocal DNSCache's Corefile (k8s.io/dns cluster/addons/dns/nodelocaldns),
 # its cluster.local and reverse blocks; its "." block forwards to the node's
-# resolv.conf, which a benchmark here must not touch, so it is left out.
+# resolv.conf, which a benchmark here must not touch, so it is left out. In
+# the slow kube-dns section COREDNS_ZONES adds "." forwarded to kube-dns the
+# same way, as the external names go there.
+COREDNS_ZONES="cluster.local in-addr.arpa ip6.arpa"
 start_coredns() {
   local zone
   : >"$work/Corefile"
-  for zone in cluster.local in-addr.arpa ip6.arpa; do
+  for zone in $COREDNS_ZONES; do
     cat >>"$work/Corefile" <<EOF
 $zone:$DNS_PORT {
     errors
@@ -170,6 +205,9 @@ server:
     do-not-query-localhost: no
     tcp-upstream: yes
     outgoing-num-tcp: 64
+    # .test is reserved (RFC 6761) and unbound answers it locally by
+    # default; the slow kube-dns section's external zones live there.
+    local-zone: "test." nodefault
 remote-control:
     control-enable: no
 forward-zone:
@@ -232,17 +270,20 @@ stat_of() { awk -v k="$2" '$1 == k ":" {print $2}' "$1"; }
 cpu_ticks() { awk '{print $14, $15}' "/proc/$server_pid/stat"; } # utime stime
 status_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$server_pid/status"; }
 
+# wait_ready NAME [PID PORT]: until the server (default: server_pid on
+# DNS_PORT) answers a cluster name.
 wait_ready() {
+  local pid=${2:-$server_pid} port=${3:-$DNS_PORT}
   for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    if perf_query "$work/ready.out" -d "$work/ready" -n 1 -t 1 &&
+    kill -0 "$pid" 2>/dev/null || break
+    if perf_query "$work/ready.out" -d "$work/ready" -n 1 -t 1 -p "$port" &&
       grep -q 'Queries completed: *1 ' "$work/ready.out"; then
       return 0
     fi
     sleep 0.1
   done
   log "$1 did not answer:"
-  cat "$work/server.log" >&2
+  cat "$work/server.log" "$work/kube-dns.log" >&2 2>/dev/null
   return 1
 }
 
@@ -355,19 +396,62 @@ profile() {
   log "profile written to $PROFILE_OUT"
 }
 
-# --- the run --------------------------------------------------------------
-"$work/fakedns" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$SERVICES" 2>"$work/fakedns.log" &
-fake_pid=$!
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-started=$(date -u '+%Y-%m-%d %H:%M UTC')
-: >"$work/rows"
-for ((round = 1; round <= ROUNDS; round++)); do
-  for name in $PEERS; do
-    measure "$name" "$round"
+# slow_kube_dns: the slow kube-dns section's measurements, one JSON file per
+# run in slow_files (bench/slowkubedns load and hostile).
+slow_files=()
+slow_kube_dns() {
+  local name load out
+  "$work/slowkubedns" kube-dns -dir "$work/kube-dns" -listen "127.0.0.1:$KUBEDNS_PORT"
+  "$COREDNS" -conf "$work/kube-dns/Corefile" -pidfile "" >"$work/kube-dns.log" 2>&1 &
+  kubedns_pid=$!
+  wait_ready kube-dns "$kubedns_pid" "$KUBEDNS_PORT"
+  # The start_NAME functions see these instead of the fake's port and zones.
+  local UPSTREAM_PORT=$KUBEDNS_PORT COREDNS_ZONES="$COREDNS_ZONES ."
+  for name in $SLOW_PEERS; do
+    log "slow kube-dns: $name"
+    "start_$name"
+    wait_ready "$name"
+    out="$work/slow/load-$name.json"
+    "$work/slowkubedns" load -server "127.0.0.1:$DNS_PORT" -name "$name" -duration "${SLOW_SECONDS}s" -out "$out"
+    slow_files+=("$out")
+    stop_server
   done
-done
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-[ "$PROFILE" != 1 ] || profile
+  for load in $HOSTILE; do
+    log "slow kube-dns: localdns under the $load load"
+    start_localdns
+    wait_ready localdns
+    out="$work/slow/hostile-$load.json"
+    "$work/slowkubedns" hostile -server "127.0.0.1:$DNS_PORT" -load "$load" -pid "$server_pid" -out "$out"
+    slow_files+=("$out")
+    stop_server
+  done
+  stop_pid "$kubedns_pid"
+  kubedns_pid=
+}
+
+# --- the run --------------------------------------------------------------
+if measuring peers; then
+  "$work/fakedns" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$SERVICES" 2>"$work/fakedns.log" &
+  fake_pid=$!
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  started=$(date -u '+%Y-%m-%d %H:%M UTC')
+  : >"$work/rows"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for name in $PEERS; do
+      measure "$name" "$round"
+    done
+  done
+  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  [ "$PROFILE" != 1 ] || profile
+  stop_pid "$fake_pid"
+  fake_pid=
+fi
+if measuring slow; then
+  slow_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  slow_started=$(date -u '+%Y-%m-%d %H:%M UTC')
+  slow_kube_dns
+  slow_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+fi
 
 # --- the report -----------------------------------------------------------
 version_of() {
@@ -450,15 +534,21 @@ summary() {
     }'
 }
 
-report() {
+# command_line: how this run was started, with the settings that differ.
+command_line() {
   local cmd="bench/peers.sh" v
-  for v in BENCH_PEERS BENCH_PROFILE BENCH_SECONDS BENCH_P99_SECONDS BENCH_ROUNDS BENCH_NICE; do
+  for v in BENCH_TABLES BENCH_PEERS BENCH_SLOW_PEERS BENCH_HOSTILE BENCH_PROFILE BENCH_SECONDS BENCH_P99_SECONDS \
+    BENCH_SLOW_SECONDS BENCH_ROUNDS BENCH_NICE; do
     [ -z "${!v:-}" ] || cmd="$v=${!v@Q} $cmd"
   done
+  echo "$cmd"
+}
+
+report() {
   cat <<EOF
 # localdns — peer benchmark
 
-Produced by \`$cmd\` (\`make bench\`) on $started.
+Produced by \`$(command_line)\` (\`make bench\`) on $started.
 
 Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r);
 load average (1/5/15 min) $load_before at the start, $load_after at the end; niceness $NICE.
@@ -499,7 +589,8 @@ EOF
 - **unbound**: 2 threads, SO_REUSEPORT, `module-config: "iterator"` (no DNSSEC validation), forward-zone
   `.` to the fake over TCP (`forward-tcp-upstream`), `do-not-query-localhost: no`, no chroot, no remote
   control, no root hints used (everything is forwarded), qname minimisation off, 64 upstream TCP
-  connections per thread (the default 10 queues the warm-up's misses).
+  connections per thread (the default 10 queues the warm-up's misses), `local-zone: "test." nodefault`
+  (unbound answers the reserved `.test` itself by default; the slow kube-dns section's zones are there).
 - **dnsdist**: 2 listeners on the same address (SO_REUSEPORT), a packet cache of 100k entries, the fake
   as its one backend over TCP (`tcpOnly`), health-checked with a cluster name,
   `setSecurityPollSuffix("")` (no security-poll query to a public name).
@@ -516,8 +607,66 @@ answer <= 0.8x the best C/C++ peer's; mean latency no worse than any peer's; RSS
 EOF
 }
 
-report | tee "$RESULTS.tmp"
-# The in-cluster section belongs to `make bench-cluster`: keep it.
-if [ -f "$RESULTS" ]; then sed -n '/^## In the cluster/,$p' "$RESULTS" | sed '1s/^/\n/' >>"$RESULTS.tmp"; fi
+slow_report() {
+  local limit
+  limit=$(awk '$1 == "limits:" {l = 1} l && $1 == "memory:" {print $2; exit}' manifests/base/nodecache.yaml)
+  cat <<EOF
+## Slow kube-dns
+
+Produced by \`$(command_line)\` (\`make bench\`) on $slow_started; $(nproc) CPUs, load average (1/5/15 min)
+$slow_load_before at the start, $slow_load_after at the end; niceness $NICE.
+
+kube-dns is the real CoreDNS on 127.0.0.1 (\`bench/slowkubedns kube-dns\`): \`cluster.local\` from a file zone (the
+fake kube-dns's zone, 10,000 Services, TTL 5) answered at once, as the kubernetes plugin does; \`ext.test\` after
+200 ms (\`erratic { delay 1 200ms }\`, which like the forward plugin waiting on a slow resolver holds up the TCP
+connection's next query); \`stuck.test\` never (\`erratic { drop 1 }\`); \`big.test\` a 60,000-byte TXT record for
+every name. Each server, fresh, in front of it for ${SLOW_SECONDS} s (\`bench/slowkubedns load\`): 40 outstanding unique
+\`ext.test\` names (at most 200/s, from 8 client addresses) while 50/s unique cluster names, all misses, from
+another address are timed. Clients use UDP and wait 5 s for a reply. The servers are set up as in the peer table
+(TCP to kube-dns), except that CoreDNS also forwards \`.\` to kube-dns the same way (\`force_tcp\`, its cache);
+localdns, unbound and dnsdist forward every name there anyway.
+
+Versions: kube-dns $("$COREDNS" -version 2>/dev/null | head -1); $(for p in $SLOW_PEERS; do printf '%s %s; ' "$p" "$(version_of "$p")"; done | sed 's/; $//').
+
+$("$work/slowkubedns" report -memory-limit "$limit" "${slow_files[@]}")
+
+How to read it: **cluster-name misses**: the timed queries; p50/p99/max of their replies' latency; **other**:
+replies neither NOERROR nor SERVFAIL, and broken connections; **no reply**: nothing within 5 s. **external
+names**: the \`ext.test\` queries answered or not (kube-dns answers every one with NOERROR after 200 ms). Under
+the hostile loads, the hostile client is 127.0.3.1 and the other client 127.0.2.1; each load is bounded in
+count and time (\`bench/slowkubedns hostile\`). Peak RSS counts the pages a process has touched: buffers
+allocated but never written (a TCP flood's) add to the Go heap but little to a fresh process's RSS.
+unbound pipelines up to \`max-reuse-tcp-queries\` (default 200) queries on a reused TCP stream, so its misses
+wait behind slow names on CoreDNS's serial connections, as localdns's do.
+
+Targets (design.md): cluster-name misses p99 <= 20 ms, max < 200 ms, 0 SERVFAIL under the external load;
+external names answered when kube-dns answers them; RSS under 60% of the DaemonSet's memory limit under
+every hostile load.
+EOF
+}
+
+# section NAME: the part of the existing results file that NAME (peers, slow
+# or cluster) wrote, without trailing blank lines; empty when absent.
+section() {
+  [ -f "$RESULTS" ] || return 0
+  awk -v want="$1" '
+    BEGIN { s = "peers" }
+    /^## Slow kube-dns/ { s = "slow" }
+    /^## In the cluster/ { s = "cluster" }
+    s != want { next }
+    /^$/ { blank++; next }
+    { for (; blank > 0; blank--) print ""; print }' "$RESULTS"
+}
+
+# The sections measured now replace their old text; the others, and the
+# in-cluster section of `make bench-cluster`, are kept.
+if measuring peers; then peers_part=$(report); else peers_part=$(section peers); fi
+if measuring slow; then slow_part=$(slow_report); else slow_part=$(section slow); fi
+cluster_part=$(section cluster)
+! measuring peers || echo "$peers_part"
+! measuring slow || printf '\n%s\n' "$slow_part"
+for part in "$peers_part" "$slow_part" "$cluster_part"; do
+  [ -z "$part" ] || printf '%s\n\n' "$part"
+done | sed '$d' >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 log "written to $RESULTS"

@@ -12,7 +12,7 @@ import (
 
 func BenchmarkCacheLookup(b *testing.B) {
 	const names = 10000
-	c := newCache(2*names, time.Hour) // room to spare: uneven shards must not evict
+	c := newCache(2*names, DefaultCacheMaxBytes, time.Hour) // room to spare: uneven shards must not evict
 	now := time.Now().UnixNano()
 	keys := make([][]byte, names)
 	for i := range keys {

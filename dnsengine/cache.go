@@ -25,6 +25,17 @@ type entry struct {
 	refreshFailed atomic.Int64 // unix nanoseconds of the last failed refresh after expiry, 0 = none
 }
 
+// entryOverhead approximates what an entry costs besides its answer and key:
+// the entry struct, its TTL offsets' slice header, the map slot and the key
+// string's header. It makes the byte budget hold for many tiny answers too.
+const entryOverhead = 160
+
+// cost is what en, stored under a key of keyLen bytes, counts against the
+// cache's byte budget.
+func (en *entry) cost(keyLen int) int64 {
+	return int64(len(en.wire) + 2*len(en.ttlOffs) + keyLen + entryOverhead)
+}
+
 func newEntry(a answer, ttl uint32, now int64) *entry {
 	life := int64(ttl) * int64(time.Second)
 	window := max(life/10, int64(time.Second)) // prefetch in the last 10% of the TTL, at least 1s
@@ -62,34 +73,38 @@ func (en *entry) hit(now int64, prefetchHits uint32) bool {
 		en.refreshing.CompareAndSwap(false, true)
 }
 
-// cache is a sharded map from cache key to entry.
+// cache is a sharded map from cache key to entry, bounded by entries and by
+// bytes (see entry.cost), stale entries included.
 type cache struct {
-	shards   []shard
-	mask     uint64
-	seed     maphash.Seed
-	perShard int
-	staleMax int64 // nanoseconds an expired entry is kept for serve-stale
+	shards        []shard
+	mask          uint64
+	seed          maphash.Seed
+	perShard      int
+	bytesPerShard int64
+	staleMax      int64 // nanoseconds an expired entry is kept for serve-stale
 }
 
 type shard struct {
 	mu      sync.RWMutex
 	entries map[string]*entry
-	_       [40]byte // keep neighbouring shards' locks off one cache line
+	bytes   int64    // the entries' cost
+	_       [32]byte // keep neighbouring shards' locks off one cache line
 }
 
-// newCache makes a cache of at most size entries, with a power of two shards,
-// at least four per core so that cores rarely meet on one lock.
-func newCache(size int, staleMax time.Duration) *cache {
+// newCache makes a cache of at most size entries and maxBytes, with a power of
+// two shards, at least four per core so that cores rarely meet on one lock.
+func newCache(size int, maxBytes int64, staleMax time.Duration) *cache {
 	n := 1 << bits.Len(uint(4*runtime.GOMAXPROCS(0)-1))
 	for n > 1 && n > size {
 		n /= 2
 	}
 	c := &cache{
-		shards:   make([]shard, n),
-		mask:     uint64(n - 1),
-		seed:     maphash.MakeSeed(),
-		perShard: size / n,
-		staleMax: int64(staleMax),
+		shards:        make([]shard, n),
+		mask:          uint64(n - 1),
+		seed:          maphash.MakeSeed(),
+		perShard:      size / n,
+		bytesPerShard: maxBytes / int64(n),
+		staleMax:      int64(staleMax),
 	}
 	for i := range c.shards {
 		c.shards[i].entries = make(map[string]*entry)
@@ -110,28 +125,50 @@ func (c *cache) get(key []byte) *entry {
 	return en
 }
 
-// put stores en under key, evicting another entry when the shard is full.
+// put stores en under key, evicting other entries while the shard is over
+// its entries or its bytes. An entry too big for a shard is not stored.
 func (c *cache) put(key []byte, en *entry, now int64) {
+	cost := en.cost(len(key))
+	if cost > c.bytesPerShard {
+		return
+	}
 	s := c.shardFor(key)
 	s.mu.Lock()
-	if _, ok := s.entries[string(key)]; !ok && len(s.entries) >= c.perShard {
-		c.evict(s, now)
+	if old, ok := s.entries[string(key)]; ok {
+		s.bytes -= old.cost(len(key))
 	}
 	s.entries[string(key)] = en
+	s.bytes += cost
+	for (len(s.entries) > c.perShard || s.bytes > c.bytesPerShard) && c.evict(s, now, key) {
+	}
 	s.mu.Unlock()
 }
 
-// evict removes one entry of s (locked): the first one seen that is past
-// serving even stale, else the sampled one with the fewest hits, then the
-// earliest expiry.
-func (c *cache) evict(s *shard, now int64) {
+// remove drops the entry for key, if any.
+func (c *cache) remove(key []byte) {
+	s := c.shardFor(key)
+	s.mu.Lock()
+	if old, ok := s.entries[string(key)]; ok {
+		s.bytes -= old.cost(len(key))
+		delete(s.entries, string(key))
+	}
+	s.mu.Unlock()
+}
+
+// evict removes one entry of s (locked) other than the one under keep: the
+// first one seen that is past serving even stale, else the sampled one with
+// the fewest hits, then the earliest expiry. It reports whether it found one.
+func (c *cache) evict(s *shard, now int64, keep []byte) bool {
 	var victimKey string
 	var victim *entry
 	seen := 0
 	for k, en := range s.entries {
+		if k == string(keep) {
+			continue
+		}
 		if now >= en.expires+c.staleMax {
-			delete(s.entries, k)
-			return
+			victimKey, victim = k, en
+			break
 		}
 		if victim == nil || en.hits.Load() < victim.hits.Load() ||
 			(en.hits.Load() == victim.hits.Load() && en.expires < victim.expires) {
@@ -141,17 +178,22 @@ func (c *cache) evict(s *shard, now int64) {
 			break
 		}
 	}
+	if victim == nil {
+		return false
+	}
+	s.bytes -= victim.cost(len(victimKey))
 	delete(s.entries, victimKey)
+	return true
 }
 
-// len counts the entries, stale ones included.
-func (c *cache) len() int {
-	n := 0
+// size counts the entries, stale ones included, and their cost in bytes.
+func (c *cache) size() (entries int, bytes int64) {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.RLock()
-		n += len(s.entries)
+		entries += len(s.entries)
+		bytes += s.bytes
 		s.mu.RUnlock()
 	}
-	return n
+	return entries, bytes
 }

@@ -104,19 +104,69 @@ func TestCapacityEvicts(t *testing.T) {
 	for i := range 10 * size {
 		te.query(t, "udp", question(fmt.Sprintf("host%d.example.", i), dns.TypeA))
 	}
-	if n := te.cache.len(); n > size || n == 0 {
+	n, bytes := te.cache.size()
+	if n > size || n == 0 {
 		t.Fatalf("cache holds %d entries, want 1..%d", n, size)
 	}
-	if g := te.metricValue(t, "cache_entries", nil); int(g) != te.cache.len() {
-		t.Fatalf("cache_entries = %v, want %d", g, te.cache.len())
+	if g := te.metricValue(t, "cache_entries", nil); int(g) != n {
+		t.Fatalf("cache_entries = %v, want %d", g, n)
+	}
+	if g := te.metricValue(t, "cache_bytes", nil); int64(g) != bytes || bytes == 0 {
+		t.Fatalf("cache_bytes = %v, want %d (> 0)", g, bytes)
 	}
 	// Entries past their stale window are evicted before live ones.
-	c := newCache(1, time.Minute)
+	c := newCache(1, DefaultCacheMaxBytes, time.Minute)
 	now := time.Now().UnixNano()
 	c.put([]byte("old"), newEntry(answer{}, 1, now-int64(2*time.Minute)), now)
 	c.put([]byte("new"), newEntry(answer{}, 1, now), now)
-	if c.get([]byte("old")) != nil || c.get([]byte("new")) == nil || c.len() != 1 {
+	if n, _ := c.size(); c.get([]byte("old")) != nil || c.get([]byte("new")) == nil || n != 1 {
 		t.Fatal("put into a full one-entry cache did not replace the dead entry")
+	}
+}
+
+// TestByteBudget: the cache holds entries up to its byte budget, whatever
+// their number: many large answers evict each other, the accounted bytes
+// never pass the budget, and replacing or removing an entry gives its bytes
+// back.
+func TestByteBudget(t *testing.T) {
+	const budget = 64 << 10
+	c := newCache(100000, budget, time.Minute)
+	now := time.Now().UnixNano()
+	big := answer{wire: make([]byte, 4000)}
+	for i := range 200 {
+		c.put(fmt.Appendf(nil, "key-%d", i), newEntry(big, 60, now), now)
+		if _, bytes := c.size(); bytes > budget {
+			t.Fatalf("after %d puts the cache counts %d bytes, over its %d budget", i+1, bytes, budget)
+		}
+	}
+	n, bytes := c.size()
+	if n == 0 || n >= 200 {
+		t.Fatalf("cache holds %d of 200 entries of 4 KB in a 64 KiB budget", n)
+	}
+	var sum int64
+	for i := range c.shards {
+		for k, en := range c.shards[i].entries {
+			sum += en.cost(len(k))
+		}
+	}
+	if sum != bytes {
+		t.Fatalf("accounted %d bytes, entries cost %d", bytes, sum)
+	}
+	c.remove([]byte("key-199"))
+	c.put([]byte("key-198"), newEntry(answer{wire: []byte{1}}, 60, now), now)
+	sum = 0
+	for i := range c.shards {
+		for k, en := range c.shards[i].entries {
+			sum += en.cost(len(k))
+		}
+	}
+	if _, bytes := c.size(); sum != bytes {
+		t.Fatalf("after remove and replace: accounted %d bytes, entries cost %d", bytes, sum)
+	}
+	// An entry larger than a shard's share is not stored at all.
+	c.put([]byte("huge"), newEntry(answer{wire: make([]byte, budget)}, 60, now), now)
+	if c.get([]byte("huge")) != nil {
+		t.Fatal("an entry over a shard's budget was stored")
 	}
 }
 

@@ -21,7 +21,15 @@ type Upstream interface {
 // Defaults applied by New to zero-valued Config fields. Exported so that
 // command-line flags can show the same values.
 const (
-	DefaultCacheSize       = 10000
+	DefaultCacheSize = 10000
+	// DefaultCacheMaxBytes keeps the cache, stale entries included, well
+	// inside the node cache's memory limit whatever answers it holds.
+	DefaultCacheMaxBytes = 16 << 20
+	// DefaultMaxCachedAnswer is the largest answer cached (wire bytes); larger
+	// ones are served, not kept. Ordinary answers are far below it (100 A
+	// records are 1.7 KB); it stops a zone anyone controls from filling the
+	// cache with 60 KB TXT records.
+	DefaultMaxCachedAnswer = 16 << 10
 	DefaultMaxTTL          = 30 * time.Second
 	DefaultMaxNegativeTTL  = 5 * time.Second
 	DefaultStaleMax        = time.Hour // StaleMax has no implicit default: 0 switches serve-stale off.
@@ -32,8 +40,15 @@ const (
 	// DefaultStaleAnswerTimeout answers stale before a client with resolv.conf
 	// "timeout:1" gives up (RFC 8767's client response timer, scaled down).
 	DefaultStaleAnswerTimeout = 500 * time.Millisecond
-	DefaultMaxInflightMisses  = 10000
-	DefaultMaxTCPConns        = 1000
+	// DefaultMaxInflightMisses bounds the memory of misses waiting for the
+	// upstream (a goroutine each, ~6 KB): about 25 MB.
+	DefaultMaxInflightMisses = 4096
+	// DefaultMaxInflightMissesPerClient is more than the seeds' Go client's
+	// 200 concurrent lookups, so one pod's burst of distinct names is served,
+	// but a sixteenth of the engine's, so one pod cannot take them all.
+	DefaultMaxInflightMissesPerClient = 256
+	DefaultMaxTCPConns                = 1000
+	DefaultMaxTCPConnsPerClient       = 64
 )
 
 // Config configures an Engine. Zero values mean the documented default.
@@ -45,6 +60,12 @@ type Config struct {
 	Upstream Upstream
 	// CacheSize is the maximum number of cached answers, default 10000.
 	CacheSize int
+	// CacheMaxBytes bounds the cache's memory (answers, keys and the
+	// bookkeeping of each entry), default 16 MiB.
+	CacheMaxBytes int64
+	// MaxCachedAnswer is the largest answer, in wire bytes, that is cached;
+	// larger ones are served but not cached. Default 16 KiB, at most 65535.
+	MaxCachedAnswer int
 	// MaxTTL caps the TTL of positive answers, default 30s.
 	MaxTTL time.Duration
 	// MaxNegativeTTL caps the TTL of NXDOMAIN/NODATA answers (SOA minimum), default 5s.
@@ -60,8 +81,14 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	// MaxInflightMisses bounds the cache misses being resolved at once (each
 	// holds a goroutine); beyond it queries are answered SERVFAIL, so that a
-	// flood of unique names cannot exhaust memory. Default 10000.
+	// flood of unique names cannot exhaust memory. Default 4096.
 	MaxInflightMisses int
+	// MaxInflightMissesPerClient bounds one client address's share of them,
+	// so that one pod's flood cannot make other pods' misses fail. Default 256.
+	MaxInflightMissesPerClient int
+	// FreeBind lets the listeners bind addresses the host does not have yet
+	// (IP_FREEBIND), so that an address can be added only once it is served.
+	FreeBind bool
 	// UDPSockets is the number of SO_REUSEPORT sockets per UDP listen address,
 	// default GOMAXPROCS.
 	UDPSockets int
@@ -75,6 +102,8 @@ type Config struct {
 	// MaxTCPConns bounds the open TCP connections; more are closed at once
 	// (clients retry or use UDP), default 1000.
 	MaxTCPConns int
+	// MaxTCPConnsPerClient bounds one client address's open TCP connections, default 64.
+	MaxTCPConnsPerClient int
 	// Registerer receives the engine's metrics; nil = no metrics.
 	Registerer prometheus.Registerer
 	// Namespace prefixes every metric name, e.g. "localdns_nodecache".
@@ -99,18 +128,25 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Upstream == nil {
 		errs = append(errs, errors.New("no upstream"))
 	}
+	if cfg.MaxCachedAnswer > dns.MaxMsgSize {
+		errs = append(errs, fmt.Errorf("max cached answer %d is over a DNS message's %d bytes", cfg.MaxCachedAnswer, dns.MaxMsgSize))
+	}
 	for name, v := range map[string]int64{
-		"cache size":           int64(cfg.CacheSize),
-		"max TTL":              int64(cfg.MaxTTL),
-		"max negative TTL":     int64(cfg.MaxNegativeTTL),
-		"stale max":            int64(cfg.StaleMax),
-		"stale answer timeout": int64(cfg.StaleAnswerTimeout),
-		"max inflight misses":  int64(cfg.MaxInflightMisses),
-		"upstream timeout":     int64(cfg.UpstreamTimeout),
-		"UDP sockets":          int64(cfg.UDPSockets),
-		"TCP idle timeout":     int64(cfg.TCPIdleTimeout),
-		"TCP write timeout":    int64(cfg.TCPWriteTimeout),
-		"max TCP conns":        int64(cfg.MaxTCPConns),
+		"cache size":                     int64(cfg.CacheSize),
+		"cache max bytes":                cfg.CacheMaxBytes,
+		"max cached answer":              int64(cfg.MaxCachedAnswer),
+		"max inflight misses per client": int64(cfg.MaxInflightMissesPerClient),
+		"max TCP conns per client":       int64(cfg.MaxTCPConnsPerClient),
+		"max TTL":                        int64(cfg.MaxTTL),
+		"max negative TTL":               int64(cfg.MaxNegativeTTL),
+		"stale max":                      int64(cfg.StaleMax),
+		"stale answer timeout":           int64(cfg.StaleAnswerTimeout),
+		"max inflight misses":            int64(cfg.MaxInflightMisses),
+		"upstream timeout":               int64(cfg.UpstreamTimeout),
+		"UDP sockets":                    int64(cfg.UDPSockets),
+		"TCP idle timeout":               int64(cfg.TCPIdleTimeout),
+		"TCP write timeout":              int64(cfg.TCPWriteTimeout),
+		"max TCP conns":                  int64(cfg.MaxTCPConns),
 	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", name))
@@ -120,6 +156,10 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("dnsengine config: %w", err)
 	}
 	setDefault(&cfg.CacheSize, DefaultCacheSize)
+	setDefault(&cfg.CacheMaxBytes, DefaultCacheMaxBytes)
+	setDefault(&cfg.MaxCachedAnswer, DefaultMaxCachedAnswer)
+	setDefault(&cfg.MaxInflightMissesPerClient, DefaultMaxInflightMissesPerClient)
+	setDefault(&cfg.MaxTCPConnsPerClient, DefaultMaxTCPConnsPerClient)
 	setDefault(&cfg.MaxTTL, DefaultMaxTTL)
 	setDefault(&cfg.MaxNegativeTTL, DefaultMaxNegativeTTL)
 	setDefault(&cfg.UpstreamTimeout, DefaultUpstreamTimeout)
@@ -139,7 +179,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-func setDefault[T int | time.Duration](v *T, def T) {
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
 	if *v == 0 {
 		*v = def
 	}

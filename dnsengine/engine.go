@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,12 +35,17 @@ type Engine struct {
 
 	// wg counts every goroutine started by Start and, transitively, by them:
 	// UDP readers, TCP accept loops and connections, misses, prefetches.
-	wg             sync.WaitGroup
-	inflightMisses atomic.Int64
-	missesIdle     chan struct{} // signalled when inflightMisses drops to 0 during Shutdown
-	stopping       atomic.Bool
-	udpDraining    atomic.Bool // set by Shutdown once UDP readers are to drain and close their sockets
-	listening      atomic.Bool
+	wg              sync.WaitGroup
+	inflightMisses  atomic.Int64
+	missesPerClient *perClient
+	connsPerClient  *perClient
+	missesIdle      chan struct{} // signalled when inflightMisses drops to 0 during Shutdown
+	stopping        atomic.Bool
+	udpDraining     atomic.Bool // set by Shutdown once UDP readers are to drain and close their sockets
+	listening       atomic.Bool
+
+	// lifecycle orders Start after a Shutdown that is still draining.
+	lifecycle sync.Mutex
 
 	mu      sync.Mutex // guards the fields below
 	started bool
@@ -64,10 +70,13 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:        cfg,
 		log:        cfg.Logger,
-		cache:      newCache(cfg.CacheSize, cfg.StaleMax),
+		cache:      newCache(cfg.CacheSize, cfg.CacheMaxBytes, cfg.StaleMax),
 		flights:    make(map[string]*flight),
 		missesIdle: make(chan struct{}, 1),
 		conns:      make(map[net.Conn]struct{}),
+
+		missesPerClient: newPerClient(cfg.MaxInflightMissesPerClient),
+		connsPerClient:  newPerClient(cfg.MaxTCPConnsPerClient),
 	}
 	if cfg.PrefetchHits > 0 {
 		e.prefetchHits = uint32(cfg.PrefetchHits)
@@ -88,12 +97,19 @@ func (e *Engine) nowNanos() int64 {
 }
 
 // Start binds every listener (SO_REUSEPORT) and starts serving. It returns once
-// all are listening, or the first bind error (with nothing left bound).
+// all are listening, or the first bind error (with nothing left bound). After
+// Shutdown has returned, Start serves again with the same cache and metrics
+// (the node cache's standby serves only while the primary is gone).
 func (e *Engine) Start() error {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.started {
+	if e.started && !e.stopped {
 		return errors.New("dnsengine: already started")
+	}
+	if e.stopped {
+		e.restartLocked()
 	}
 	for _, addr := range e.cfg.Listen {
 		udp, tcp, err := e.bind(addr)
@@ -118,6 +134,20 @@ func (e *Engine) Start() error {
 	e.log.Info("dns engine listening", "udp", e.udpAddrsLocked(), "tcp", e.tcpAddrsLocked(),
 		"udp_sockets_per_address", e.cfg.UDPSockets)
 	return nil
+}
+
+// restartLocked resets what Shutdown ended, so that Start can serve again
+// (e.mu held; Shutdown has returned, so no goroutine of the last run is left).
+func (e *Engine) restartLocked() {
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.udp, e.tcp = nil, nil
+	e.started, e.stopped = false, false
+	e.stopping.Store(false)
+	e.udpDraining.Store(false)
+	select {
+	case <-e.missesIdle: // a wake-up left from the last Shutdown
+	default:
+	}
 }
 
 // closeListeners closes every socket (e.mu held).
@@ -175,17 +205,19 @@ func (e *Engine) Listening() bool {
 // group (the next instance's). When ctx ends first, upstream requests are
 // aborted, sockets force-closed, and ctx's error returned.
 func (e *Engine) Shutdown(ctx context.Context) error {
+	e.lifecycle.Lock()
+	defer e.lifecycle.Unlock()
 	e.mu.Lock()
 	if !e.started || e.stopped {
 		e.mu.Unlock()
 		return nil
 	}
 	e.stopped = true
-	e.listening.Store(false)
 	e.stopping.Store(true)
 	for _, ln := range e.tcp {
 		ln.Close()
 	}
+	e.listening.Store(false) // after the close: not listening means no new TCP connection
 	for c := range e.conns {
 		c.SetReadDeadline(pastDeadline) // handlers stop reading, answer what they have, then close
 	}
@@ -269,21 +301,37 @@ func (e *Engine) closeUDP() {
 	}
 }
 
-// trackConn registers a TCP connection for Shutdown; false when shutting
-// down or at MaxTCPConns.
-func (e *Engine) trackConn(c net.Conn) bool {
+// What trackConn decided for a new TCP connection.
+type connAdmission int
+
+const (
+	connTracked connAdmission = iota
+	connStopping
+	connOverLimit       // MaxTCPConns are open
+	connClientOverLimit // its client has MaxTCPConnsPerClient open
+)
+
+// trackConn registers a TCP connection for Shutdown, within MaxTCPConns and
+// its client's MaxTCPConnsPerClient.
+func (e *Engine) trackConn(c net.Conn, client netip.Addr) connAdmission {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.stopping.Load() || len(e.conns) >= e.cfg.MaxTCPConns {
-		return false
+	switch {
+	case e.stopping.Load():
+		return connStopping
+	case len(e.conns) >= e.cfg.MaxTCPConns:
+		return connOverLimit
+	case !e.connsPerClient.acquire(client):
+		return connClientOverLimit
 	}
 	e.conns[c] = struct{}{}
-	return true
+	return connTracked
 }
 
-func (e *Engine) untrackConn(c net.Conn) {
+func (e *Engine) untrackConn(c net.Conn, client netip.Addr) {
 	e.mu.Lock()
 	delete(e.conns, c)
 	e.mu.Unlock()
+	e.connsPerClient.release(client)
 	c.Close()
 }

@@ -254,3 +254,40 @@ func TestMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartAfterShutdown: an engine shut down serves again after Start,
+// on the same addresses, with its cache and metrics (the standby's cycle).
+func TestRestartAfterShutdown(t *testing.T) {
+	te := startEngine(t, func(c *Config) { c.Listen = []string{"127.0.0.1:0"} })
+	te.query(t, "udp", question("www.example.", dns.TypeA))
+	addr := te.udp
+	for i := range 2 {
+		if err := te.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown %d: %v", i, err)
+		}
+		if te.Listening() {
+			t.Fatal("listening after Shutdown")
+		}
+		// The port may be bound again: restarting binds the same address.
+		te.cfg.Listen = []string{addr}
+		if err := te.Start(); err != nil {
+			t.Fatalf("Start %d after Shutdown: %v", i, err)
+		}
+		te.udp = te.UDPAddrs()[0].String()
+		te.tcp = te.TCPAddrs()[0].String()
+		for _, network := range []string{"udp", "tcp"} {
+			if resp := te.query(t, network, question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeSuccess {
+				t.Fatalf("restart %d, %s: %v", i, network, resp)
+			}
+		}
+	}
+	if got := te.up.Total(); got != 1 {
+		t.Fatalf("upstream calls %d, want 1: the cache survives restarts", got)
+	}
+	if got := te.metricValue(t, "cache_hits_total", nil); got != 4 {
+		t.Fatalf("cache_hits_total = %v, want 4 across restarts", got)
+	}
+	if err := te.Start(); err == nil {
+		t.Fatal("Start while serving succeeded")
+	}
+}

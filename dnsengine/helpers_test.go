@@ -42,9 +42,10 @@ type fakeUpstream struct {
 	mu      sync.Mutex
 	calls   map[string]int // "name type DO" -> calls
 	total   int
-	fail    bool          // answer every query with an error
-	gate    chan struct{} // when set, every Exchange waits for a receive from it (or ctx)
-	called  chan string   // when set, every Exchange sends its "name type" here first
+	fail    bool           // answer every query with an error
+	rcodes  map[string]int // lower-case name -> RCODE to reply with instead of the zone's answer
+	gate    chan struct{}  // when set, every Exchange waits for a receive from it (or ctx)
+	called  chan string    // when set, every Exchange sends its "name type" here first
 	lastReq *dns.Msg
 }
 
@@ -64,6 +65,7 @@ func (f *fakeUpstream) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, er
 	f.total++
 	f.lastReq = req.Copy()
 	fail, gate, called := f.fail, f.gate, f.called
+	rcode, override := f.rcodes[strings.ToLower(q.Name)]
 	f.mu.Unlock()
 	if called != nil {
 		called <- callKey(q.Name, q.Qtype, false)
@@ -77,6 +79,14 @@ func (f *fakeUpstream) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, er
 	}
 	if fail {
 		return nil, fmt.Errorf("fake upstream: told to fail")
+	}
+	if override {
+		resp := new(dns.Msg)
+		resp.SetRcode(req, rcode)
+		if rcode == dns.RcodeNameError {
+			resp.Ns = []dns.RR{soa(60, 3)}
+		}
+		return resp, nil
 	}
 	return zoneAnswer(req), nil
 }
@@ -103,6 +113,16 @@ func (f *fakeUpstream) Total() int {
 func (f *fakeUpstream) Hold(gate chan struct{}, called chan string) {
 	f.mu.Lock()
 	f.gate, f.called = gate, called
+	f.mu.Unlock()
+}
+
+// SetRcode makes the upstream reply to name with rcode from now on.
+func (f *fakeUpstream) SetRcode(name string, rcode int) {
+	f.mu.Lock()
+	if f.rcodes == nil {
+		f.rcodes = map[string]int{}
+	}
+	f.rcodes[strings.ToLower(name)] = rcode
 	f.mu.Unlock()
 }
 
@@ -137,6 +157,13 @@ func zoneAnswer(req *dns.Msg) *dns.Msg {
 	case name == "nx-long.example.":
 		resp.Rcode = dns.RcodeNameError
 		resp.Ns = []dns.RR{soa(600, 600)}
+	case name == "cname-nodata.example.":
+		resp.Answer = []dns.RR{&dns.CNAME{Hdr: hdr(dns.TypeCNAME, 25), Target: "nodata-target.example."}}
+		resp.Ns = []dns.RR{soa(60, 3)}
+	case name == "huge.example." && q.Qtype == dns.TypeTXT: // packs to over 64 KiB
+		for range 300 {
+			resp.Answer = append(resp.Answer, &dns.TXT{Hdr: hdr(dns.TypeTXT, 20), Txt: []string{strings.Repeat("h", 250)}})
+		}
 	case name == "cname-nx.example.":
 		resp.Rcode = dns.RcodeNameError
 		resp.Answer = []dns.RR{&dns.CNAME{Hdr: hdr(dns.TypeCNAME, 1), Target: "gone.example."}}

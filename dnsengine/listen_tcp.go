@@ -1,11 +1,11 @@
 package dnsengine
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -16,6 +16,12 @@ const (
 	maxPipelined = 64
 	// acceptBackoff paces the accept loop after an error such as EMFILE.
 	acceptBackoff = 50 * time.Millisecond
+	// tcpMessageTimeout bounds reading the rest of a query once its length
+	// has arrived, so a client cannot hold a connection with a partial one.
+	tcpMessageTimeout = 2 * time.Second
+	// tcpFirstRead is what a connection's buffer starts with: a query of
+	// ordinary size, whatever length prefix arrived; it grows only as bytes do.
+	tcpFirstRead = 512
 )
 
 func (e *Engine) acceptTCP(ln net.Listener) {
@@ -30,17 +36,22 @@ func (e *Engine) acceptTCP(ln net.Listener) {
 			time.Sleep(acceptBackoff)
 			continue
 		}
-		if !e.trackConn(conn) {
-			if e.stopping.Load() {
-				conn.Close()
-				return
-			}
+		client := clientAddr(conn.RemoteAddr())
+		switch e.trackConn(conn, client) {
+		case connStopping:
+			conn.Close()
+			return
+		case connOverLimit:
 			e.shared.tcpRefused.Add(1)
+			conn.Close()
+			continue
+		case connClientOverLimit:
+			e.shared.clientLimited[limitTCPConns].Add(1)
 			conn.Close()
 			continue
 		}
 		e.wg.Add(1)
-		go e.serveTCP(conn)
+		go e.serveTCP(conn, client)
 	}
 }
 
@@ -70,13 +81,12 @@ func (t *tcpConn) write(reply []byte) {
 
 // serveTCP reads pipelined queries (RFC 7766 6.2.1.1): hits are answered in
 // order, misses in their own goroutines, so replies may be out of order.
-func (e *Engine) serveTCP(conn net.Conn) {
+func (e *Engine) serveTCP(conn net.Conn, client netip.Addr) {
 	defer e.wg.Done()
-	defer e.untrackConn(conn)
+	defer e.untrackConn(conn, client)
 	tc := &tcpConn{conn: conn, timeout: e.cfg.TCPWriteTimeout}
 	var inflight sync.WaitGroup
 	slots := make(chan struct{}, maxPipelined)
-	br := bufio.NewReader(conn)
 	r := new(request)
 	var prefix [2]byte
 	var pkt, out []byte
@@ -84,15 +94,14 @@ func (e *Engine) serveTCP(conn net.Conn) {
 		if err := conn.SetReadDeadline(time.Now().Add(e.cfg.TCPIdleTimeout)); err != nil || e.stopping.Load() {
 			break // checked after setting the deadline, so Shutdown's deadline is never overwritten unnoticed
 		}
-		if _, err := io.ReadFull(br, prefix[:]); err != nil {
+		if _, err := io.ReadFull(conn, prefix[:]); err != nil {
 			break
 		}
-		n := int(binary.BigEndian.Uint16(prefix[:]))
-		if cap(pkt) < n {
-			pkt = make([]byte, n)
+		if err := conn.SetReadDeadline(time.Now().Add(tcpMessageTimeout)); err != nil || e.stopping.Load() {
+			break
 		}
-		pkt = pkt[:n]
-		if _, err := io.ReadFull(br, pkt); err != nil {
+		var err error
+		if pkt, err = readMessage(conn, pkt, int(binary.BigEndian.Uint16(prefix[:]))); err != nil {
 			break
 		}
 		reply, o := e.serve(pkt, out, r, protoTCP, e.shared, e.nowNanos())
@@ -101,6 +110,12 @@ func (e *Engine) serveTCP(conn net.Conn) {
 			out = reply
 			tc.write(reply)
 		case needsUpstream:
+			r.client = client
+			if !e.admitMiss(client, e.shared) {
+				out = refuseMiss(out, r, protoTCP, e.shared)
+				tc.write(out)
+				continue
+			}
 			d := r.detach()
 			slots <- struct{}{}
 			inflight.Add(1)
@@ -112,4 +127,23 @@ func (e *Engine) serveTCP(conn net.Conn) {
 		}
 	}
 	inflight.Wait()
+}
+
+// readMessage reads an n-byte message into buf, which grows only as the
+// bytes arrive: a length prefix alone reserves no 64 KiB.
+func readMessage(conn net.Conn, buf []byte, n int) ([]byte, error) {
+	buf = buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(n, max(tcpFirstRead, 2*cap(buf))))
+			copy(grown, buf)
+			buf = grown
+		}
+		m, err := conn.Read(buf[len(buf):min(n, cap(buf))])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
+			return buf, err
+		}
+	}
+	return buf, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -65,9 +66,9 @@ func (e *Engine) bind(addr string) ([]*udpListener, net.Listener, error) {
 			return nil, nil, err
 		}
 		bound := net.JoinHostPort(host, strconv.Itoa(udp[0].conn.LocalAddr().(*net.UDPAddr).Port))
-		lc := net.ListenConfig{Control: sockopt.ReusePort}
+		lc := net.ListenConfig{Control: e.listenControl(true)}
 		if ephemeral {
-			lc.Control = nil
+			lc.Control = e.listenControl(false)
 		}
 		ln, err := lc.Listen(context.Background(), "tcp", bound)
 		if err == nil {
@@ -82,9 +83,22 @@ func (e *Engine) bind(addr string) ([]*udpListener, net.Listener, error) {
 	}
 }
 
+// listenControl sets SO_REUSEPORT when reusePort, and IP_FREEBIND when the
+// config asks for it.
+func (e *Engine) listenControl(reusePort bool) func(string, string, syscall.RawConn) error {
+	var fns []func(string, string, syscall.RawConn) error
+	if reusePort {
+		fns = append(fns, sockopt.ReusePort)
+	}
+	if e.cfg.FreeBind {
+		fns = append(fns, sockopt.FreeBind)
+	}
+	return sockopt.Both(fns...)
+}
+
 // bindUDP opens the UDP sockets of one listen address; the first one fixes the port.
 func (e *Engine) bindUDP(addr string) ([]*udpListener, error) {
-	lc := net.ListenConfig{Control: sockopt.ReusePort}
+	lc := net.ListenConfig{Control: e.listenControl(true)}
 	var socks []*udpListener
 	for i := range e.cfg.UDPSockets {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
@@ -193,6 +207,13 @@ func (e *Engine) answerBatch(u *udpListener, reads, writes []ipv4.Message, r *re
 			writes[out].Addr = m.Addr
 			out++
 		case needsUpstream:
+			r.client = clientAddr(m.Addr)
+			if !e.admitMiss(r.client, u.c) {
+				writes[out].Buffers[0] = refuseMiss(writes[out].Buffers[0][:0], r, protoUDP, u.c)
+				writes[out].Addr = m.Addr
+				out++
+				continue
+			}
 			e.missUDP(u, r.detach(), m.Addr)
 		}
 	}

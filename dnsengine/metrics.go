@@ -54,8 +54,23 @@ type counters struct {
 	invalid    atomic.Uint64
 	overflow   atomic.Uint64
 	tcpRefused atomic.Uint64
-	_          [64]byte // no false sharing with the next socket's counters
+	tooLarge   atomic.Uint64
+	// clientLimited counts, per limit, queries or connections refused
+	// because their client was at its own share.
+	clientLimited [numClientLimits]atomic.Uint64
+	_             [64]byte // no false sharing with the next socket's counters
 }
+
+// The per-client limits, a label of client_limited_total.
+type clientLimit int
+
+const (
+	limitInflightMisses clientLimit = iota
+	limitTCPConns
+	numClientLimits
+)
+
+var clientLimitNames = [numClientLimits]string{"inflight_misses", "tcp_connections"}
 
 // countReply counts one reply by protocol, query type and the reply's rcode
 // (countedRcodes holds rcodes 0 to 5 in order, so the rcode is its own index).
@@ -76,7 +91,7 @@ type metrics struct {
 	duration prometheus.Histogram
 
 	requestsDesc, hitsDesc, missesDesc, staleDesc, prefetchDesc, coalescedDesc, malformedDesc,
-	invalidDesc, overflowDesc, tcpRefusedDesc, entriesDesc *prometheus.Desc
+	invalidDesc, overflowDesc, tcpRefusedDesc, tooLargeDesc, clientLimitedDesc, entriesDesc, bytesDesc *prometheus.Desc
 }
 
 func newMetrics(namespace string, c *cache) *metrics {
@@ -101,7 +116,11 @@ func newMetrics(namespace string, c *cache) *metrics {
 		invalidDesc:    desc("upstream_invalid_total", "Upstream replies rejected because their question did not match."),
 		overflowDesc:   desc("miss_overflow_total", "Cache misses answered SERVFAIL because MaxInflightMisses were being resolved already."),
 		tcpRefusedDesc: desc("tcp_refused_total", "TCP connections closed at once because MaxTCPConns were open."),
-		entriesDesc:    desc("cache_entries", "Entries in the cache, stale ones included."),
+		tooLargeDesc:   desc("cache_too_large_total", "Answers served but not cached because they were larger than MaxCachedAnswer."),
+		clientLimitedDesc: desc("client_limited_total",
+			"Cache misses answered SERVFAIL, or TCP connections closed, because their client address was at its own limit.", "limit"),
+		entriesDesc: desc("cache_entries", "Entries in the cache, stale ones included."),
+		bytesDesc:   desc("cache_bytes", "What the cache's entries count against its byte budget: answers, keys and per-entry bookkeeping."),
 	}
 }
 
@@ -117,7 +136,8 @@ func (m *metrics) newCounters() *counters {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.requestsDesc, m.hitsDesc, m.missesDesc, m.staleDesc, m.prefetchDesc,
-		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.overflowDesc, m.tcpRefusedDesc, m.entriesDesc} {
+		m.coalescedDesc, m.malformedDesc, m.invalidDesc, m.overflowDesc, m.tcpRefusedDesc, m.tooLargeDesc,
+		m.clientLimitedDesc, m.entriesDesc, m.bytesDesc} {
 		ch <- d
 	}
 	m.duration.Describe(ch)
@@ -126,8 +146,9 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	var sum struct {
-		requests                                                                           [numProtos][numQtypeLabels][numRcodeLabels]uint64
-		hits, misses, stale, prefetch, coalesced, malformed, invalid, overflow, tcpRefused uint64
+		requests                                                                                     [numProtos][numQtypeLabels][numRcodeLabels]uint64
+		hits, misses, stale, prefetch, coalesced, malformed, invalid, overflow, tcpRefused, tooLarge uint64
+		clientLimited                                                                                [numClientLimits]uint64
 	}
 	m.mu.Lock()
 	for _, c := range m.sets {
@@ -147,6 +168,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		sum.invalid += c.invalid.Load()
 		sum.overflow += c.overflow.Load()
 		sum.tcpRefused += c.tcpRefused.Load()
+		sum.tooLarge += c.tooLarge.Load()
+		for l := range c.clientLimited {
+			sum.clientLimited[l] += c.clientLimited[l].Load()
+		}
 	}
 	m.mu.Unlock()
 	for p := range sum.requests {
@@ -164,10 +189,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		v uint64
 	}{{m.hitsDesc, sum.hits}, {m.missesDesc, sum.misses}, {m.staleDesc, sum.stale}, {m.prefetchDesc, sum.prefetch},
 		{m.coalescedDesc, sum.coalesced}, {m.malformedDesc, sum.malformed}, {m.invalidDesc, sum.invalid},
-		{m.overflowDesc, sum.overflow}, {m.tcpRefusedDesc, sum.tcpRefused}} {
+		{m.overflowDesc, sum.overflow}, {m.tcpRefusedDesc, sum.tcpRefused}, {m.tooLargeDesc, sum.tooLarge}} {
 		ch <- prometheus.MustNewConstMetric(c.d, prometheus.CounterValue, float64(c.v))
 	}
-	ch <- prometheus.MustNewConstMetric(m.entriesDesc, prometheus.GaugeValue, float64(m.cache.len()))
+	for l, v := range sum.clientLimited {
+		ch <- prometheus.MustNewConstMetric(m.clientLimitedDesc, prometheus.CounterValue, float64(v), clientLimitNames[l])
+	}
+	entries, bytes := m.cache.size()
+	ch <- prometheus.MustNewConstMetric(m.entriesDesc, prometheus.GaugeValue, float64(entries))
+	ch <- prometheus.MustNewConstMetric(m.bytesDesc, prometheus.GaugeValue, float64(bytes))
 	m.duration.Collect(ch)
 }
 

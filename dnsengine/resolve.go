@@ -65,8 +65,11 @@ func (e *Engine) prefetch(r *request, en *entry, c *counters) {
 	}()
 }
 
-// exchange asks the upstream, validates and caches the reply. When the upstream
-// fails it falls back to a stale entry.
+// exchange asks the upstream, validates and caches the reply. Whatever a
+// reachable upstream answers (NXDOMAIN, SERVFAIL, REFUSED, a TTL 0 answer)
+// replaces the cached entry and reaches the client; only an upstream that
+// cannot be reached (timeouts, refused or reset connections, every server
+// marked down) falls back to a stale entry (RFC 8767).
 func (e *Engine) exchange(r *request, c *counters) resolution {
 	name, _, err := dns.UnpackDomainName(r.key, 0) // the lowercase name: one upstream request for every case
 	if err != nil {
@@ -75,6 +78,7 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 	q := new(dns.Msg)
 	q.Id = dns.Id()
 	q.RecursionDesired = true
+	q.CheckingDisabled = r.checkingDisabled()
 	q.Question = []dns.Question{{Name: name, Qtype: r.qtype, Qclass: r.qclass}}
 	q.SetEdns0(ednsPayload, r.do)
 
@@ -84,9 +88,6 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 	now := e.nowNanos()
 	if err == nil && resp == nil {
 		err = errors.New("no reply")
-	}
-	if err == nil && resp.Rcode == dns.RcodeServerFailure {
-		err = errors.New("SERVFAIL")
 	}
 	if err != nil {
 		e.log.Debug("upstream failed", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
@@ -103,7 +104,12 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 		e.log.Debug("upstream reply unusable", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
 		return resolution{}
 	}
+	if ttl > 0 && len(a.wire) > e.cfg.MaxCachedAnswer {
+		c.tooLarge.Add(1)
+		ttl = 0
+	}
 	if ttl == 0 {
+		e.cache.remove(r.key) // never served stale over what the upstream said since
 		return resolution{ans: &a}
 	}
 	en := newEntry(a, ttl, now)
@@ -187,6 +193,9 @@ func (e *Engine) prepare(resp *dns.Msg, name string) (answer, uint32, error) {
 	wire = bytes.Clone(wire) // Pack sizes its buffer for the uncompressed message; keep only what is used
 	ttl := e.cacheTTL(resp)
 	a := answer{wire: wire}
+	if len(wire) > e.cfg.MaxCachedAnswer {
+		return a, ttl, nil // served as received, never cached: TTL offsets would not fit uint16 past 64 KiB
+	}
 	if ttl > 0 {
 		if a.ttlOffs, err = ttlOffsets(wire); err != nil {
 			return answer{}, 0, fmt.Errorf("walk packed reply: %w", err)
@@ -196,15 +205,16 @@ func (e *Engine) prepare(resp *dns.Msg, name string) (answer, uint32, error) {
 }
 
 // cacheTTL is how long resp may be cached, in seconds; 0 = not at all.
-// Positive answers: the smallest TTL, at most MaxTTL. NXDOMAIN and NODATA
-// (RFC 2308): min(SOA TTL, SOA MINIMUM), at most MaxNegativeTTL; without an
-// SOA they are not cached. Truncated replies and other rcodes are not cached.
+// Positive answers: the smallest TTL, at most MaxTTL. NXDOMAIN and NODATA,
+// also at the end of a CNAME chain (RFC 2308): min(SOA TTL, SOA MINIMUM), at
+// most MaxNegativeTTL; without an SOA they are not cached. Truncated replies
+// and other rcodes are not cached.
 func (e *Engine) cacheTTL(resp *dns.Msg) uint32 {
 	if resp.Truncated {
 		return 0
 	}
 	switch {
-	case resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0:
+	case resp.Rcode == dns.RcodeSuccess && answersQuestion(resp):
 		return min(durationSeconds(e.cfg.MaxTTL), minTTL(resp.Answer, resp.Ns, resp.Extra))
 	case resp.Rcode == dns.RcodeNameError || resp.Rcode == dns.RcodeSuccess:
 		for _, rr := range resp.Ns {
@@ -215,6 +225,18 @@ func (e *Engine) cacheTTL(resp *dns.Msg) uint32 {
 		}
 	}
 	return 0
+}
+
+// answersQuestion reports whether resp's answer section holds records of
+// the type asked (a CNAME chain alone is no answer to an A query).
+func answersQuestion(resp *dns.Msg) bool {
+	qtype := resp.Question[0].Qtype
+	for _, rr := range resp.Answer {
+		if t := rr.Header().Rrtype; t == qtype || qtype == dns.TypeANY {
+			return true
+		}
+	}
+	return false
 }
 
 // minTTL is the smallest TTL of the records in sections (MaxUint32 if none).

@@ -170,3 +170,72 @@ func TestMissOverflowIsServfail(t *testing.T) {
 		t.Fatalf("after the slot was released: rcode %s, want NOERROR", dns.RcodeToString[resp.Rcode])
 	}
 }
+
+// TestReachableUpstreamReplacesStale: what a reachable upstream answers
+// reaches the client and replaces the cached answer, even an error RCODE; a
+// stale answer is only for an upstream that cannot be reached. (A stub domain
+// removed from kube-dns's configuration must stop resolving.)
+func TestReachableUpstreamReplacesStale(t *testing.T) {
+	for _, rcode := range []int{dns.RcodeServerFailure, dns.RcodeRefused, dns.RcodeNameError} {
+		t.Run(dns.RcodeToString[rcode], func(t *testing.T) {
+			te := startEngine(t, nil)
+			te.query(t, "udp", question("www.example.", dns.TypeA)) // cached for 20s
+			te.clock.Advance(21 * time.Second)
+			te.up.SetRcode("www.example.", rcode)
+			if resp := te.query(t, "udp", question("www.example.", dns.TypeA)); resp.Rcode != rcode {
+				t.Fatalf("expired entry, upstream answers %s: got %s, want the upstream's answer",
+					dns.RcodeToString[rcode], dns.RcodeToString[resp.Rcode])
+			}
+			if got := te.metricValue(t, "cache_stale_total", nil); got != 0 {
+				t.Fatalf("cache_stale_total = %v, want 0", got)
+			}
+			// The old answer is gone for good: an unreachable upstream now
+			// finds nothing to serve stale.
+			te.up.SetFail(true)
+			if rcode != dns.RcodeNameError { // NXDOMAIN is cached itself
+				if resp := te.query(t, "udp", question("www.example.", dns.TypeA)); resp.Rcode != dns.RcodeServerFailure || len(resp.Answer) != 0 {
+					t.Fatalf("upstream unreachable after its %s: %v, want SERVFAIL without the old answer", dns.RcodeToString[rcode], resp)
+				}
+			}
+		})
+	}
+}
+
+// TestCNAMEToNODATANegative: a CNAME chain that ends in no data is a
+// negative answer (RFC 2308): cached by the SOA, not as positive for the
+// CNAME's TTL.
+func TestCNAMEToNODATANegative(t *testing.T) {
+	te := startEngine(t, nil)
+	resp := te.query(t, "udp", question("cname-nodata.example.", dns.TypeA))
+	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
+		t.Fatalf("reply %v, want the CNAME and no data", resp)
+	}
+	te.clock.Advance(4 * time.Second) // past the SOA minimum (3 s), within the CNAME's 25 s
+	te.query(t, "udp", question("cname-nodata.example.", dns.TypeA))
+	if got := te.up.Calls("cname-nodata.example.", dns.TypeA, false); got != 2 {
+		t.Fatalf("upstream calls %d, want 2: the NODATA expires with its SOA minimum", got)
+	}
+}
+
+// TestCheckingDisabled: the CD bit goes upstream and is part of the cache
+// key: an answer fetched with checking disabled never answers a query
+// without it (RFC 4035 3.2.2).
+func TestCheckingDisabled(t *testing.T) {
+	te := startEngine(t, nil)
+	cd := question("www.example.", dns.TypeA)
+	cd.CheckingDisabled = true
+	if resp := te.query(t, "udp", cd); !resp.CheckingDisabled || resp.Rcode != dns.RcodeSuccess {
+		t.Fatalf("CD query: %v, want an answer with CD echoed", resp)
+	}
+	if !te.up.LastRequest().CheckingDisabled {
+		t.Fatal("CD not sent upstream")
+	}
+	te.query(t, "udp", question("www.example.", dns.TypeA))
+	if te.up.LastRequest().CheckingDisabled {
+		t.Fatal("query without CD sent upstream with CD")
+	}
+	te.query(t, "udp", cd)
+	if got := te.up.Calls("www.example.", dns.TypeA, false); got != 2 {
+		t.Fatalf("upstream calls %d, want 2: one per CD value, then hits", got)
+	}
+}

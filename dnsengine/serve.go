@@ -13,8 +13,8 @@ type outcome int
 const (
 	replyNow outcome = iota // send the returned reply
 	noReply                 // drop the packet
-	// needsUpstream is a cache miss: detach the request and call answerMiss off
-	// the read loop. It holds one of MaxInflightMisses, which answerMiss releases.
+	// needsUpstream is a cache miss: admit it (admitMiss), detach the request
+	// and call answerMiss off the read loop, which releases the admission.
 	needsUpstream
 )
 
@@ -44,10 +44,6 @@ func (e *Engine) serve(pkt, dst []byte, r *request, p proto, c *counters, now in
 	case en != nil && en.staleNow(now, int64(e.cfg.StaleMax)):
 		c.stale.Add(1)
 		reply = writeAnswer(dst, &en.answer, r, staleTTL, r.limit(p))
-	case e.inflightMisses.Add(1) > int64(e.cfg.MaxInflightMisses):
-		e.inflightMisses.Add(-1)
-		c.overflow.Add(1)
-		reply = writeQuestionReply(dst, r, dns.RcodeServerFailure, false)
 	default:
 		c.misses.Add(1)
 		return nil, needsUpstream
@@ -79,7 +75,7 @@ func (e *Engine) parseSlow(pkt, dst []byte, r *request, c *counters) (reply []by
 	switch {
 	case m.Opcode != dns.OpcodeQuery:
 		rcode = dns.RcodeNotImplemented
-	case len(m.Question) != 1:
+	case len(m.Question) != 1, countOPT(m.Extra) > 1: // RFC 6891 6.1.1: more than one OPT is FORMERR
 		c.malformed.Add(1)
 		rcode = dns.RcodeFormatError
 	case opt != nil && opt.Version() != 0:
@@ -93,7 +89,9 @@ func (e *Engine) parseSlow(pkt, dst []byte, r *request, c *counters) (reply []by
 	if rcode != dns.RcodeSuccess {
 		resp := new(dns.Msg)
 		resp.SetRcode(&m, rcode)
-		resp.RecursionAvailable = true
+		// Recursion is what a standard query may ask for; a reply to another
+		// opcode claims nothing about it.
+		resp.RecursionAvailable = m.Opcode == dns.OpcodeQuery
 		if opt != nil {
 			resp.SetEdns0(ednsPayload, opt.Do())
 		}
@@ -122,6 +120,17 @@ func (e *Engine) parseSlow(pkt, dst []byte, r *request, c *counters) (reply []by
 	return nil, true
 }
 
+// countOPT counts the OPT records among rrs.
+func countOPT(rrs []dns.RR) int {
+	n := 0
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n
+}
+
 // detach copies r so that it outlives the packet buffer it was parsed from.
 func (r *request) detach() *request {
 	d := new(request)
@@ -136,6 +145,7 @@ func (r *request) detach() *request {
 // StaleAnswerTimeout when an expired entry could be served stale.
 func (e *Engine) answerMiss(r *request, p proto, c *counters) []byte {
 	defer e.missDone()
+	defer e.missesPerClient.release(r.client)
 	start := time.Now()
 	var res resolution
 	if stale := e.staleCandidate(r.key, e.nowNanos()); stale != nil {

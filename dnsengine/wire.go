@@ -3,6 +3,7 @@ package dnsengine
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"time"
 
 	"github.com/miekg/dns"
@@ -12,7 +13,7 @@ import (
 const (
 	headerLen  = 12
 	maxNameLen = 255
-	// keyMaxLen is the longest cache key: qname, qtype, qclass, DO flag.
+	// keyMaxLen is the longest cache key: qname, qtype, qclass, DO and CD flags.
 	keyMaxLen = maxNameLen + 5
 	// maxUDPReply caps UDP replies whatever the client advertises; larger answers
 	// are truncated (whole records, TC set) so that the client retries over TCP.
@@ -49,8 +50,9 @@ type request struct {
 	qclass  uint16
 	edns    bool
 	do      bool
-	udpSize int    // largest UDP reply the client accepts
-	key     []byte // cache key: lowercase qname, qtype, qclass, DO flag
+	udpSize int        // largest UDP reply the client accepts
+	key     []byte     // cache key: lowercase qname, qtype, qclass, DO and CD flags
+	client  netip.Addr // set for misses: whose share of the in-flight misses it holds
 
 	keyBuf  [keyMaxLen]byte
 	nameBuf [maxNameLen]byte // qname storage when parsed by the slow path
@@ -135,7 +137,9 @@ func unsupportedType(t uint16) bool {
 }
 
 // buildKey fills r.key from r.qname (ASCII-lowercased; length octets are at
-// most 63 and so never change), r.qtype, r.qclass and the DO flag.
+// most 63 and so never change), r.qtype, r.qclass and the DO and CD flags:
+// an answer to a query with checking disabled may hold data that validation
+// would have rejected, so it must not answer a query without (RFC 4035 3.2.2).
 func (r *request) buildKey() {
 	k := r.keyBuf[:0]
 	for _, b := range r.qname {
@@ -144,12 +148,24 @@ func (r *request) buildKey() {
 		}
 		k = append(k, b)
 	}
-	do := byte(0)
+	flags := byte(0)
 	if r.do {
-		do = 1
+		flags |= keyFlagDO
 	}
-	r.key = append(k, byte(r.qtype>>8), byte(r.qtype), byte(r.qclass>>8), byte(r.qclass), do)
+	if r.checkingDisabled() {
+		flags |= keyFlagCD
+	}
+	r.key = append(k, byte(r.qtype>>8), byte(r.qtype), byte(r.qclass>>8), byte(r.qclass), flags)
 }
+
+// The last byte of a cache key.
+const (
+	keyFlagDO = 1 << iota
+	keyFlagCD
+)
+
+// checkingDisabled reports whether the query has the CD bit set.
+func (r *request) checkingDisabled() bool { return byte(r.flags)&flagCD != 0 }
 
 // answer is a reply in wire format as the upstream gave it, prepared for patching:
 // ID 0, no OPT RR, the question name lowercase.

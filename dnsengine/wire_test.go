@@ -280,22 +280,29 @@ func TestMalformedAndUnusualQueries(t *testing.T) {
 	twoQ.Id = 0x2222
 	twoQ.Question = append(twoQ.Question, dns.Question{Name: "x.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
 	twoQPkt, _ := twoQ.Pack()
+	twoOPT := question("www.example.", dns.TypeA)
+	twoOPT.Id = 0x3333
+	twoOPT.SetEdns0(1232, false)
+	twoOPT.Extra = append(twoOPT.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 512}})
+	twoOPTPkt, _ := twoOPT.Pack()
 	tests := []struct {
 		name      string
 		pkt       []byte
 		wantRcode int // -1: no reply
 		malformed bool
+		wantRA    bool
 	}{
-		{"short packet", []byte{1, 2, 3, 4, 5}, -1, true},
-		{"response bit set", cat(header(0x0101, 0x8000, 1, 0, 0, 0), []byte{3, 'w', 'w', 'w', 0}, typeA), -1, true},
-		{"bad label length", cat(header(0x0202, 0x0100, 1, 0, 0, 0), []byte{0x41, 'x', 0}, typeA), dns.RcodeFormatError, true},
-		{"compression loop", cat(header(0x0303, 0x0100, 1, 0, 0, 0), []byte{0xc0, 12}, typeA), dns.RcodeFormatError, true},
-		{"label past the end", cat(header(0x0404, 0x0100, 1, 0, 0, 0), []byte{20, 'a', 'b'}), dns.RcodeFormatError, true},
-		{"question cut short", cat(header(0x0505, 0x0100, 1, 0, 0, 0), []byte{1, 'a', 0, 0}), dns.RcodeFormatError, true},
-		{"zero questions", header(0x0606, 0x0100, 0, 0, 0, 0), dns.RcodeFormatError, true},
-		{"two questions", twoQPkt, dns.RcodeFormatError, true},
-		{"NOTIFY opcode", notifyPkt, dns.RcodeNotImplemented, false},
-		{"AXFR", packQuery(t, 0x0707, "example.", dns.TypeAXFR), dns.RcodeRefused, false},
+		{"short packet", []byte{1, 2, 3, 4, 5}, -1, true, false},
+		{"response bit set", cat(header(0x0101, 0x8000, 1, 0, 0, 0), []byte{3, 'w', 'w', 'w', 0}, typeA), -1, true, false},
+		{"bad label length", cat(header(0x0202, 0x0100, 1, 0, 0, 0), []byte{0x41, 'x', 0}, typeA), dns.RcodeFormatError, true, false},
+		{"compression loop", cat(header(0x0303, 0x0100, 1, 0, 0, 0), []byte{0xc0, 12}, typeA), dns.RcodeFormatError, true, false},
+		{"label past the end", cat(header(0x0404, 0x0100, 1, 0, 0, 0), []byte{20, 'a', 'b'}), dns.RcodeFormatError, true, false},
+		{"question cut short", cat(header(0x0505, 0x0100, 1, 0, 0, 0), []byte{1, 'a', 0, 0}), dns.RcodeFormatError, true, false},
+		{"zero questions", header(0x0606, 0x0100, 0, 0, 0, 0), dns.RcodeFormatError, true, true},
+		{"two questions", twoQPkt, dns.RcodeFormatError, true, true},
+		{"two OPT records (RFC 6891 6.1.1)", twoOPTPkt, dns.RcodeFormatError, true, true},
+		{"NOTIFY opcode: no recursion claimed", notifyPkt, dns.RcodeNotImplemented, false, false},
+		{"AXFR", packQuery(t, 0x0707, "example.", dns.TypeAXFR), dns.RcodeRefused, false, true},
 	}
 	te := startEngine(t, nil)
 	te.query(t, "udp", question("www.example.", dns.TypeA)) // cached: its reply comes inline, in order
@@ -332,6 +339,9 @@ func TestMalformedAndUnusualQueries(t *testing.T) {
 				if r.Rcode != tt.wantRcode || r.Id != binary.BigEndian.Uint16(tt.pkt) || !r.Response {
 					t.Fatalf("reply rcode %s ID %#x, want %s ID %#x", dns.RcodeToString[r.Rcode], r.Id,
 						dns.RcodeToString[tt.wantRcode], binary.BigEndian.Uint16(tt.pkt))
+				}
+				if r.RecursionAvailable != tt.wantRA {
+					t.Fatalf("reply RA %v, want %v", r.RecursionAvailable, tt.wantRA)
 				}
 			}
 			if tt.malformed {
@@ -375,6 +385,9 @@ func FuzzServeRequest(f *testing.F) {
 			}
 			return
 		case needsUpstream:
+			if !e.admitMiss(r.client, e.shared) {
+				t.Fatalf("miss of %x not admitted with nothing else in flight", pkt)
+			}
 			reply = e.answerMiss(r.detach(), protoUDP, e.shared)
 		}
 		var m dns.Msg

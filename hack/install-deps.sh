@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything `make test` needs on a fresh Debian 12 machine, as root:
-# Debian packages and Go tools. Idempotent and fast when all is present.
+# Installs everything `make test` and `make demo` need on a fresh Debian 12
+# machine, as root: Debian packages and Go tools. Idempotent and fast when all
+# is present.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -10,12 +11,15 @@ APT_PACKAGES=(
   unbound dnsdist dnsmasq-base # benchmark peers
   musl-tools                  # a real musl client for resolver tests
   iptables nftables conntrack iproute2 # node setup tests in network namespaces
+  curl                        # e2e: the node cache's metrics, read on the node
   tcpdump
   containerd runc containernetworking-plugins # the single-node cluster of e2e/
   busybox-static              # e2e client images
   gcc libc6-dev               # the glibc load client
 )
 STATICCHECK_VERSION=v0.8.2
+# The chart's tests (manifests/) and `make manifests` render with it.
+HELM_VERSION=v4.3.2
 
 need=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -38,4 +42,10 @@ gobin="$(go env GOPATH)/bin"
 if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q "(${STATICCHECK_VERSION#v})"; then
   echo "install-deps: installing staticcheck $STATICCHECK_VERSION" >&2
   go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" >&2
+fi
+# Built from the Go module proxy like staticcheck; `go version -m` names the
+# module version it was built from (helm's own `version` says only v4.3).
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -qE "^\s+mod\s+helm.sh/helm/v4\s+${HELM_VERSION}\s"; then
+  echo "install-deps: installing helm $HELM_VERSION" >&2
+  go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
 fi

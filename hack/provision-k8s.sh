@@ -7,6 +7,8 @@
 # Prints the bin directory on stdout. Components: kube-apiserver kubectl
 # kubelet kube-proxy kube-controller-manager kube-scheduler.
 set -euo pipefail
+# shellcheck source=hack/progress.sh
+source "$(dirname "$0")/progress.sh"
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 CACHE="${LOCALDNS_CACHE:-$HOME/.cache/localdns}"
@@ -47,7 +49,7 @@ MOD
     # k8s.io/kubernetes replaces its staging modules with ./staging paths that
     # do not exist in the module zip; pin each to the matching tagged release.
     gomod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
-    go mod download "k8s.io/kubernetes@$K8S_VERSION" >&2
+    with_progress "provision-k8s: downloading k8s.io/kubernetes $K8S_VERSION" "" go mod download "k8s.io/kubernetes@$K8S_VERSION"
     grep -oE '^\s*k8s.io/[a-z0-9-]+ => ./staging' "$gomod" | awk '{print $1}' | while read -r m; do
       go mod edit -replace "$m=$m@$staging_version"
     done
@@ -66,8 +68,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
-    GOFLAGS=-mod=mod go mod tidy -e >&2 || true
-    GOFLAGS=-mod=mod go mod download >&2
+    GOFLAGS=-mod=mod with_progress "provision-k8s: resolving its dependencies" "" go mod tidy -e || true
+    GOFLAGS=-mod=mod with_progress "provision-k8s: downloading its dependencies" "" go mod download
   )
 fi
 
@@ -77,11 +79,17 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+i=0
 for c in "${missing[@]}"; do
+  i=$((i + 1))
   start=$(date +%s)
-  echo "provision-k8s: building $c $K8S_VERSION (once; cached in $BIN)" >&2
-  ( cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -tags tools -ldflags "$ldflags" \
-      -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c" )
+  ( cd "$mod"
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod
+    pkg="k8s.io/kubernetes/cmd/$c"
+    total="$(stale_packages -trimpath -tags tools "$pkg")"
+    echo "provision-k8s: building $c $K8S_VERSION ($i/${#missing[@]}: ${total:-?} packages to compile; once, cached in $BIN)" >&2
+    with_progress "provision-k8s: $c ($i/${#missing[@]})" "$total" \
+      go build -v -trimpath -tags tools -ldflags "$ldflags" -o "$BIN/$c.tmp" "$pkg" )
   mv "$BIN/$c.tmp" "$BIN/$c"
   echo "provision-k8s: $c built in $(( $(date +%s) - start ))s" >&2
 done

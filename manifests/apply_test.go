@@ -123,6 +123,20 @@ func TestApplyToAPIServer(t *testing.T) {
 		}
 	}
 
+	// Every chart profile, as a server-side dry run over what is installed:
+	// the API server validates each object strictly, nothing changes.
+	for name := range chartProfiles {
+		t.Run("dry run "+name, func(t *testing.T) {
+			out, err := c.kubectl(renderProfile(t, name), "apply", "--server-side", "--dry-run=server", "--force-conflicts",
+				"--field-manager=localdns-chart-test", "-f", "-")
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+		})
+	}
+
+	t.Run("the webhook may change only the caBundle", func(t *testing.T) { checkPolicyEnforced(t, c) })
+
 	t.Run("RBAC", func(t *testing.T) {
 		const webhookSA = "system:serviceaccount:localdns-system:localdns-webhook"
 		const nodecacheSA = "system:serviceaccount:localdns-system:localdns-nodecache"

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -23,6 +24,10 @@ import (
 	"github.com/localdns/localdns/webhook"
 )
 
+// dashboardFile is the Grafana dashboard, shipped by the chart and rendered
+// into manifests/monitoring.
+const dashboardFile = "../charts/localdns/dashboards/localdns-dashboard.json"
+
 const (
 	namespace      = "localdns-system"
 	localIP        = "169.254.20.10"
@@ -40,7 +45,7 @@ type manifest struct {
 
 func load(t *testing.T, name string) manifest {
 	t.Helper()
-	return manifest{t: t, name: name, objs: splitObjects(t, render(t, kustomizations[name]))}
+	return manifest{t: t, name: name, objs: splitObjects(t, rendered(t, name))}
 }
 
 // get decodes the one object of kind and name into into; found reports
@@ -164,12 +169,58 @@ func checkHTTPProbe(t *testing.T, what string, c corev1.Container, p *corev1.Pro
 	}
 }
 
-var installOverlays = []string{"default", "cluster-wide", "cert-manager"}
+// install is a rendering that installs localdns, and what it must install.
+type install struct {
+	name        string // in kustomizations or chartProfiles
+	clusterWide bool
+	certManager bool
+	monitoring  bool
+	// podAnnotations: the prometheus.io/* scrape annotations on the pods.
+	podAnnotations                          bool
+	localIP                                 string
+	upstreams                               int // --upstream servers; 0: discovered
+	replicas                                int32
+	nodecacheImage, webhookImage, stubImage string
+}
+
+// defaults fills in the default install's values.
+func (in install) defaults() install {
+	in.localIP, in.replicas, in.podAnnotations = localIP, 2, true
+	in.nodecacheImage, in.webhookImage, in.stubImage = nodecacheImage, webhookImage, stubImage
+	return in
+}
+
+// installs are every kustomize overlay and every chart profile.
+var installs = []install{
+	install{name: "default"}.defaults(),
+	install{name: "cluster-wide", clusterWide: true}.defaults(),
+	install{name: "cert-manager", certManager: true}.defaults(),
+	install{name: "helm-default"}.defaults(),
+	install{name: "helm-cluster-wide", clusterWide: true}.defaults(),
+	install{name: "helm-cert-manager", certManager: true}.defaults(),
+	install{name: "helm-monitoring", monitoring: true}.defaults(),
+	{
+		name: "helm-custom", clusterWide: true, certManager: true, monitoring: true,
+		localIP: "169.254.0.53", upstreams: 2, replicas: 3,
+		nodecacheImage: "registry.example:5000/dns/localdns-nodecache:v1.2.3",
+		webhookImage:   "registry.example:5000/dns/localdns-webhook:v1.2.3",
+		stubImage:      "registry.example:5000/dns/localdns-stub:v1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+	},
+}
+
+// checkLinuxOnly asserts a node-level pod runs on Linux nodes only: nothing
+// serves the node cache's address on Windows nodes.
+func checkLinuxOnly(t *testing.T, what string, pod corev1.PodSpec) {
+	t.Helper()
+	if pod.NodeSelector[corev1.LabelOSStable] != "linux" {
+		t.Errorf("%s: nodeSelector %v, want %s=linux", what, pod.NodeSelector, corev1.LabelOSStable)
+	}
+}
 
 func TestNodecacheDaemonSet(t *testing.T) {
-	for _, name := range installOverlays {
-		t.Run(name, func(t *testing.T) {
-			ds := load(t, name).daemonSet("localdns-nodecache")
+	for _, in := range installs {
+		t.Run(in.name, func(t *testing.T) {
+			ds := load(t, in.name).daemonSet("localdns-nodecache")
 			pod := ds.Spec.Template.Spec
 			if ds.Namespace != namespace {
 				t.Errorf("namespace %q", ds.Namespace)
@@ -183,22 +234,23 @@ func TestNodecacheDaemonSet(t *testing.T) {
 			}) {
 				t.Errorf("tolerations %+v: want one that tolerates every taint", pod.Tolerations)
 			}
+			checkLinuxOnly(t, "node cache", pod)
 			ru := ds.Spec.UpdateStrategy.RollingUpdate
 			if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil ||
 				ru.MaxSurge == nil || ru.MaxSurge.IntValue() < 1 || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
 				t.Errorf("update strategy %+v: want RollingUpdate with maxSurge >= 1 and maxUnavailable 0", ds.Spec.UpdateStrategy)
 			}
 			annotations := ds.Spec.Template.Annotations
-			if annotations["prometheus.io/scrape"] != "true" || annotations["prometheus.io/port"] != "9253" {
-				t.Errorf("scrape annotations %v", annotations)
+			if scraped := annotations["prometheus.io/scrape"] == "true" && annotations["prometheus.io/port"] == "9253"; scraped != in.podAnnotations {
+				t.Errorf("scrape annotations %v, want them: %v", annotations, in.podAnnotations)
 			}
 			if len(pod.Containers) != 1 {
 				t.Fatalf("%d containers, want 1", len(pod.Containers))
 			}
 			c := pod.Containers[0]
 			checkRestrictedContainer(t, pod, c)
-			if c.Image != nodecacheImage {
-				t.Errorf("image %q, want %q", c.Image, nodecacheImage)
+			if c.Image != in.nodecacheImage {
+				t.Errorf("image %q, want %q", c.Image, in.nodecacheImage)
 			}
 			// A declared port becomes a hostPort under hostNetwork and
 			// blocks the surge pod from scheduling next to the old one.
@@ -231,9 +283,9 @@ func TestNodecacheDaemonSet(t *testing.T) {
 			if !inEmptyDir {
 				t.Errorf("--ready-file %q is not on an emptyDir mount of the pod", cfg.ReadyFile)
 			}
-			if cfg.Command != nodecache.CommandServe || len(cfg.Listen) != 1 || cfg.Listen[0].String() != localIP+":53" ||
-				!cfg.Setup.Interface || !cfg.Setup.Rules || cfg.MetricsAddr != ":9253" || len(cfg.Upstream) != 0 {
-				t.Errorf("parsed config %+v: want serving %s:53 with interface, rules, metrics on :9253, discovered upstream", cfg, localIP)
+			if cfg.Command != nodecache.CommandServe || len(cfg.Listen) != 1 || cfg.Listen[0].String() != in.localIP+":53" ||
+				!cfg.Setup.Interface || !cfg.Setup.Rules || cfg.MetricsAddr != ":9253" || len(cfg.Upstream) != in.upstreams {
+				t.Errorf("parsed config %+v: want serving %s:53 with interface, rules, metrics on :9253, %d upstreams (0: discovered)", cfg, in.localIP, in.upstreams)
 			}
 			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/run/xtables.lock" }) {
 				t.Errorf("the node's /run/xtables.lock is not mounted (legacy iptables serialises on it with kube-proxy)")
@@ -243,14 +295,14 @@ func TestNodecacheDaemonSet(t *testing.T) {
 }
 
 func TestWebhookDeployment(t *testing.T) {
-	for _, name := range installOverlays {
-		t.Run(name, func(t *testing.T) {
-			m := load(t, name)
+	for _, in := range installs {
+		t.Run(in.name, func(t *testing.T) {
+			m := load(t, in.name)
 			var d appsv1.Deployment
 			m.must("Deployment", "localdns-webhook", &d)
 			pod := d.Spec.Template.Spec
-			if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-				t.Errorf("replicas %v, want 2", d.Spec.Replicas)
+			if d.Spec.Replicas == nil || *d.Spec.Replicas != in.replicas {
+				t.Errorf("replicas %v, want %d", d.Spec.Replicas, in.replicas)
 			}
 			if pod.Affinity == nil || pod.Affinity.PodAntiAffinity == nil ||
 				len(pod.Affinity.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) == 0 {
@@ -263,10 +315,11 @@ func TestWebhookDeployment(t *testing.T) {
 			if len(pod.Containers) != 1 {
 				t.Fatalf("%d containers, want 1", len(pod.Containers))
 			}
+			checkLinuxOnly(t, "webhook", pod)
 			c := pod.Containers[0]
 			checkRestrictedContainer(t, pod, c)
-			if c.Image != webhookImage {
-				t.Errorf("image %q, want %q", c.Image, webhookImage)
+			if c.Image != in.webhookImage {
+				t.Errorf("image %q, want %q", c.Image, in.webhookImage)
 			}
 			if c.SecurityContext.Capabilities.Add != nil {
 				t.Errorf("the webhook needs no capabilities, adds %v", c.SecurityContext.Capabilities.Add)
@@ -278,14 +331,14 @@ func TestWebhookDeployment(t *testing.T) {
 			if err != nil {
 				t.Fatalf("localdns-webhook rejects the Deployment's args %q: %v", c.Args, err)
 			}
-			if cfg.StubImage != stubImage {
-				t.Errorf("--stub-image resolves to %q, want %q (the overlay's tag)", cfg.StubImage, stubImage)
+			if cfg.StubImage != in.stubImage {
+				t.Errorf("--stub-image resolves to %q, want %q (the webhook's tag)", cfg.StubImage, in.stubImage)
 			}
-			if cfg.Namespace != namespace || cfg.LocalIP != localIP || cfg.MetricsAddr != ":9254" {
+			if cfg.Namespace != namespace || cfg.LocalIP != in.localIP || cfg.MetricsAddr != ":9254" {
 				t.Errorf("namespace %q, local IP %q, metrics %q", cfg.Namespace, cfg.LocalIP, cfg.MetricsAddr)
 			}
-			if cfg.ClusterWide != (name == "cluster-wide") {
-				t.Errorf("--cluster-wide = %v in overlay %s", cfg.ClusterWide, name)
+			if cfg.ClusterWide != in.clusterWide {
+				t.Errorf("--cluster-wide = %v, want %v", cfg.ClusterWide, in.clusterWide)
 			}
 			ports := map[string]int32{}
 			for _, p := range c.Ports {
@@ -319,11 +372,11 @@ func TestWebhookDeployment(t *testing.T) {
 				}
 			}
 
-			certManager := name == "cert-manager"
-			if (cfg.CertDir != "") != certManager {
-				t.Errorf("--cert-dir %q in overlay %s", cfg.CertDir, name)
+			if (cfg.CertDir != "") != in.certManager {
+				t.Errorf("--cert-dir %q, want one: %v", cfg.CertDir, in.certManager)
 			}
-			if !certManager {
+			checkCABundleOnlyPolicy(t, m, in, cfg.WebhookConfigName)
+			if !in.certManager {
 				return
 			}
 			var cert struct {
@@ -374,7 +427,7 @@ func TestWebhookSelectors(t *testing.T) {
 		namespace string
 		nsLabels  ns
 		podLabels pod
-		byOverlay map[string]bool // called in the default and cluster-wide overlays
+		byOverlay map[string]bool // called with namespace opt-in ("default") and cluster-wide
 	}{
 		{"namespace enabled", "apps", enabled, pod{}, map[string]bool{"default": true, "cluster-wide": true}},
 		{"namespace enabled, pod opted out", "apps", enabled, podOut, map[string]bool{"default": false, "cluster-wide": false}},
@@ -387,10 +440,14 @@ func TestWebhookSelectors(t *testing.T) {
 		{"localdns-system", namespace, enabled, podIn, map[string]bool{"default": false, "cluster-wide": false}},
 		{"localdns's own pods elsewhere", "apps", enabled, own, map[string]bool{"default": false, "cluster-wide": false}},
 	}
-	for _, overlay := range []string{"default", "cluster-wide"} {
-		t.Run(overlay, func(t *testing.T) {
+	for _, in := range installs {
+		overlay := "default"
+		if in.clusterWide {
+			overlay = "cluster-wide"
+		}
+		t.Run(in.name, func(t *testing.T) {
 			var mwc admissionregistrationv1.MutatingWebhookConfiguration
-			load(t, overlay).must("MutatingWebhookConfiguration", "localdns-webhook", &mwc)
+			load(t, in.name).must("MutatingWebhookConfiguration", "localdns-webhook", &mwc)
 			if len(mwc.Webhooks) != 2 {
 				t.Fatalf("%d webhook entries, want 2 (namespace opt-in, pod opt-in)", len(mwc.Webhooks))
 			}
@@ -472,11 +529,11 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		{"kube-system", "", "services", "watch", "kube-dns"},
 	}
 	nodecacheGrants := []rbacRule{{"kube-system", "", "services", "get", "kube-dns"}}
-	for _, name := range installOverlays {
-		t.Run(name, func(t *testing.T) {
-			m := load(t, name)
+	for _, in := range installs {
+		t.Run(in.name, func(t *testing.T) {
+			m := load(t, in.name)
 			wantWebhook := webhookBase
-			if name != "cert-manager" {
+			if !in.certManager {
 				wantWebhook = append(slices.Clone(webhookBase), selfManagedTLS...)
 			}
 			for sa, want := range map[string][]rbacRule{"localdns-webhook": wantWebhook, "localdns-nodecache": nodecacheGrants} {
@@ -566,21 +623,40 @@ func roleRules(t *testing.T, m manifest, kind, name, scope string) []rbacv1.Poli
 }
 
 // TestCleanupMatchesNodecache checks that the uninstall DaemonSet removes
-// exactly what the node cache sets up, as a valid cleanup command line.
+// exactly what the node cache sets up, as a valid cleanup command line: the
+// kustomization against the default overlay, and the chart's cleanup with
+// each profile's values against that profile's node cache.
 func TestCleanupMatchesNodecache(t *testing.T) {
-	serve := load(t, "default").daemonSet("localdns-nodecache").Spec.Template.Spec
+	pairs := map[string]func(t *testing.T) []byte{
+		"default": func(t *testing.T) []byte { return rendered(t, "uninstall") },
+	}
+	for name := range chartProfiles {
+		pairs[name] = func(t *testing.T) []byte {
+			return renderProfile(t, name, "--set", "nodeCleanup.render=true", "--show-only", "templates/cleanup.yaml")
+		}
+	}
+	for name, renderCleanup := range pairs {
+		t.Run(name, func(t *testing.T) {
+			serve := load(t, name).daemonSet("localdns-nodecache").Spec.Template.Spec
+			cleanupManifest := manifest{t: t, name: name + " cleanup", objs: splitObjects(t, renderCleanup(t))}
+			checkCleanup(t, serve, cleanupManifest.daemonSet("localdns-cleanup").Spec.Template.Spec)
+		})
+	}
+}
+
+func checkCleanup(t *testing.T, serve, cleanup corev1.PodSpec) {
+	t.Helper()
 	serveCfg, err := nodecache.Parse(expandArgs(serve.Containers[0]), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cleanup := load(t, "uninstall").daemonSet("localdns-cleanup").Spec.Template.Spec
 	if len(cleanup.InitContainers) != 1 {
 		t.Fatalf("%d init containers, want the one cleanup", len(cleanup.InitContainers))
 	}
 	c := cleanup.InitContainers[0]
 	checkRestrictedContainer(t, cleanup, c)
-	if c.Image != nodecacheImage {
-		t.Errorf("cleanup image %q, want %q", c.Image, nodecacheImage)
+	if c.Image != serve.Containers[0].Image {
+		t.Errorf("cleanup image %q, the node cache's %q", c.Image, serve.Containers[0].Image)
 	}
 	cfg, err := nodecache.Parse(expandArgs(c), io.Discard)
 	if err != nil {
@@ -592,59 +668,31 @@ func TestCleanupMatchesNodecache(t *testing.T) {
 	if fmt.Sprint(cfg.Listen, cfg.Setup) != fmt.Sprint(serveCfg.Listen, serveCfg.Setup) {
 		t.Errorf("cleanup removes %v %+v, the node cache sets up %v %+v", cfg.Listen, cfg.Setup, serveCfg.Listen, serveCfg.Setup)
 	}
-	if !cleanup.HostNetwork || !slices.ContainsFunc(cleanup.Tolerations, func(tol corev1.Toleration) bool {
-		return tol.Operator == corev1.TolerationOpExists && tol.Key == ""
-	}) {
-		t.Errorf("cleanup must run on every node's network: hostNetwork %v, tolerations %+v", cleanup.HostNetwork, cleanup.Tolerations)
+	if !cleanup.HostNetwork || !slices.Equal(cleanup.Tolerations, serve.Tolerations) || !maps.Equal(cleanup.NodeSelector, serve.NodeSelector) {
+		t.Errorf("cleanup must run on the node cache's nodes, on their network: hostNetwork %v, tolerations %+v, nodeSelector %v; the node cache's %+v, %v",
+			cleanup.HostNetwork, cleanup.Tolerations, cleanup.NodeSelector, serve.Tolerations, serve.NodeSelector)
 	}
+	checkLinuxOnly(t, "cleanup", cleanup)
 }
 
 // TestMonitoring checks that each ServiceMonitor selects a Service with the
-// port it scrapes, and that the dashboard is valid JSON that only queries
-// localdns's and the Go runtime's metrics.
+// port it scrapes (manifests/monitoring on the default overlay, and each chart
+// profile with monitoring), and that the dashboard is valid JSON that only
+// queries localdns's and the Go runtime's metrics.
 func TestMonitoring(t *testing.T) {
-	m := load(t, "monitoring")
-	all := append(slices.Clone(m.objs), load(t, "default").objs...)
-	joined := manifest{t: t, name: "default+monitoring", objs: all}
-	for _, o := range m.objs {
-		if o.Kind != "ServiceMonitor" {
-			continue
-		}
-		var sm struct {
-			Spec struct {
-				Selector  metav1.LabelSelector `json:"selector"`
-				Endpoints []struct {
-					Port string `json:"port"`
-				} `json:"endpoints"`
-			} `json:"spec"`
-		}
-		if err := yaml.Unmarshal(o.raw, &sm); err != nil {
-			t.Fatal(err)
-		}
-		sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
-		if err != nil {
-			t.Fatal(err)
-		}
-		found := false
-		for _, so := range joined.objs {
-			if so.Kind != "Service" || so.Namespace != o.Namespace {
-				continue
-			}
-			var svc corev1.Service
-			joined.must("Service", so.Name, &svc)
-			if !sel.Matches(labels.Set(svc.Labels)) {
-				continue
-			}
-			for _, ep := range sm.Spec.Endpoints {
-				found = found || slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port })
-			}
-		}
-		if !found {
-			t.Errorf("ServiceMonitor %s selects no Service with its port", o.Name)
+	withMonitoring := map[string][]object{
+		"default+monitoring": slices.Concat(load(t, "monitoring").objs, load(t, "default").objs),
+	}
+	for _, in := range installs {
+		if in.monitoring {
+			withMonitoring[in.name] = load(t, in.name).objs
 		}
 	}
+	for name, objs := range withMonitoring {
+		t.Run(name, func(t *testing.T) { checkServiceMonitors(t, manifest{t: t, name: name, objs: objs}) })
+	}
 
-	raw, err := os.ReadFile("monitoring/localdns-dashboard.json")
+	raw, err := os.ReadFile(dashboardFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -672,6 +720,54 @@ func TestMonitoring(t *testing.T) {
 	}
 	if queries == 0 {
 		t.Error("dashboard has no queries")
+	}
+}
+
+// checkServiceMonitors checks that every ServiceMonitor of m selects a
+// Service of m with the port it scrapes.
+func checkServiceMonitors(t *testing.T, m manifest) {
+	t.Helper()
+	monitors := 0
+	for _, o := range m.objs {
+		if o.Kind != "ServiceMonitor" {
+			continue
+		}
+		var sm struct {
+			Spec struct {
+				Selector  metav1.LabelSelector `json:"selector"`
+				Endpoints []struct {
+					Port string `json:"port"`
+				} `json:"endpoints"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal(o.raw, &sm); err != nil {
+			t.Fatal(err)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, so := range m.objs {
+			if so.Kind != "Service" || so.Namespace != o.Namespace {
+				continue
+			}
+			var svc corev1.Service
+			m.must("Service", so.Name, &svc)
+			if !sel.Matches(labels.Set(svc.Labels)) {
+				continue
+			}
+			for _, ep := range sm.Spec.Endpoints {
+				found = found || slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port })
+			}
+		}
+		if !found {
+			t.Errorf("ServiceMonitor %s selects no Service with its port", o.Name)
+		}
+		monitors++
+	}
+	if monitors != 2 {
+		t.Errorf("%d ServiceMonitors, want 2 (node cache, webhook)", monitors)
 	}
 }
 

@@ -1,6 +1,8 @@
-// Package manifests holds the kustomize manifests; its tests render every
-// kustomization with the provisioned kubectl, compare the output with golden
-// files, check the properties the design asks for, and apply everything to a
+// Package manifests holds the kustomize manifests, most of them rendered from
+// the Helm chart in charts/localdns; its tests keep the two in step, render
+// every kustomization (with the provisioned kubectl) and every chart profile
+// (with helm), compare the kustomizations with golden files, check the
+// properties the design asks for on every rendering, and apply them all to a
 // real kube-apiserver.
 package manifests
 
@@ -61,6 +63,16 @@ func render(t *testing.T, dir string) []byte {
 		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
 	}
 	return out
+}
+
+// rendered is the output of a kustomization (kustomizations) or of the chart
+// with a profile's values (chartProfiles), by rendering name.
+func rendered(t *testing.T, name string) []byte {
+	t.Helper()
+	if dir, ok := kustomizations[name]; ok {
+		return render(t, dir)
+	}
+	return renderProfile(t, name)
 }
 
 // object is one rendered document: its kind and name, and the raw YAML to

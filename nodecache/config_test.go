@@ -26,7 +26,11 @@ func defaultConfig() Config {
 		ClusterDomain:     "cluster.local.",
 		UpstreamTransport: TransportTCP,
 		CacheSize:         DefaultCacheSize,
+		CacheMaxBytes:     16 << 20,
+		MaxCachedAnswer:   16 << 10,
 		StaleMax:          time.Hour,
+		Limits: Limits{MaxInflightMisses: 4096, MaxInflightMissesPerClient: 256, MaxTCPConns: 1000, MaxTCPConnsPerClient: 64,
+			UpstreamMaxConns: 256, ExternalMaxInflight: 192},
 		MetricsAddr:       ":9253",
 		Setup:             SetupConfig{Interface: true, Rules: true, InterfaceName: "localdns0", IptablesMode: IptablesAuto},
 		ReconcileInterval: DefaultReconcileInterval,
@@ -76,6 +80,17 @@ func TestParseGood(t *testing.T) {
 				c.ReconcileInterval = 250 * time.Millisecond
 				c.ShutdownTimeout = 30 * time.Second
 				c.MetricsAddr = "[::1]:0"
+			},
+		},
+		{
+			"limits",
+			[]string{"--cache-max-bytes", "8Mi", "--max-cached-answer", "4096", "--max-inflight-misses", "100",
+				"--max-inflight-misses-per-client", "10", "--max-tcp-conns", "50", "--max-tcp-conns-per-client", "5",
+				"--upstream-max-conns", "64", "--upstream-external-max-inflight", "0"},
+			func(c *Config) {
+				c.CacheMaxBytes, c.MaxCachedAnswer = 8<<20, 4096
+				c.Limits = Limits{MaxInflightMisses: 100, MaxInflightMissesPerClient: 10, MaxTCPConns: 50,
+					MaxTCPConnsPerClient: 5, UpstreamMaxConns: 64, ExternalMaxInflight: 0}
 			},
 		},
 		{
@@ -138,6 +153,13 @@ func TestParseBad(t *testing.T) {
 		{"zero reconcile", []string{"--reconcile-interval", "0s"}, "--reconcile-interval"},
 		{"zero shutdown timeout", []string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 		{"zero cache", []string{"--cache-size", "0"}, "--cache-size"},
+		{"bad cache bytes", []string{"--cache-max-bytes", "16MB"}, "invalid value \"16MB\" for flag -cache-max-bytes"},
+		{"zero cache bytes", []string{"--cache-max-bytes", "0"}, "--cache-max-bytes: 0 is not positive"},
+		{"cached answer over 64 KiB", []string{"--max-cached-answer", "65536"}, "--max-cached-answer: 64Ki is not in 1..65535"},
+		{"zero miss limit", []string{"--max-inflight-misses-per-client", "0"}, "--max-inflight-misses-per-client: 0 is not positive"},
+		{"zero tcp limit", []string{"--max-tcp-conns-per-client", "0"}, "--max-tcp-conns-per-client"},
+		{"zero upstream conns", []string{"--upstream-max-conns", "0"}, "--upstream-max-conns"},
+		{"negative external cap", []string{"--upstream-external-max-inflight", "-1"}, "--upstream-external-max-inflight: -1 is negative"},
 		{"bad cluster domain", []string{"--cluster-domain", "a..b"}, "--cluster-domain"},
 		{"root cluster domain", []string{"--cluster-domain", "."}, "--cluster-domain"},
 		{"bad metrics addr", []string{"--metrics-addr", "9253"}, "--metrics-addr"},
@@ -181,7 +203,8 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		t.Fatalf("--help: %v, want flag.ErrHelp", err)
 	}
 	for _, name := range []string{"listen", "cluster-domain", "upstream", "upstream-external", "upstream-transport",
-		"cache-size", "stale-max", "metrics-addr", "setup-interface", "setup-rules", "interface-name",
+		"cache-size", "cache-max-bytes", "max-cached-answer", "max-inflight-misses", "max-inflight-misses-per-client",
+		"max-tcp-conns", "max-tcp-conns-per-client", "upstream-max-conns", "upstream-external-max-inflight", "stale-max", "metrics-addr", "setup-interface", "setup-rules", "interface-name",
 		"iptables-mode", "reconcile-interval", "shutdown-timeout"} {
 		if !strings.Contains(out.String(), "  -"+name+" ") && !strings.Contains(out.String(), "  -"+name+"\n") {
 			t.Errorf("--help does not list -%s:\n%s", name, out.String())

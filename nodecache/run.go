@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -30,6 +31,8 @@ func Execute(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return cleanup(ctx, cfg, logger)
 	case CommandReady:
 		return checkReady(cfg.ReadyFile)
+	case CommandStandby:
+		return standby(ctx, cfg, logger)
 	}
 	return serve(ctx, cfg, logger)
 }
@@ -43,48 +46,22 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
-	// Setup comes first: once the listen IPs exist, a client reaching them
-	// while nothing listens gets a port-unreachable and moves on to its
-	// fallback nameserver at once.
+	// The order closes every gap at the listen IPs: kube-dns is found first
+	// (that may take a while), then the rules go in, the sockets are bound
+	// (IP_FREEBIND: before the node has the address) and only then is the
+	// address added. A listen IP that exists with no socket bound answers
+	// port unreachable, which the kernel sends each client only a few times
+	// before it rate-limits them and drops the rest in silence: every lookup
+	// then waits out the pod's resolver timeout.
+	res, err := newResolver(ctx, cfg, reg, logger)
+	if err != nil || res == nil {
+		return err
+	}
+	defer res.fwd.Close()
+	fwd, engine := res.fwd, res.engine
 	setup, err := NewSetup(cfg.Setup, cfg.Listen, reg, MetricsNamespace, logger)
 	if err != nil {
 		return err
-	}
-	if err := setup.Apply(ctx); err != nil {
-		return err
-	}
-
-	upstream := cfg.Upstream
-	if len(upstream) == 0 {
-		if upstream, err = DiscoverUpstream(ctx, cfg.UpstreamTransport, logger); err != nil {
-			if ctx.Err() != nil {
-				logger.Info("stopped before kube-dns was found")
-				return nil
-			}
-			return err
-		}
-	}
-	fwd, err := forward.New(forwardConfig(cfg, upstream, reg, logger))
-	if err != nil {
-		return fmt.Errorf("upstream forwarder: %w", err)
-	}
-	defer fwd.Close()
-
-	listen := make([]string, len(cfg.Listen))
-	for i, ap := range cfg.Listen {
-		listen[i] = ap.String()
-	}
-	engine, err := dnsengine.New(dnsengine.Config{
-		Listen:     listen,
-		Upstream:   fwd,
-		CacheSize:  cfg.CacheSize,
-		StaleMax:   cfg.StaleMax,
-		Registerer: reg,
-		Namespace:  MetricsNamespace,
-		Logger:     logger,
-	})
-	if err != nil {
-		return fmt.Errorf("dns engine: %w", err)
 	}
 
 	ready := func() error {
@@ -106,11 +83,24 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := setup.Prepare(ctx); err != nil {
+		return errors.Join(err, opsServer.Shutdown(context.Background()))
+	}
 	if err := engine.Start(); err != nil {
 		return errors.Join(fmt.Errorf("listen: %w", err), opsServer.Shutdown(context.Background()))
 	}
-	logger.Info("serving DNS", "listen", listen, "upstream", fmt.Sprint(upstream),
+	if err := setup.Publish(ctx); err != nil {
+		drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		return errors.Join(err, engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
+	}
+	logger.Info("serving DNS", "listen", res.listen, "upstream", fmt.Sprint(res.upstream),
 		"upstream_external", fmt.Sprint(cfg.UpstreamExternal), "metrics", opsServer.Addr().String())
+	var standbyLink *standbyLink
+	if cfg.HandoverSocket != "" {
+		// Not bound to ctx: on SIGTERM the link must last until the standby serves.
+		standbyLink = linkToStandby(context.Background(), cfg.HandoverSocket, logger)
+	}
 
 	var background sync.WaitGroup
 	backgroundCtx, stopBackground := context.WithCancel(ctx)
@@ -128,6 +118,15 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	if standbyLink != nil {
+		handCtx, cancelHand := context.WithTimeout(drainCtx, handoverTimeout)
+		if err := standbyLink.handOver(handCtx); err != nil {
+			logger.Warn("leaving without a standby serving", "err", err)
+		} else {
+			logger.Info("the standby serves; leaving")
+		}
+		cancelHand()
+	}
 	err = errors.Join(engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
 	if cfg.Setup.Interface || cfg.Setup.Rules {
 		logger.Info("stopped; node setup left in place for the next instance (`localdns-nodecache cleanup` removes it)")
@@ -137,13 +136,76 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return err
 }
 
+// handoverTimeout bounds a stopping node cache's wait for the standby to serve.
+const handoverTimeout = 2 * time.Second
+
+// resolver is what the node cache and its standby both run: the forwarder to
+// kube-dns and the engine in front of it.
+type resolver struct {
+	fwd      *forward.Forwarder
+	engine   *dnsengine.Engine
+	upstream []netip.AddrPort
+	listen   []string
+}
+
+// newResolver finds kube-dns (unless cfg names it) and builds the forwarder
+// and the engine, not yet listening, with their metrics on reg. It returns
+// nil and no error when ctx ended while kube-dns was being looked for.
+func newResolver(ctx context.Context, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*resolver, error) {
+	res := &resolver{upstream: cfg.Upstream}
+	if len(res.upstream) == 0 {
+		var err error
+		if res.upstream, err = DiscoverUpstream(ctx, cfg.UpstreamTransport, logger); err != nil {
+			if ctx.Err() != nil {
+				logger.Info("stopped before kube-dns was found")
+				return nil, nil
+			}
+			return nil, err
+		}
+	}
+	var err error
+	if res.fwd, err = forward.New(forwardConfig(cfg, res.upstream, reg, logger)); err != nil {
+		return nil, fmt.Errorf("upstream forwarder: %w", err)
+	}
+	res.listen = make([]string, len(cfg.Listen))
+	for i, ap := range cfg.Listen {
+		res.listen[i] = ap.String()
+	}
+	res.engine, err = dnsengine.New(dnsengine.Config{
+		Listen: res.listen,
+		// The node cache binds before it adds its address; the standby binds
+		// an address the node cache added (or is about to).
+		FreeBind:                   cfg.Setup.Interface || cfg.Command == CommandStandby,
+		Upstream:                   res.fwd,
+		CacheSize:                  cfg.CacheSize,
+		CacheMaxBytes:              cfg.CacheMaxBytes,
+		MaxCachedAnswer:            cfg.MaxCachedAnswer,
+		StaleMax:                   cfg.StaleMax,
+		MaxInflightMisses:          cfg.Limits.MaxInflightMisses,
+		MaxInflightMissesPerClient: cfg.Limits.MaxInflightMissesPerClient,
+		MaxTCPConns:                cfg.Limits.MaxTCPConns,
+		MaxTCPConnsPerClient:       cfg.Limits.MaxTCPConnsPerClient,
+		Registerer:                 reg,
+		Namespace:                  MetricsNamespace,
+		Logger:                     logger,
+	})
+	if err != nil {
+		res.fwd.Close()
+		return nil, fmt.Errorf("dns engine: %w", err)
+	}
+	return res, nil
+}
+
 // forwardConfig routes the cluster domain and the reverse zones to kube-dns,
-// and "." to the external servers when given, else to kube-dns too.
+// and "." to the external servers when given, else to kube-dns too, with at
+// most Limits.ExternalMaxInflight of its queries in flight. Each attempt may
+// take the engine's whole upstream timeout: a slow answer is still an answer.
 func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registerer, logger *slog.Logger) forward.Config {
 	servers := func(aps []netip.AddrPort) []forward.Server {
 		out := make([]forward.Server, len(aps))
 		for i, ap := range aps {
-			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport)}
+			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport),
+				Timeout: dnsengine.DefaultUpstreamTimeout}
 		}
 		return out
 	}
@@ -156,14 +218,15 @@ func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registe
 	for _, z := range reverseZones {
 		zones = append(zones, forward.Zone{Name: z, Servers: cluster})
 	}
-	zones = append(zones, forward.Zone{Name: ".", Servers: root})
+	zones = append(zones, forward.Zone{Name: ".", Servers: root, MaxInflight: cfg.Limits.ExternalMaxInflight})
 	return forward.Config{
-		Zones:        zones,
-		ProbeName:    cfg.ClusterDomain,
-		ProbeAtStart: true, // readiness without waiting for client traffic
-		Registerer:   reg,
-		Namespace:    MetricsNamespace,
-		Logger:       logger,
+		Zones:             zones,
+		MaxConnsPerServer: cfg.Limits.UpstreamMaxConns,
+		ProbeName:         cfg.ClusterDomain,
+		ProbeAtStart:      true, // readiness without waiting for client traffic
+		Registerer:        reg,
+		Namespace:         MetricsNamespace,
+		Logger:            logger,
 	}
 }
 

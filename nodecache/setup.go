@@ -56,14 +56,14 @@ func newSetup(cfg SetupConfig, listen []netip.AddrPort, run runner, reg promethe
 	if cfg.Interface {
 		iface := newNodeInterface(cfg.InterfaceName, listenIPs(listen), logger)
 		s.parts = append(s.parts, setupPart{
-			name:   "interface",
+			name:   partInterface,
 			ensure: func(context.Context) ([]string, error) { return iface.ensure() },
 			remove: func(context.Context) ([]string, error) { return iface.remove() },
 		})
 	}
 	if cfg.Rules {
 		rules := newNodeRules(cfg.IptablesMode, listen, run, logger)
-		s.parts = append(s.parts, setupPart{name: "rules", ensure: rules.ensure, remove: rules.remove})
+		s.parts = append(s.parts, setupPart{name: partRules, ensure: rules.ensure, remove: rules.remove})
 	}
 	for _, p := range s.parts {
 		// Zero-valued series exist from the start, so rate() and alerts see them.
@@ -91,24 +91,41 @@ func listenIPs(listen []netip.AddrPort) []netip.Addr {
 	return ips
 }
 
-// Apply installs or adopts every part; run it before listening. What it
-// changes is logged, not counted as a repair.
-func (s *Setup) Apply(ctx context.Context) error {
-	var errs []error
+// The setup parts, by name (the metric label).
+const (
+	partInterface = "interface"
+	partRules     = "rules"
+)
+
+// Prepare installs or adopts the rules: run it before binding, so that the
+// first packet to a listen IP already skips conntrack.
+func (s *Setup) Prepare(ctx context.Context) error { return s.apply(ctx, partRules) }
+
+// Publish installs or adopts the interface and its listen IPs: run it once
+// the sockets are bound (IP_FREEBIND). A listen IP then never exists on the
+// node without a socket: a query to it would get a port unreachable, which
+// the kernel rate-limits per client (then drops in silence: a 1 s stall).
+func (s *Setup) Publish(ctx context.Context) error { return s.apply(ctx, partInterface) }
+
+// apply installs or adopts the named part, if enabled. What it changes is
+// logged, not counted as a repair.
+func (s *Setup) apply(ctx context.Context, name string) error {
 	for _, p := range s.parts {
+		if p.name != name {
+			continue
+		}
 		changes, err := p.ensure(ctx)
 		for _, c := range changes {
 			s.logger.Debug("node setup", "part", p.name, "change", c)
 		}
 		if err != nil {
 			s.errors.WithLabelValues(p.name).Inc()
-			errs = append(errs, fmt.Errorf("node setup (%s): %w", p.name, err))
-			continue
+			return fmt.Errorf("node setup (%s): %w", p.name, err)
 		}
 		// One line per part; a fresh node shows the changes, a restart "adopted".
 		s.logger.Info("node setup in place", "part", p.name, "changes", len(changes), "adopted", len(changes) == 0)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Reconcile restores whatever went missing since the last pass, counting

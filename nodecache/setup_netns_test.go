@@ -34,7 +34,7 @@ func TestSetupInNetns(t *testing.T) {
 			systest.InNetns(t, ns, func() {
 				setup, err = NewSetup(cfg, listen, reg, "localdns_test", discard())
 				if err == nil {
-					err = setup.Apply(context.Background())
+					err = applyAll(context.Background(), setup)
 				}
 			})
 			if err != nil {

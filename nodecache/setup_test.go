@@ -29,7 +29,7 @@ func listedRules(rules []rule) string {
 	return b.String()
 }
 
-// TestReconcileCounts checks what Apply and Reconcile count: the first
+// TestReconcileCounts checks what Prepare, Publish and Reconcile count: the first
 // installation is not a repair, a pass over a healthy node changes nothing,
 // rules that disappeared are repairs, a failing pass is an error.
 func TestReconcileCounts(t *testing.T) {
@@ -41,7 +41,7 @@ func TestReconcileCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := s.Apply(ctx); err != nil {
+	if err := applyAll(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	assertCounter(t, s.repairs, "rules", 0)
@@ -115,4 +115,9 @@ func TestRunReconcilesUntilCancelled(t *testing.T) {
 	cancel()
 	<-returned
 	assertCounter(t, s.errors, "fake", float64(passes.Load()))
+}
+
+// applyAll runs both phases of the setup, as serve does around binding.
+func applyAll(ctx context.Context, s *Setup) error {
+	return errors.Join(s.Prepare(ctx), s.Publish(ctx))
 }

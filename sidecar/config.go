@@ -41,6 +41,7 @@ type Config struct {
 	Fallback            netip.AddrPort   // kube-dns ClusterIP, reached over TCP only; zero = none
 	ClusterDomain       string           // FQDN; queried (SOA) to probe an upstream marked down
 	CacheSize           int
+	CacheMaxBytes       int64
 	StaleMax            time.Duration
 	NodeCacheUDPTimeout time.Duration
 	NodeCacheTCPTimeout time.Duration
@@ -66,8 +67,13 @@ const (
 	DefaultNodeCache           = "169.254.20.10:53"
 	DefaultClusterDomain       = "cluster.local"
 	DefaultCacheSize           = 1000
+	DefaultCacheMaxBytes       = 1 << 20
 	DefaultNodeCacheUDPTimeout = 250 * time.Millisecond
-	DefaultNodeCacheTCPTimeout = 500 * time.Millisecond
+	// DefaultNodeCacheTCPTimeout outlasts the node cache's own wait for
+	// kube-dns, so the stub never gives up on a node cache that is still
+	// waiting for a slow answer: the node cache, not the stub, decides when
+	// kube-dns has failed (and may answer stale before).
+	DefaultNodeCacheTCPTimeout = dnsengine.DefaultUpstreamTimeout + 500*time.Millisecond
 	DefaultFallbackTimeout     = time.Second
 	DefaultUDPSockets          = 1
 	DefaultShutdownTimeout     = 5 * time.Second
@@ -116,6 +122,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 		fallback            string
 		clusterDomain       string
 		cacheSize           int
+		cacheMaxBytes       = flagutil.Bytes(DefaultCacheMaxBytes)
 		staleMax            time.Duration
 		nodeCacheUDPTimeout time.Duration
 		nodeCacheTCPTimeout time.Duration
@@ -129,6 +136,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	fs.StringVar(&fallback, "fallback", "", "kube-dns ClusterIP `ip[:port]`, asked over TCP only when the node cache fails; empty = no fallback")
 	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; its SOA is what an upstream marked down is probed with")
 	fs.IntVar(&cacheSize, "cache-size", DefaultCacheSize, "maximum number of cached answers")
+	fs.Var(&cacheMaxBytes, "cache-max-bytes", "memory the cache may hold, stale answers included (`bytes`, e.g. 1Mi)")
 	fs.DurationVar(&staleMax, "stale-max", dnsengine.DefaultStaleMax, "serve expired answers up to this old when every upstream fails (RFC 8767); 0 disables")
 	fs.DurationVar(&nodeCacheUDPTimeout, "node-cache-udp-timeout", DefaultNodeCacheUDPTimeout, "how long one UDP query to the node cache may take before its TCP is tried")
 	fs.DurationVar(&nodeCacheTCPTimeout, "node-cache-tcp-timeout", DefaultNodeCacheTCPTimeout, "how long one TCP query to the node cache may take before the fallback is tried")
@@ -189,6 +197,9 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	if cacheSize <= 0 {
 		check(fmt.Errorf("--cache-size: %d is not positive", cacheSize))
 	}
+	if cacheMaxBytes <= 0 {
+		check(fmt.Errorf("--cache-max-bytes: %s is not positive", &cacheMaxBytes))
+	}
 	if staleMax < 0 {
 		check(fmt.Errorf("--stale-max: %v is negative", staleMax))
 	}
@@ -203,6 +214,7 @@ func parseServe(args []string, output io.Writer, ipv6Up func() bool) (Config, er
 	}
 	cfg.Command = CommandServe
 	cfg.CacheSize = cacheSize
+	cfg.CacheMaxBytes = int64(cacheMaxBytes)
 	cfg.StaleMax = staleMax
 	cfg.NodeCacheUDPTimeout = nodeCacheUDPTimeout
 	cfg.NodeCacheTCPTimeout = nodeCacheTCPTimeout

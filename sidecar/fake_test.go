@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,7 @@ const (
 	silentUDP                    // drop UDP; answer over TCP
 	servfail                     // SERVFAIL over both
 	blackHole                    // read everything, answer nothing
+	slowNames                    // hold names starting "slow-" until release is closed; answer the rest
 )
 
 // query is one query a fake received.
@@ -34,7 +36,8 @@ type fakeUpstream struct {
 	*dnstest.Fake
 	answerIP net.IP
 	mode     atomic.Int32
-	udpSeen  atomic.Int64 // UDP queries, probes included
+	udpSeen  atomic.Int64  // UDP queries, probes included
+	release  chan struct{} // ends slowNames' hold
 
 	mu      sync.Mutex
 	queries []query // probes (the probe name) left out
@@ -44,7 +47,7 @@ type fakeUpstream struct {
 // and that Restart gets back, as a restarted node cache would.
 func startFake(t testing.TB, name string, answerIP string) *fakeUpstream {
 	t.Helper()
-	f := &fakeUpstream{answerIP: net.ParseIP(answerIP)}
+	f := &fakeUpstream{answerIP: net.ParseIP(answerIP), release: make(chan struct{})}
 	f.Fake = dnstest.Start(t, dnstest.Config{Name: name, Handler: f.handle})
 	return f
 }
@@ -67,6 +70,10 @@ func (f *fakeUpstream) handle(w dns.ResponseWriter, r *dns.Msg) {
 	switch behaviour(f.mode.Load()) {
 	case blackHole:
 		return
+	case slowNames:
+		if strings.HasPrefix(q.Name, "slow-") {
+			<-f.release
+		}
 	case silentUDP:
 		if transport == "udp" {
 			return

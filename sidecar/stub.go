@@ -56,10 +56,15 @@ func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 		listen[i] = ap.String()
 	}
 	s.engine, err = dnsengine.New(dnsengine.Config{
-		Listen:    listen,
-		Upstream:  fwd,
-		CacheSize: cfg.CacheSize,
-		StaleMax:  cfg.StaleMax,
+		Listen:        listen,
+		Upstream:      fwd,
+		CacheSize:     cfg.CacheSize,
+		CacheMaxBytes: cfg.CacheMaxBytes,
+		StaleMax:      cfg.StaleMax,
+		// Every query comes from the pod's own loopback: one client, whose
+		// share is the whole.
+		MaxInflightMissesPerClient: dnsengine.DefaultMaxInflightMisses,
+		MaxTCPConnsPerClient:       dnsengine.DefaultMaxTCPConns,
 		// One resolution has room for the whole chain: node cache over UDP,
 		// over TCP, then the fallback.
 		UpstreamTimeout: cfg.NodeCacheUDPTimeout + cfg.NodeCacheTCPTimeout + cfg.FallbackTimeout,
@@ -121,11 +126,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 }
 
 // forwardConfig is the stub's one chain for every name: the node cache over
-// UDP (short timeout; a port-unreachable ends it at once), the node cache
-// over TCP, then the fallback over TCP only — UDP to the ClusterIP is the
-// racy DNAT path the stub exists to avoid. The node cache's two entries share
-// one health state: once it is marked down both are skipped, and the probe
-// (over UDP, its first entry) brings both back.
+// UDP (short timeout against a lost datagram; a port-unreachable ends it at
+// once), the node cache over TCP (as long as the node cache itself waits for
+// kube-dns), then the fallback over TCP only — UDP to the ClusterIP is the
+// racy DNAT path the stub exists to avoid. A timeout is no sign of a dead
+// node cache (it may be waiting for a slow name); refused or unacknowledged
+// connections are. The node cache's two entries share one health state: once
+// it is marked down both are skipped, and the probe (over UDP, its first
+// entry) brings both back.
 func forwardConfig(cfg Config, reg prometheus.Registerer, logger *slog.Logger) forward.Config {
 	servers := []forward.Server{
 		{Addr: cfg.NodeCache.String(), Transport: forward.UDP, Timeout: cfg.NodeCacheUDPTimeout},

@@ -34,6 +34,7 @@ func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
 		NodeCache:           nodeCache.Addr(),
 		ClusterDomain:       probeTestDomain,
 		CacheSize:           DefaultCacheSize,
+		CacheMaxBytes:       DefaultCacheMaxBytes,
 		NodeCacheUDPTimeout: 10 * time.Second,
 		NodeCacheTCPTimeout: 10 * time.Second,
 		FallbackTimeout:     10 * time.Second,
@@ -150,6 +151,54 @@ func TestFailoverOrder(t *testing.T) {
 				t.Errorf("kube-dns saw %v, want %v", got, tc.wantKube)
 			}
 		})
+	}
+}
+
+// TestSlowNameAtNodeCache: the node cache waiting for kube-dns on a slow name
+// (an A and AAAA pair, as musl sends them) is neither given up on nor marked
+// down: the stub's UDP attempts time out, its TCP attempts wait, other names
+// are answered meanwhile, the slow answers come from the node cache when
+// they come, and kube-dns is never asked.
+func TestSlowNameAtNodeCache(t *testing.T) {
+	node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
+	node.setMode(slowNames)
+	cfg := testConfig(node, kube)
+	cfg.NodeCacheUDPTimeout = 20 * time.Millisecond // shorter than the hold: UDP gives up on both
+	s := startStub(t, cfg)
+
+	name := "slow-" + freshName()
+	answers := make(chan string, 2)
+	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		go func() {
+			c := &dns.Client{Net: "udp", Timeout: 30 * time.Second}
+			m := new(dns.Msg)
+			m.SetQuestion(name, qtype)
+			resp, _, err := c.Exchange(m, s.UDPAddrs()[0].String())
+			switch {
+			case err != nil:
+				answers <- err.Error()
+			case qtype == dns.TypeA:
+				answers <- answeredBy(resp)
+			default:
+				answers <- dns.RcodeToString[resp.Rcode]
+			}
+		}()
+	}
+	systest.WaitFor(t, "both slow queries to reach the node cache over TCP", func() (bool, string) {
+		got := node.transports()
+		return slices.Equal(got, []string{"udp", "udp", "tcp", "tcp"}), fmt.Sprint(got)
+	})
+	if got := answeredBy(ask(t, s, freshName())); got != nodeCacheAnswer {
+		t.Errorf("another name while the slow pair waits: answer %s, want the node cache's", got)
+	}
+	close(node.release)
+	got := []string{receive(t, answers), receive(t, answers)}
+	slices.Sort(got)
+	if want := []string{nodeCacheAnswer, "NOERROR"}; !slices.Equal(got, want) {
+		t.Errorf("slow pair answered %v, want %v", got, want)
+	}
+	if got := kube.transports(); len(got) != 0 {
+		t.Errorf("kube-dns asked %v, want never: the node cache was only slow", got)
 	}
 }
 
@@ -278,4 +327,16 @@ func unusedAddr(t testing.TB) netip.AddrPort {
 	f := startFake(t, "placeholder", nodeCacheAnswer)
 	f.Stop()
 	return f.Addr()
+}
+
+// receive waits for a value from ch; the bound only turns a hang into a failure.
+func receive[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing received within 30 s")
+	}
+	panic("unreachable")
 }

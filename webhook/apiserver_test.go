@@ -124,6 +124,16 @@ func TestAPIServerSkips(t *testing.T) {
 		stored := create(t, clientset, ns, pod)
 		assertUntouched(t, stored)
 	})
+	t.Run("Windows pod", func(t *testing.T) {
+		pod := testPod("windows", nil, nil)
+		pod.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
+		assertUntouched(t, create(t, clientset, ns, pod))
+	})
+	t.Run("Windows node selector", func(t *testing.T) {
+		pod := testPod("windows-selector", nil, nil)
+		pod.Spec.NodeSelector = map[string]string{corev1.LabelOSStable: "windows"}
+		assertUntouched(t, create(t, clientset, ns, pod))
+	})
 	t.Run("hostNetwork ClusterFirstWithHostNet is injected", func(t *testing.T) {
 		pod := testPod("hostnet-withhostnet", nil, nil)
 		pod.Spec.HostNetwork = true

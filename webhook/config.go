@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,6 +51,9 @@ type Config struct {
 	// Options are the default resolver options in order: ndots, timeout,
 	// attempts, then --options (a later option of the same name wins).
 	Options []corev1.PodDNSConfigOption
+	// Searches are extra search domains for every pod (--searches), after
+	// the cluster's own: under dnsPolicy None the node's are not appended.
+	Searches []string
 
 	// Stub injection.
 	StubImage         string
@@ -65,10 +69,11 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(output)
 	var (
-		cfg                                   Config
-		ndots, timeout, attempts              int
-		options, kubeDNSService, muslPatterns string
-		cpuRequest, memRequest, memLimit      string
+		cfg                               Config
+		ndots, timeout, attempts          int
+		options, searches, kubeDNSService string
+		muslPatterns                      string
+		cpuRequest, memRequest, memLimit  string
 	)
 	defaultNamespace := getenv("POD_NAMESPACE")
 	if defaultNamespace == "" {
@@ -93,6 +98,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs.IntVar(&timeout, "timeout", 1, "default resolver timeout in seconds (1..30)")
 	fs.IntVar(&attempts, "attempts", 2, "default resolver attempts (1..5)")
 	fs.StringVar(&options, "options", "single-request-reopen", "extra default resolver options, name[:value],...")
+	fs.StringVar(&searches, "searches", "", "extra search domains for every injected pod, a.b,c.d, after the cluster's own (under dnsPolicy None kubelet no longer appends the node's)")
 	fs.StringVar(&cfg.StubImage, "stub-image", "localdns/stub:"+version.Version, "image of the injected localdns-stub container")
 	fs.StringVar(&muslPatterns, "musl-image-patterns", "alpine,musl", "comma-separated substrings of image references that make mode auto inject the stub")
 	fs.StringVar(&cfg.NativeSidecars, "native-sidecars", NativeSidecarsAuto, "inject the stub as a native sidecar (init container, restartPolicy Always): auto (API server >= 1.29), true or false")
@@ -139,6 +145,8 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 		check(fmt.Errorf("--options %q: %s", b.item, b.reason))
 	}
 	cfg.Options = mergeOptions(cfg.Options, extra)
+	cfg.Searches, err = searchesFlag(searches, cfg.ClusterDomain)
+	check(err)
 	for _, v := range []struct{ flag, value string }{
 		{"--namespace", cfg.Namespace}, {"--service-name", cfg.ServiceName},
 		{"--secret-name", cfg.SecretName}, {"--webhook-config-name", cfg.WebhookConfigName},
@@ -166,6 +174,29 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 		return Config{}, fmt.Errorf("invalid flags: %w", err)
 	}
 	return cfg, nil
+}
+
+// searchesFlag parses --searches. Every domain must be valid, and the list
+// must leave room under the API server's limits for the cluster's own three
+// domains of the longest namespace name, so it is never cut from a pod that
+// adds nothing.
+func searchesFlag(list, clusterDomain string) ([]string, error) {
+	var domains []string
+	var errs []error
+	for _, d := range splitList(list) {
+		if msgs := validSearchDomain(d); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--searches %q: %s", d, strings.Join(msgs, "; ")))
+			continue
+		}
+		domains = append(domains, d)
+	}
+	cluster := clusterSearches(strings.Repeat("n", validation.DNS1123LabelMaxLength), clusterDomain)
+	all := slices.Concat(cluster, domains)
+	if chars := len(strings.Join(all, " ")); len(all) > maxSearches || chars > maxSearchListChars {
+		errs = append(errs, fmt.Errorf("--searches: with the cluster's own that makes %d domains and %d characters; the API server allows at most %d domains and %d characters",
+			len(all), chars, maxSearches, maxSearchListChars))
+	}
+	return domains, errors.Join(errs...)
 }
 
 func validatePort(port int) error {

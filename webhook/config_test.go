@@ -3,6 +3,7 @@ package webhook
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -51,7 +52,7 @@ func TestParseFlagsInvalid(t *testing.T) {
 		"--port=0", "--local-ip=node", "--kube-dns-ip=10.0.0", "--kube-dns-service=kube-dns",
 		"--cluster-domain=Bad_Domain", "--ndots=0", "--timeout=31", "--attempts=6", "--options=ok,BAD",
 		"--namespace=", "--stub-image=", "--native-sidecars=maybe", "--stub-memory-request=64Mi",
-		"--shutdown-timeout=0s",
+		"--shutdown-timeout=0s", "--searches=ok.example,-bad-.example",
 	}, func(string) string { return "" }, io.Discard)
 	if err == nil {
 		t.Fatal("no error")
@@ -60,10 +61,51 @@ func TestParseFlagsInvalid(t *testing.T) {
 		"--port 0", `--local-ip "node"`, `--kube-dns-ip "10.0.0"`, `--kube-dns-service "kube-dns"`,
 		`--cluster-domain "Bad_Domain"`, "--ndots", "--timeout", "--attempts", `--options "BAD"`,
 		`--namespace ""`, "--stub-image", `--native-sidecars "maybe"`, "exceeds --stub-memory-limit",
-		"--shutdown-timeout",
+		"--shutdown-timeout", `--searches "-bad-.example"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+// TestParseFlagsSearches: --searches must leave room for the cluster's own
+// three domains under the API server's limits.
+func TestParseFlagsSearches(t *testing.T) {
+	domains := func(n, size int) string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("d%02d.%s", i, strings.Repeat("x", size)))
+		}
+		return strings.Join(out, ",")
+	}
+	tests := []struct {
+		flag    string
+		want    int // domains kept; -1: an error
+		problem string
+	}{
+		{"", 0, ""},
+		{" corp.example , , lab.example. ", 2, ""},
+		{"_srv.example", 1, ""},
+		{domains(29, 10), 29, ""},
+		{domains(30, 10), -1, "at most 32 domains"},
+		// With a 63-character namespace the cluster's own take 113
+		// characters; 29 domains of 65 characters (plus spaces) make 2027,
+		// of 66 characters 2056.
+		{domains(29, 61), 29, ""},
+		{domains(29, 62), -1, "2048 characters"},
+		{"Bad Domain", -1, `--searches "Bad Domain"`},
+	}
+	for _, tt := range tests {
+		cfg, err := ParseFlags("test", []string{"--searches=" + tt.flag}, func(string) string { return "" }, io.Discard)
+		if tt.want < 0 {
+			if err == nil || !strings.Contains(err.Error(), tt.problem) {
+				t.Errorf("--searches=%.40q: error %v, want one naming %q", tt.flag, err, tt.problem)
+			}
+			continue
+		}
+		if err != nil || len(cfg.Searches) != tt.want {
+			t.Errorf("--searches=%.40q: %d domains (%q), error %v; want %d", tt.flag, len(cfg.Searches), cfg.Searches, err, tt.want)
 		}
 	}
 }

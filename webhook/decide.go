@@ -50,6 +50,7 @@ const (
 	SkipOptedOut        SkipReason = "opted-out"
 	SkipDNSPolicy       SkipReason = "dns-policy"
 	SkipHostNetwork     SkipReason = "host-network"
+	SkipWindows         SkipReason = "windows"
 	SkipStubExists      SkipReason = "stub-container-exists"
 	SkipKubeDNSUnknown  SkipReason = "kube-dns-unknown"
 	SkipNotCreate       SkipReason = "not-create"
@@ -120,6 +121,9 @@ func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
 			return skip(SkipHostNetwork)
 		}
 	}
+	if onWindows(pod) {
+		return skip(SkipWindows)
+	}
 	if hasContainer(pod, StubContainerName) {
 		warnings = append(warnings, fmt.Sprintf("localdns: pod already has a container named %s; left unchanged", StubContainerName))
 		return skip(SkipStubExists)
@@ -144,7 +148,7 @@ func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
 	var w []string
 	plan.Nameservers, w = nameservers(mode, cfg.LocalIP, env.KubeDNSIP, settings.Fallback, own.Nameservers)
 	warnings = append(warnings, w...)
-	plan.Searches, w = searches(ns.Name, cfg.ClusterDomain, own.Searches, settings.Searches)
+	plan.Searches, w = searches(ns.Name, cfg.ClusterDomain, cfg.Searches, own.Searches, settings.Searches)
 	warnings = append(warnings, w...)
 	plan.Options = mergeOptions(cfg.Options, own.Options, settings.Options)
 	if mode == ModeStub {
@@ -178,10 +182,17 @@ func optIn(podLabels, nsLabels map[string]string, clusterWide bool) (SkipReason,
 	return SkipNotOptedIn, err
 }
 
+// onWindows reports whether the pod runs on a Windows node, by its declared
+// OS or its node selector: nothing serves the node cache's address there, and
+// Windows pods have neither sysctls nor a Linux stub.
+func onWindows(pod *corev1.Pod) bool {
+	return pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows ||
+		pod.Spec.NodeSelector[corev1.LabelOSStable] == string(corev1.Windows)
+}
+
 // resolveMode turns the requested mode into the applied one: auto looks at
 // the images; the stub cannot serve a hostNetwork pod (127.0.0.1:53 would be
-// the node's, and net sysctls are forbidden there) nor a Windows pod (no
-// sysctls, no Linux stub).
+// the node's, and net sysctls are forbidden there).
 func resolveMode(pod *corev1.Pod, requested Mode, patterns []string) (Mode, string) {
 	mode := requested
 	if mode == ModeAuto {
@@ -192,9 +203,6 @@ func resolveMode(pod *corev1.Pod, requested Mode, patterns []string) (Mode, stri
 	}
 	if mode == ModeStub && pod.Spec.HostNetwork {
 		return ModeNodeCache, "localdns: mode stub is not possible with hostNetwork; using nodecache"
-	}
-	if mode == ModeStub && pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
-		return ModeNodeCache, "localdns: mode stub is not possible in Windows pods; using nodecache"
 	}
 	return mode, ""
 }
@@ -245,20 +253,60 @@ func nameservers(mode Mode, localIP, kubeDNSIP string, fallback bool, own []stri
 		"localdns: the API server allows %d nameservers; dropped %s", maxNameservers, strings.Join(list[maxNameservers:], ", "))}
 }
 
-// searches lists the cluster's search path for the namespace, then the pod's
-// own, then the annotation's, deduped and cut to the API server's limits.
-func searches(namespace, domain string, own, extra []string) ([]string, []string) {
-	list := slices.Concat([]string{namespace + ".svc." + domain, "svc." + domain, domain}, own, extra)
-	list = dedupe(list, func(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) })
-	var kept, dropped []string
-	chars := -1 // the first domain has no separating space
-	for _, d := range list {
-		if len(kept) < maxSearches && chars+1+len(d) <= maxSearchListChars {
-			kept = append(kept, d)
-			chars += 1 + len(d)
-			continue
+// clusterSearches is the search path kubelet gives a ClusterFirst pod.
+func clusterSearches(namespace, domain string) []string {
+	return []string{namespace + ".svc." + domain, "svc." + domain, domain}
+}
+
+// searches lists the cluster's search path for the namespace, then the
+// layers' domains in order of increasing precedence (flags, the pod's own,
+// the annotation's), deduped: a domain keeps its first place and the highest
+// precedence of the layers that name it. Over the API server's limits the
+// lowest layer loses first, and within a layer a domain that does not fit
+// gives way to later ones that do; the cluster's own always stay, and the kept
+// domains keep their order.
+func searches(namespace, domain string, layers ...[]string) ([]string, []string) {
+	type entry struct {
+		domain string
+		rank   int
+		kept   bool
+	}
+	var entries []entry
+	index := map[string]int{}
+	for rank, layer := range slices.Concat([][]string{clusterSearches(namespace, domain)}, layers) {
+		if rank == 0 {
+			rank = len(layers) + 1 // the cluster's own outrank every layer
 		}
-		dropped = append(dropped, d)
+		for _, d := range layer {
+			k := strings.ToLower(strings.TrimSuffix(d, "."))
+			if i, seen := index[k]; seen {
+				entries[i].rank = max(entries[i].rank, rank)
+				continue
+			}
+			index[k] = len(entries)
+			entries = append(entries, entry{domain: d, rank: rank})
+		}
+	}
+	byPrecedence := make([]int, len(entries))
+	for i := range byPrecedence {
+		byPrecedence[i] = i
+	}
+	slices.SortStableFunc(byPrecedence, func(a, b int) int { return entries[b].rank - entries[a].rank })
+	count, chars := 0, -1 // the first domain has no separating space
+	for _, i := range byPrecedence {
+		if d := entries[i].domain; count < maxSearches && chars+1+len(d) <= maxSearchListChars {
+			entries[i].kept = true
+			count++
+			chars += 1 + len(d)
+		}
+	}
+	var kept, dropped []string
+	for _, e := range entries {
+		if e.kept {
+			kept = append(kept, e.domain)
+		} else {
+			dropped = append(dropped, e.domain)
+		}
 	}
 	if len(dropped) == 0 {
 		return kept, nil

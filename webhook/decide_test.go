@@ -62,6 +62,14 @@ func dnsPolicy(d corev1.DNSPolicy) podOpt { return func(p *corev1.Pod) { p.Spec.
 
 func hostNetwork(p *corev1.Pod) { p.Spec.HostNetwork = true }
 
+func osName(name corev1.OSName) podOpt {
+	return func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: name} }
+}
+
+func nodeSelector(key, value string) podOpt {
+	return func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{key: value} }
+}
+
 func image(img string) podOpt { return func(p *corev1.Pod) { p.Spec.Containers[0].Image = img } }
 
 func ownDNSConfig(c corev1.PodDNSConfig) podOpt {
@@ -140,6 +148,13 @@ func TestDecideOptIn(t *testing.T) {
 		{name: "hostNetwork with ClusterFirst", pod: newPod(hostNetwork), ns: enabledNS(), env: nativeEnv, want: SkipHostNetwork},
 		{name: "hostNetwork with ClusterFirstWithHostNet", pod: newPod(hostNetwork, dnsPolicy(corev1.DNSClusterFirstWithHostNet)), ns: enabledNS(), env: nativeEnv},
 		{name: "ClusterFirstWithHostNet without hostNetwork", pod: newPod(dnsPolicy(corev1.DNSClusterFirstWithHostNet)), ns: enabledNS(), env: nativeEnv},
+		{name: "spec.os windows", pod: newPod(osName(corev1.Windows)), ns: enabledNS(), env: nativeEnv, want: SkipWindows},
+		{name: "spec.os windows asking for the stub", pod: newPod(osName(corev1.Windows), annotate(AnnotationMode, "stub")), ns: enabledNS(), env: nativeEnv, want: SkipWindows},
+		{name: "windows node selector", pod: newPod(nodeSelector(corev1.LabelOSStable, "windows")), ns: enabledNS(), env: nativeEnv, want: SkipWindows},
+		{name: "spec.os linux", pod: newPod(osName(corev1.Linux)), ns: enabledNS(), env: nativeEnv},
+		{name: "linux node selector", pod: newPod(nodeSelector(corev1.LabelOSStable, "linux")), ns: enabledNS(), env: nativeEnv},
+		{name: "windows in another node label", pod: newPod(nodeSelector("example.com/os", "windows")), ns: enabledNS(), env: nativeEnv},
+		{name: "windows pod not opted in counts as not opted in", pod: newPod(osName(corev1.Windows)), ns: nsWith(testNS, ""), env: nativeEnv, want: SkipNotOptedIn},
 		{
 			name: "container named localdns-stub", pod: newPod(stubContainer), ns: enabledNS(), env: nativeEnv,
 			want: SkipStubExists, warnings: []string{"already has a container named localdns-stub"},
@@ -242,6 +257,33 @@ func TestDecideDNSConfig(t *testing.T) {
 			nameservers: []string{"169.254.20.10", testKubeDNS},
 			searches:    append(slices.Clone(base), "corp.example", "extra.example"),
 			options:     "ndots:3 timeout:7 attempts:5 single-request-reopen use-vc no-aaaa edns0",
+		},
+		{
+			name:  "--searches come after the cluster's, before the pod's own and the annotation's",
+			flags: []string{"--searches=corp.example,lab.example"},
+			pod: newPod(ownDNSConfig(corev1.PodDNSConfig{Searches: []string{"Lab.Example.", "team.example"}}),
+				annotate(AnnotationSearches, "x.example,corp.example")),
+			nameservers: []string{"169.254.20.10", testKubeDNS},
+			searches:    append(slices.Clone(base), "corp.example", "lab.example", "team.example", "x.example"),
+			options:     "ndots:5 timeout:1 attempts:2 single-request-reopen",
+		},
+		{
+			name:        "over the limit the flags' domains give way to the annotation's",
+			flags:       []string{"--searches=" + many(20, "f%d.example")},
+			pod:         newPod(annotate(AnnotationSearches, many(15, "a%d.example"))),
+			nameservers: []string{"169.254.20.10", testKubeDNS},
+			searches:    slices.Concat(base, strings.Split(many(14, "f%d.example"), ","), strings.Split(many(15, "a%d.example"), ",")),
+			options:     "ndots:5 timeout:1 attempts:2 single-request-reopen",
+			warnings:    []string{"dropped f14.example, f15.example, f16.example, f17.example, f18.example, f19.example"},
+		},
+		{
+			name:        "a domain named by the flag and the annotation keeps the flag's place and the annotation's precedence",
+			flags:       []string{"--searches=" + many(29, "f%d.example")},
+			pod:         newPod(annotate(AnnotationSearches, "f28.example,new.example")),
+			nameservers: []string{"169.254.20.10", testKubeDNS},
+			searches:    slices.Concat(base, strings.Split(many(27, "f%d.example"), ","), []string{"f28.example", "new.example"}),
+			options:     "ndots:5 timeout:1 attempts:2 single-request-reopen",
+			warnings:    []string{"dropped f27.example"},
 		},
 		{
 			name:        "dedicated annotation wins over the same option in localdns.io/options",
@@ -403,11 +445,6 @@ func TestDecideMode(t *testing.T) {
 		{
 			name: "stub with hostNetwork falls back to nodecache", pod: newPod(hostNetwork, dnsPolicy(corev1.DNSClusterFirstWithHostNet), annotate(AnnotationMode, "stub")),
 			env: nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}, warnings: []string{"not possible with hostNetwork"},
-		},
-		{
-			name: "stub in a Windows pod falls back to nodecache",
-			pod:  newPod(func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, annotate(AnnotationMode, "stub")),
-			env:  nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}, warnings: []string{"not possible in Windows pods"},
 		},
 		{
 			name: "bad mode is nodecache with a warning", pod: newPod(image("alpine"), annotate(AnnotationMode, "Stub")),

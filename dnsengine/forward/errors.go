@@ -25,16 +25,16 @@ var (
 
 // Errors of one attempt, internal to the package.
 var (
-	// errConnClosed fails the queries waiting on a TCP connection that closed or broke.
-	errConnClosed = errors.New("connection closed")
-	// errConnGone means a connection had closed before the query was sent on it.
-	errConnGone = fmt.Errorf("%w before the query was sent", errConnClosed)
+	// errConnClosed means the server closed a connection before the reply.
+	errConnClosed = errors.New("connection closed by the server")
+	// errUnacked means the peer stopped acknowledging what was sent (TCP_USER_TIMEOUT).
+	errUnacked = errors.New("peer stopped acknowledging")
+	// errDialTimeout means a TCP dial got no answer within DialTimeout.
+	errDialTimeout = errors.New("dial timed out")
 	// errFailureRcode marks a reply with RCODE SERVFAIL or REFUSED.
 	errFailureRcode = errors.New("server replied")
 	// errMalformed fails a query whose TCP reply could not be parsed.
 	errMalformed = errors.New("malformed reply")
-	// errIDsExhausted means a TCP connection has 65536 queries outstanding.
-	errIDsExhausted = errors.New("no free message ID on connection")
 )
 
 // reason labels upstream_errors_total. The set is fixed.
@@ -43,6 +43,7 @@ type reason int
 const (
 	reasonTimeout reason = iota
 	reasonRefused
+	reasonUnreachable
 	reasonClosed
 	reasonMismatch
 	reasonServfail
@@ -50,7 +51,7 @@ const (
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"timeout", "refused", "closed", "mismatch", "servfail", "other"}
+var reasonNames = [numReasons]string{"timeout", "refused", "unreachable", "closed", "mismatch", "servfail", "other"}
 
 func (r reason) String() string { return reasonNames[r] }
 
@@ -60,6 +61,8 @@ func classify(err error) reason {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return reasonRefused
+	case errors.Is(err, errUnacked), errors.Is(err, errDialTimeout), errors.Is(err, syscall.ETIMEDOUT):
+		return reasonUnreachable
 	case errors.Is(err, errConnClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
 		return reasonClosed
@@ -71,4 +74,12 @@ func classify(err error) reason {
 	default:
 		return reasonOther
 	}
+}
+
+// wrapConnErr names what failed on a connection, keeping err for classify.
+func wrapConnErr(op string, err error) error {
+	if errors.Is(err, syscall.ETIMEDOUT) {
+		return fmt.Errorf("%s: %w: %w", op, errUnacked, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
 }

@@ -144,6 +144,14 @@ func rcode(code int) behaviour {
 // silent never replies.
 func silent(dns.ResponseWriter, *dns.Msg) {}
 
+// silentExceptProbes answers the forwarder's probes only: a server alive but
+// slow on every other name.
+func silentExceptProbes(w dns.ResponseWriter, r *dns.Msg) {
+	if r.Question[0].Name == probeName {
+		answer(w, r)
+	}
+}
+
 // overTCP uses tcp for TCP queries and udp for UDP ones.
 func overTCP(tcp, udp behaviour) behaviour {
 	return func(w dns.ResponseWriter, r *dns.Msg) {

@@ -1,41 +1,63 @@
 // Package forward sends the DNS queries a cache cannot answer to upstream
-// servers, chosen per zone, over pipelined TCP or UDP, with health tracking.
+// servers, chosen per zone, over TCP or UDP, with health tracking.
 //
 // # Routing
 //
 // Each Zone maps a domain suffix to an ordered list of servers. A query goes
 // to the zone with the longest suffix of its name (case-insensitive, whole
 // labels: "notcluster.local." does not match "cluster.local."); the zone "."
-// catches everything. A name no zone matches fails with ErrNoZone.
+// catches everything. A name no zone matches fails with ErrNoZone. A zone may
+// cap its queries in flight (Zone.MaxInflight): queries beyond the cap wait
+// for a place, so that a flood of slow names in one zone (external names
+// that kube-dns forwards to slow resolvers) cannot take every connection
+// that another zone's queries (cluster names) need.
 //
 // # Transports
 //
-// TCP is the default (RFC 7766): each server has a small pool of persistent
-// connections; every connection carries many outstanding queries, each
-// rewritten to an ID unique on that connection and matched back by ID and
-// question. A connection is closed when idle longer than Config.IdleTimeout,
-// when the server closes or breaks it (replies already sent are still read;
-// the queries left unanswered are sent again, see below), and when a query on
-// it times out while nothing at all has been read from it since that query was
-// sent (a black-holed connection).
-//
-// Servers may close a connection after a number of queries (miekg/dns servers
-// after 128 by default, RFC 7766 lets any server close), dropping the
-// pipelined queries they had not read. When a server stops answering the
-// queries outstanding on a connection after answering later ones and closes
-// it, the pool learns that number and then sends at most that many queries on
-// each connection: one that reaches it takes no new queries, does not count
-// towards MaxConnsPerServer, and is closed once answered. The limit is
-// forgotten after 64 connections reached it, in case it was learnt from a
-// close for another reason, and learnt again at the next such close.
+// TCP is the default. CoreDNS, like every miekg/dns server, answers the
+// queries of one TCP connection one after another, so a query pipelined
+// behind a slow one waits for it. Each TCP connection therefore carries one
+// query at a time: a query takes an idle connection from its server's pool
+// (the most recently used), or dials a new one while the pool holds fewer
+// than Config.MaxConnsPerServer, or else waits for one to come back. A
+// connection goes back to the pool after a clean exchange only; it is closed
+// when idle for Config.IdleTimeout and once it is older than
+// Config.MaxConnAge (less a random part of up to a half, so connections do not
+// expire together). The age limit is what spreads a node's queries over every
+// replica behind a Service ClusterIP: each new connection is DNATed anew, so
+// a replica added by scaling gets its share of connections within MaxConnAge.
 //
 // UDP sends each query under a random ID from a connected socket, reused (up
 // to MaxConnsPerServer idle per server) only after a clean exchange. Replies
 // whose ID or question do not match are dropped and counted, and reading goes
 // on until the attempt's deadline. An ICMP port-unreachable (ECONNREFUSED) ends
-// the attempt at once; this is what makes failover fast when a node-local
-// cache process is gone but its address still exists. A truncated UDP reply is
-// retried over TCP to the same server within the same attempt.
+// the attempt at once. A truncated UDP reply is retried over TCP to the same
+// server within the same attempt.
+//
+// # Slow or dead
+//
+// A server that is slow on some names is alive; one that does not take our
+// packets is not. The forwarder tells them apart with what the kernel knows:
+// a TCP connection's queries are acknowledged by the peer's kernel however
+// slowly its DNS server works, so data left unacknowledged for
+// Config.UnackedTimeout (TCP_USER_TIMEOUT) means the peer is gone, as does a
+// dial that is refused or not answered within Config.DialTimeout. Those are
+// dead signals. A query that is merely not answered in time is ambiguous:
+// it starts a probe (Config.ProbeName, type SOA, which kube-dns answers from
+// its own data at once) unless a probe is running, and only the probe's
+// failure is a dead signal. So is a query of a server that has answered
+// nothing since the query was sent, once it has waited Config.SuspectAfter.
+// A dead signal counts towards marking the server down only if the server has
+// answered nothing at all since the failed attempt began: with several
+// replicas behind one address, a dial that reaches a replica just deleted
+// does not condemn the others, which keep answering.
+//
+// Config.MaxFails counted signals in a row mark the server down; any reply,
+// whatever its RCODE, marks it up and resets the count (a server that
+// answers SERVFAIL or REFUSED is reachable; what it cannot resolve is a
+// property of the name). A server marked down is probed every
+// Config.ProbeInterval, one probe at a time, over the transport and timeout
+// of the first Server entry naming its address.
 //
 // # Retries and failover
 //
@@ -43,18 +65,14 @@
 // server not marked down; then, as a last resort when every one of those
 // failed, in order, the servers that were skipped because they were down.
 // When every server of the zone is marked down, Exchange fails at once with
-// ErrAllDown and sends nothing: the probes (one per server) find the way back
-// within Config.ProbeInterval. Trying dead servers per query would cost every
-// miss a timeout while kube-dns is gone (its ClusterIP without endpoints
-// rejects with ICMP, which the kernel rate-limits, so connects then wait out
-// SYN retransmits), where failing fast lets the cache serve stale answers and
-// clients get SERVFAIL at once. Each attempt is bounded by its Server.Timeout and by
-// the caller's ctx; when ctx ends, Exchange stops. A query that was written
-// but not answered on a TCP connection that closed or broke is sent again on
-// another connection to the same server, up to 3 times within the attempt
-// (a connection found closed before the query was written uses up one of
-// these too), before the server is charged with a failure. A server that
-// closes connections but answers the queries sent again is never charged.
+// ErrAllDown and sends nothing: the probes find the way back within
+// Config.ProbeInterval, and the cache can serve stale answers or clients get
+// SERVFAIL at once instead of waiting out timeouts. Each attempt is bounded
+// by its Server.Timeout and by the caller's ctx. Within an attempt, a TCP
+// query whose connection was closed by the server before the reply, whose
+// dial failed, or whose peer stopped acknowledging, is sent again on another
+// connection to the same server (a new connection may reach another replica),
+// up to 3 times.
 //
 // # Result contract of Exchange
 //
@@ -63,49 +81,39 @@
 //   - A reply with RCODE SERVFAIL or REFUSED fails the query on that server
 //     entry (counted as reason servfail) and the next entry is tried. If no
 //     server succeeds but at least one gave such a reply, the last of those
-//     replies is returned with a nil error, so the caller can serve stale
-//     data or pass the failure on. The caller must not cache it.
+//     replies is returned with a nil error: the server was reached and that is
+//     its answer.
 //   - Otherwise (no server replied at all) the error of the last attempt is
 //     returned, wrapped with the query name; errors.Is finds ErrNoZone,
-//     ErrClosed, context errors and syscall errors such as ECONNREFUSED.
+//     ErrAllDown, ErrClosed, context errors and syscall errors such as
+//     ECONNREFUSED.
 //
 // Every reply returned carries the caller's message ID. The request is packed
 // once and otherwise left alone; miekg/dns's Pack rewrites the extended-RCODE
 // bits of its OPT record, so one *dns.Msg must not be in concurrent calls.
 //
-// # Health
-//
-// Health tracks reachability. Each upstream address has an atomic counter of
-// consecutive failures: timeouts, refused or unreachable (ICMP, TCP RST) and
-// broken connections. Any matching reply, whatever its RCODE,
-// resets it: a server that answers SERVFAIL or REFUSED is up, and what it
-// cannot resolve is a property of the name (a broken delegation, an external
-// name in a closed cluster), not of the server. Counting those replies would
-// let one broken domain mark a healthy node cache down for every name, and
-// flap it against the probes. At Config.MaxFails the server is marked down:
-// it is skipped and a single probe goroutine queries Config.ProbeName (type
-// SOA) every Config.ProbeInterval over the transport and timeout of the first
-// Server entry naming that address; any reply to a probe or a query marks it
-// up again. Servers that appear under several zones or transports with the
-// same address share one health state, one TCP pool and one set of UDP
-// sockets.
-//
 // # Metrics
 //
 // On Config.Registerer, prefixed with Config.Namespace:
 // upstream_requests_total{server,transport} (attempts, probes included),
-// upstream_errors_total{server,reason} with reason one of timeout, refused
-// (connection refused, host or network unreachable: ICMP or TCP RST), closed
-// (a query lost on a connection that closed or broke: counted once per query
-// and loss, whether it was then sent again or failed), mismatch (reply dropped: wrong ID or
-// question, or late), servfail (RCODE SERVFAIL or REFUSED), other (such as a
-// malformed reply);
+// upstream_errors_total{server,reason} with reason one of timeout (a query
+// not answered in time: ambiguous), refused (connection refused, host or
+// network unreachable: ICMP or TCP RST), unreachable (a dial not answered in
+// time, or sent data never acknowledged), closed (a connection closed by the
+// server before the reply; the query is sent again), mismatch (reply
+// dropped: wrong ID or question), servfail (RCODE SERVFAIL or REFUSED), other
+// (such as a malformed reply);
 // upstream_request_duration_seconds{server} (attempts that got a reply),
-// upstream_healthy{server} (1 up, 0 down) and
-// upstream_tcp_connections{server} (open pooled connections).
+// upstream_healthy{server} (1 up, 0 down),
+// upstream_tcp_connections{server} (open connections),
+// upstream_tcp_waits_total{server} (queries that found every connection busy
+// at MaxConnsPerServer and waited) and
+// upstream_zone_waits_total{zone} (queries that found their zone at
+// MaxInflight and waited).
 package forward
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -135,10 +143,16 @@ const (
 	DefaultTimeout           = time.Second
 	DefaultMaxFails          = 2
 	DefaultProbeInterval     = 500 * time.Millisecond
+	DefaultProbeTimeout      = 350 * time.Millisecond
+	DefaultSuspectAfter      = 250 * time.Millisecond
 	DefaultProbeName         = "."
-	DefaultMaxConnsPerServer = 4
-	DefaultIdleTimeout       = 10 * time.Second
-	DefaultPipelineDepth     = 100
+	DefaultMaxConnsPerServer = 256
+	DefaultIdleTimeout       = 5 * time.Second // below miekg/dns's 8 s and CoreDNS's 10 s server side
+	DefaultMaxConnAge        = 30 * time.Second
+	// DefaultDialTimeout and DefaultUnackedTimeout stay above TCP's 200 ms
+	// minimum retransmission timeout, so one lost segment is no dead signal.
+	DefaultDialTimeout    = 400 * time.Millisecond
+	DefaultUnackedTimeout = 400 * time.Millisecond
 )
 
 // Server is one upstream DNS server in a zone's list.
@@ -152,31 +166,43 @@ type Server struct {
 type Zone struct {
 	Name    string   // "cluster.local.", "in-addr.arpa.", "." (case-insensitive; made fully qualified)
 	Servers []Server // tried in order, see the package documentation
+	// MaxInflight caps this zone's queries in flight; more wait for a place
+	// (within their ctx). 0 = no cap of its own.
+	MaxInflight int
 }
 
 // Config configures a Forwarder. Zero values mean the documented default.
 type Config struct {
 	// Zones route queries by the longest matching suffix. At least one.
 	Zones []Zone
-	// MaxFails is the number of consecutive failures that marks a server down, default 2.
+	// MaxFails is the number of dead signals in a row that marks a server down, default 2.
 	MaxFails int
-	// ProbeInterval is how often a server marked down is probed (one probe in flight), default 500ms.
+	// ProbeInterval is how often a server marked down is probed, default 500ms.
 	ProbeInterval time.Duration
+	// ProbeTimeout bounds one probe, default 350ms (and at most the probed entry's Timeout).
+	ProbeTimeout time.Duration
+	// SuspectAfter is how long a query may wait, with its server answering
+	// nothing meanwhile, before the server is probed, default 250ms.
+	SuspectAfter time.Duration
 	// ProbeName is the name queried (type SOA) by probes, default ".".
 	ProbeName string
 	// ProbeAtStart probes every server at New, and again every ProbeInterval
 	// until one answers, so that Answered (readiness) does not wait for client
 	// traffic. Probe outcomes count towards health like queries.
 	ProbeAtStart bool
-	// MaxConnsPerServer bounds the TCP connections pooled per server, and the
-	// idle UDP sockets kept for reuse, default 4.
+	// MaxConnsPerServer bounds the TCP connections per server (each carries
+	// one query at a time), and the idle UDP sockets kept for reuse, default 256.
 	MaxConnsPerServer int
-	// PipelineDepth is the number of queries outstanding on the least loaded
-	// TCP connection at which the pool dials another one (up to
-	// MaxConnsPerServer), default 100. A full pool keeps pipelining deeper.
-	PipelineDepth int
-	// IdleTimeout closes a TCP connection that has had no query in flight for this long, default 10s.
+	// IdleTimeout closes a TCP connection idle for this long, default 5s.
 	IdleTimeout time.Duration
+	// MaxConnAge closes a TCP connection once this old (less up to half, at
+	// random), so that a Service's new replicas get their share, default 30s.
+	MaxConnAge time.Duration
+	// DialTimeout bounds a TCP dial, default 400ms.
+	DialTimeout time.Duration
+	// UnackedTimeout closes a TCP connection whose sent data is not
+	// acknowledged for this long (TCP_USER_TIMEOUT), default 400ms.
+	UnackedTimeout time.Duration
 	// Registerer receives the metrics; nil = no metrics.
 	Registerer prometheus.Registerer
 	// Namespace prefixes every metric name, e.g. "localdns_nodecache".
@@ -193,8 +219,10 @@ type hop struct {
 }
 
 type zone struct {
-	name string
-	hops []hop
+	name  string
+	hops  []hop
+	slots chan struct{} // nil = no MaxInflight
+	waits prometheus.Counter
 }
 
 // Forwarder sends queries to upstream servers. It is safe for concurrent use.
@@ -245,11 +273,14 @@ func New(cfg Config) (*Forwarder, error) {
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	byAddr := make(map[string]*upstream)
 	for _, zc := range cfg.Zones {
-		z := &zone{name: zc.Name}
+		z := &zone{name: zc.Name, waits: m.zoneWaits.WithLabelValues(zc.Name)}
+		if zc.MaxInflight > 0 {
+			z.slots = make(chan struct{}, zc.MaxInflight)
+		}
 		for _, sc := range zc.Servers {
 			u := byAddr[sc.Addr]
 			if u == nil {
-				u = newUpstream(sc, cfg, m.forServer(sc.Addr))
+				u = newUpstream(f, sc, m.forServer(sc.Addr))
 				byAddr[sc.Addr] = u
 				f.upstreams = append(f.upstreams, u)
 			}
@@ -286,6 +317,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		if len(zc.Servers) == 0 {
 			errs = append(errs, fmt.Errorf("zone %q: no servers", name))
 		}
+		if zc.MaxInflight < 0 {
+			errs = append(errs, fmt.Errorf("zone %q: negative MaxInflight", name))
+		}
 		servers := make([]Server, 0, len(zc.Servers))
 		for _, sc := range zc.Servers {
 			if _, err := netip.ParseAddrPort(sc.Addr); err != nil {
@@ -306,20 +340,25 @@ func (cfg Config) withDefaults() (Config, error) {
 			}
 			servers = append(servers, sc)
 		}
-		zones = append(zones, Zone{Name: name, Servers: servers})
+		zones = append(zones, Zone{Name: name, Servers: servers, MaxInflight: zc.MaxInflight})
 	}
 	cfg.Zones = zones
 
-	nonNegative := func(name string, v int64) {
+	for name, v := range map[string]int64{
+		"MaxFails":          int64(cfg.MaxFails),
+		"ProbeInterval":     int64(cfg.ProbeInterval),
+		"ProbeTimeout":      int64(cfg.ProbeTimeout),
+		"SuspectAfter":      int64(cfg.SuspectAfter),
+		"MaxConnsPerServer": int64(cfg.MaxConnsPerServer),
+		"IdleTimeout":       int64(cfg.IdleTimeout),
+		"MaxConnAge":        int64(cfg.MaxConnAge),
+		"DialTimeout":       int64(cfg.DialTimeout),
+		"UnackedTimeout":    int64(cfg.UnackedTimeout),
+	} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", name))
 		}
 	}
-	nonNegative("MaxFails", int64(cfg.MaxFails))
-	nonNegative("ProbeInterval", int64(cfg.ProbeInterval))
-	nonNegative("MaxConnsPerServer", int64(cfg.MaxConnsPerServer))
-	nonNegative("PipelineDepth", int64(cfg.PipelineDepth))
-	nonNegative("IdleTimeout", int64(cfg.IdleTimeout))
 	if cfg.ProbeName == "" {
 		cfg.ProbeName = DefaultProbeName
 	}
@@ -331,21 +370,15 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, err
 	}
 
-	if cfg.MaxFails == 0 {
-		cfg.MaxFails = DefaultMaxFails
-	}
-	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = DefaultProbeInterval
-	}
-	if cfg.MaxConnsPerServer == 0 {
-		cfg.MaxConnsPerServer = DefaultMaxConnsPerServer
-	}
-	if cfg.PipelineDepth == 0 {
-		cfg.PipelineDepth = DefaultPipelineDepth
-	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
+	cfg.MaxFails = cmp.Or(cfg.MaxFails, DefaultMaxFails)
+	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, DefaultProbeInterval)
+	cfg.ProbeTimeout = cmp.Or(cfg.ProbeTimeout, DefaultProbeTimeout)
+	cfg.SuspectAfter = cmp.Or(cfg.SuspectAfter, DefaultSuspectAfter)
+	cfg.MaxConnsPerServer = cmp.Or(cfg.MaxConnsPerServer, DefaultMaxConnsPerServer)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.MaxConnAge = cmp.Or(cfg.MaxConnAge, DefaultMaxConnAge)
+	cfg.DialTimeout = cmp.Or(cfg.DialTimeout, DefaultDialTimeout)
+	cfg.UnackedTimeout = cmp.Or(cfg.UnackedTimeout, DefaultUnackedTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -366,6 +399,25 @@ func (f *Forwarder) route(qname string) *zone {
 		off = next
 	}
 	return f.zones["."]
+}
+
+// enter takes a place among the zone's queries in flight, waiting for one
+// within ctx when the zone is at MaxInflight. The returned func gives it back.
+func (z *zone) enter(ctx context.Context) (leave func(), err error) {
+	if z.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case z.slots <- struct{}{}:
+	default:
+		z.waits.Inc()
+		select {
+		case z.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for a place among zone %s's queries in flight: %w", z.name, ctx.Err())
+		}
+	}
+	return func() { <-z.slots }, nil
 }
 
 // attempts collects what one Exchange learnt from the servers it tried.
@@ -392,6 +444,11 @@ func (f *Forwarder) Exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error
 	if err != nil {
 		return nil, fmt.Errorf("forward %s: pack query: %w", q.Name, err)
 	}
+	leave, err := z.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("forward %s %s: %w", q.Name, dns.TypeToString[q.Qtype], err)
+	}
+	defer leave()
 
 	var a attempts
 	var downBuf [4]int
@@ -435,7 +492,7 @@ func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Ques
 	if ctx.Err() != nil || f.closed.Load() {
 		return nil, false
 	}
-	resp, err := f.try(ctx, h, wire, q)
+	resp, err := f.try(ctx, h, h.timeout, wire, q)
 	switch {
 	case err == nil:
 		return resp, true
@@ -446,23 +503,30 @@ func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Ques
 	return nil, false
 }
 
-// try sends one query to one server within the server's timeout, updates its
-// health and metrics, and returns the reply. Any reply counts as the server
-// being reachable; a SERVFAIL/REFUSED reply comes back together with
-// errFailureRcode, so the caller tries the next server.
-func (f *Forwarder) try(ctx context.Context, h hop, wire []byte, q *dns.Question) (*dns.Msg, error) {
-	actx, cancel := context.WithTimeout(ctx, h.timeout)
+// try sends one query to one server within timeout, updates its health and
+// metrics, and returns the reply. Dead signals are counted where they happen
+// (see upstream.exchange); a query not answered in time, or one that waits
+// SuspectAfter while its server answers nothing, makes the server probed. Any
+// reply counts as the server being reachable; a SERVFAIL/REFUSED reply comes
+// back together with errFailureRcode, so the caller tries the next server.
+func (f *Forwarder) try(ctx context.Context, h hop, timeout time.Duration, wire []byte, q *dns.Question) (*dns.Msg, error) {
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	start := time.Now()
-	resp, err := h.up.exchange(actx, h.transport, wire, q)
+	start := monotime()
+	suspect := time.AfterFunc(f.cfg.SuspectAfter, func() { f.suspect(h.up, start) })
+	resp, err := h.up.exchange(actx, h.transport, wire, q, start)
+	suspect.Stop()
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) || errors.Is(err, ErrClosed) {
 			return nil, err // the caller gave up or we are closing; not the server's fault
 		}
-		f.failed(h.up, classify(err))
+		if r := classify(err); r == reasonTimeout {
+			h.up.metrics.errors[r].Inc()
+			f.suspect(h.up, start)
+		}
 		return nil, err
 	}
-	h.up.metrics.duration.Observe(time.Since(start).Seconds())
+	h.up.metrics.duration.Observe(float64(monotime()-start) / float64(time.Second))
 	if !f.answered.Load() {
 		f.answered.Store(true)
 	}
@@ -479,7 +543,7 @@ func (f *Forwarder) try(ctx context.Context, h hop, wire []byte, q *dns.Question
 func (f *Forwarder) Answered() bool { return f.answered.Load() }
 
 // Close stops the probes and closes every connection. Exchanges in flight on
-// TCP fail with ErrClosed; later ones fail at once. Close is idempotent.
+// TCP fail; later ones fail at once with ErrClosed. Close is idempotent.
 func (f *Forwarder) Close() error {
 	f.mu.Lock()
 	if f.closed.Load() {

@@ -9,11 +9,13 @@ import (
 
 // metrics holds the forwarder's collectors, registered once per Forwarder.
 type metrics struct {
-	requests *prometheus.CounterVec
-	errors   *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	healthy  *prometheus.GaugeVec
-	tcpConns *prometheus.GaugeVec
+	requests  *prometheus.CounterVec
+	errors    *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	healthy   *prometheus.GaugeVec
+	tcpConns  *prometheus.GaugeVec
+	tcpWaits  *prometheus.CounterVec
+	zoneWaits *prometheus.CounterVec
 }
 
 // serverMetrics are one server's children, resolved once so the query path
@@ -25,6 +27,7 @@ type serverMetrics struct {
 	duration    prometheus.Observer
 	healthy     prometheus.Gauge
 	tcpConns    prometheus.Gauge
+	tcpWaits    prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them on reg (nil = keep
@@ -37,7 +40,7 @@ func newMetrics(reg prometheus.Registerer, namespace string) (*metrics, error) {
 		}, []string{"server", "transport"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "upstream_errors_total",
-			Help: "Upstream failures and dropped replies, by server and reason (timeout, refused, closed, mismatch, servfail, other).",
+			Help: "Upstream failures and dropped replies, by server and reason (timeout, refused, unreachable, closed, mismatch, servfail, other).",
 		}, []string{"server", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "upstream_request_duration_seconds",
@@ -50,13 +53,21 @@ func newMetrics(reg prometheus.Registerer, namespace string) (*metrics, error) {
 		}, []string{"server"}),
 		tcpConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "upstream_tcp_connections",
-			Help: "Open pooled TCP connections to the upstream server.",
+			Help: "Open TCP connections to the upstream server, busy or idle.",
 		}, []string{"server"}),
+		tcpWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_tcp_waits_total",
+			Help: "Queries that found every TCP connection to the server busy, at the per-server limit, and waited for one.",
+		}, []string{"server"}),
+		zoneWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_zone_waits_total",
+			Help: "Queries that found their zone at its limit of queries in flight and waited for a place.",
+		}, []string{"zone"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	collectors := []prometheus.Collector{m.requests, m.errors, m.duration, m.healthy, m.tcpConns}
+	collectors := []prometheus.Collector{m.requests, m.errors, m.duration, m.healthy, m.tcpConns, m.tcpWaits, m.zoneWaits}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			for _, done := range collectors[:i] {
@@ -80,6 +91,7 @@ func (m *metrics) forServer(addr string) *serverMetrics {
 		duration:    m.duration.WithLabelValues(addr),
 		healthy:     m.healthy.WithLabelValues(addr),
 		tcpConns:    m.tcpConns.WithLabelValues(addr),
+		tcpWaits:    m.tcpWaits.WithLabelValues(addr),
 	}
 	for r := range numReasons {
 		s.errors[r] = m.errors.WithLabelValues(addr, r.String())

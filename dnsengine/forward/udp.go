@@ -3,9 +3,11 @@ package forward
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -106,8 +108,11 @@ func (u *upstream) exchangeOn(ctx context.Context, nc *net.UDPConn, wire []byte,
 	for {
 		n, err := nc.Read(buf)
 		if err != nil {
-			if ctx.Err() != nil {
+			switch {
+			case ctx.Err() != nil:
 				return nil, fmt.Errorf("read udp: %w", ctx.Err())
+			case errors.Is(err, os.ErrDeadlineExceeded): // ctx's deadline, a moment before ctx reports it
+				return nil, fmt.Errorf("read udp: %w", context.DeadlineExceeded)
 			}
 			return nil, fmt.Errorf("read udp: %w", err)
 		}

@@ -3,10 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,11 +16,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -57,24 +53,23 @@ func TestParseLdd(t *testing.T) {
 	}
 }
 
-func TestNormalizeRef(t *testing.T) {
+func TestParseRef(t *testing.T) {
 	tests := []struct {
-		ref, want string
-		wantErr   bool
+		ref, wantName string // wantName: fully qualified
+		wantErr       bool
 	}{
-		{ref: "localdns/stub:dev", want: "docker.io/localdns/stub:dev"},
-		{ref: "busybox", want: "docker.io/library/busybox:latest"},
-		{ref: "registry.k8s.io/pause:3.10", want: "registry.k8s.io/pause:3.10"},
-		{ref: "localhost:5000/x/y:1", want: "localhost:5000/x/y:1"},
-		{ref: "localhost/x", want: "localhost/x:latest"},
+		{ref: "localdns/stub:dev", wantName: "index.docker.io/localdns/stub:dev"},
+		{ref: "busybox", wantName: "index.docker.io/library/busybox:latest"},
+		{ref: "registry.k8s.io/pause:3.10", wantName: "registry.k8s.io/pause:3.10"},
+		{ref: "localhost:5000/x/y:1", wantName: "localhost:5000/x/y:1"},
 		{ref: "", wantErr: true},
 		{ref: "Upper/case:dev", wantErr: true},
 		{ref: "a/b:bad tag", wantErr: true},
 	}
 	for _, tt := range tests {
-		got, err := normalizeRef(tt.ref)
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("normalizeRef(%q) = %q, %v; want %q, error %v", tt.ref, got, err, tt.want, tt.wantErr)
+		got, err := parseRef(tt.ref)
+		if (err != nil) != tt.wantErr || (err == nil && got.Name() != tt.wantName) {
+			t.Errorf("parseRef(%q) = %q, %v; want %q, error %v", tt.ref, got.Name(), err, tt.wantName, tt.wantErr)
 		}
 	}
 }
@@ -90,6 +85,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "everything", args: append(slices.Clone(ok), "-user", "1:1", "-add", "/etc/hosts:/etc/hosts",
 			"-add-with-libs", "/bin/true:/bin/true", "-symlink", "/x=/b", "-env", "A=B", "-etc-passwd")},
 		{name: "product", args: []string{"-product", "-tag", "v1.2.3"}},
+		{name: "product pushed", args: []string{"-product", "-push", "registry.example.com:5000/team/localdns"}},
 		{name: "no output", args: []string{"-ref", "a/b:c", "-entrypoint", "/b"}, wantErr: "-o is required"},
 		{name: "no entrypoint", args: []string{"-o", "x.tar", "-ref", "a/b:c"}, wantErr: "-entrypoint is required"},
 		{name: "relative destination", args: append(slices.Clone(ok), "-add", "a:b"), wantErr: "DST must be absolute"},
@@ -97,6 +93,11 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad env", args: append(slices.Clone(ok), "-env", "=v"), wantErr: "want K=V"},
 		{name: "bad platform", args: append(slices.Clone(ok), "-platform", "linux"), wantErr: "want os/arch"},
 		{name: "bad tag", args: []string{"-product", "-tag", "a:b"}, wantErr: "plain tag"},
+		{name: "tag with a character a tag cannot have", args: []string{"-product", "-tag", "v1+x"}, wantErr: "plain tag"},
+		{name: "push repository with a trailing slash", args: []string{"-product", "-push", "registry.example.com/localdns/"}},
+		{name: "bad push repository", args: []string{"-product", "-push", "Registry/Localdns"}, wantErr: "want a repository"},
+		{name: "push without product", args: append(slices.Clone(ok), "-push", "registry.example.com/localdns"), wantErr: "-push goes with -product"},
+		{name: "bad reference", args: []string{"-o", "x.tar", "-ref", "a/b:bad tag", "-entrypoint", "/b"}, wantErr: "want a reference"},
 		{name: "stray argument", args: append(slices.Clone(ok), "extra"), wantErr: "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -109,6 +110,48 @@ func TestParseFlags(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestOneImage builds an image the way the e2e harness does (its client,
+// pause and CoreDNS images): host files, a dynamically linked program with
+// its libraries, symbolic links, environment, user; twice, to the same
+// digest.
+func TestOneImage(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tool"), []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build := func(out string) image {
+		t.Helper()
+		cfg, err := parseFlags([]string{"-o", out, "-ref", "localdns.test/e2e/tool:1",
+			"-entrypoint", "/tool", "-entrypoint", "--flag", "-user", "65532:65532", "-etc-passwd", "-env", "K=V",
+			"-add", filepath.Join(dir, "tool") + ":/tool", "-add-with-libs", "/bin/true:/bin/true", "-symlink", "/bin/sh=true"}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := run(context.Background(), cfg, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		return readImage(t, out)
+	}
+	img := build(filepath.Join(dir, "a.tar"))
+	if again := build(filepath.Join(dir, "b.tar")); again.digest != img.digest {
+		t.Errorf("digest %s, then %s, from the same inputs", img.digest, again.digest)
+	}
+	if !slices.Equal(img.repoTags, []string{"localdns.test/e2e/tool:1"}) {
+		t.Errorf("RepoTags %q", img.repoTags)
+	}
+	c := img.config.Config
+	if !slices.Equal(c.Entrypoint, []string{"/tool", "--flag"}) || c.User != "65532:65532" || !slices.Equal(c.Env, []string{defaultPath, "K=V"}) {
+		t.Errorf("config %+v", c)
+	}
+	libs, err := lddClosure("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(libs, "/tool", "/bin/true", "/bin/sh", "/etc/passwd", "/etc/group") {
+		img.resolve(t, p)
 	}
 }
 
@@ -156,9 +199,9 @@ func TestBuildLayerFollowsSourceLinks(t *testing.T) {
 // image is a parsed image tarball.
 type image struct {
 	size     int64
-	index    index
-	docker   []dockerManifest
-	config   imageConfig
+	repoTags []string
+	digest   v1.Hash
+	config   *v1.ConfigFile
 	layerGz  int64
 	layerTar int64                  // uncompressed
 	files    map[string]*tar.Header // layer paths, absolute
@@ -166,85 +209,52 @@ type image struct {
 }
 
 // readImage parses an image tarball and checks that it is internally
-// consistent: every blob's digest matches its content, the index, Docker
-// manifest and OCI manifest name the same config and layer.
+// consistent (go-containerregistry's validate: every blob matches its
+// digest and size, the config's diff_ids match the layers).
 func readImage(t *testing.T, p string) image {
 	t.Helper()
 	st, err := os.Stat(p)
 	if err != nil {
 		t.Fatalf("image tarball missing: %v", err)
 	}
-	f, err := os.Open(p)
+	manifest, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(p) })
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	if len(manifest) != 1 {
+		t.Fatalf("%s: manifest.json has %d images, want 1", p, len(manifest))
+	}
+	img, err := tarball.ImageFromPath(p, nil)
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	parsed := image{size: st.Size(), repoTags: manifest[0].RepoTags, files: map[string]*tar.Header{}, contents: map[string][]byte{}}
+	if parsed.digest, err = img.Digest(); err != nil {
+		t.Fatal(err)
+	}
+	if parsed.config, err = img.ConfigFile(); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	entries := map[string][]byte{}
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", p, err)
-		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		entries[hdr.Name] = b
+	if len(layers) != 1 {
+		t.Fatalf("%s: %d layers, want 1", p, len(layers))
 	}
-	for name, b := range entries {
-		if hexDigest, ok := strings.CutPrefix(name, "blobs/sha256/"); ok && hexDigest != "" {
-			sum := sha256.Sum256(b)
-			if hex.EncodeToString(sum[:]) != hexDigest {
-				t.Fatalf("%s: blob %s does not match its digest", p, name)
-			}
-		}
+	if parsed.layerGz, err = layers[0].Size(); err != nil {
+		t.Fatal(err)
 	}
-	blobOf := func(d descriptor) []byte {
-		b, ok := entries["blobs/sha256/"+strings.TrimPrefix(d.Digest, "sha256:")]
-		if !ok || int64(len(b)) != d.Size {
-			t.Fatalf("%s: blob %s missing or of the wrong size", p, d.Digest)
-		}
-		return b
-	}
-	img := image{size: st.Size(), files: map[string]*tar.Header{}, contents: map[string][]byte{}}
-	mustUnmarshal(t, entries["index.json"], &img.index)
-	mustUnmarshal(t, entries["manifest.json"], &img.docker)
-	if string(entries["oci-layout"]) != `{"imageLayoutVersion":"1.0.0"}` {
-		t.Fatalf("%s: oci-layout = %q", p, entries["oci-layout"])
-	}
-	if len(img.index.Manifests) != 1 || len(img.docker) != 1 {
-		t.Fatalf("%s: want one manifest, index has %d, manifest.json %d", p, len(img.index.Manifests), len(img.docker))
-	}
-	var m manifest
-	mustUnmarshal(t, blobOf(img.index.Manifests[0]), &m)
-	mustUnmarshal(t, blobOf(m.Config), &img.config)
-	if len(m.Layers) != 1 {
-		t.Fatalf("%s: %d layers, want 1", p, len(m.Layers))
-	}
-	if d := img.docker[0]; d.Config != "blobs/sha256/"+strings.TrimPrefix(m.Config.Digest, "sha256:") ||
-		!slices.Equal(d.Layers, []string{"blobs/sha256/" + strings.TrimPrefix(m.Layers[0].Digest, "sha256:")}) {
-		t.Fatalf("%s: manifest.json %+v disagrees with the OCI manifest %+v", p, d, m)
-	}
-	gz := blobOf(m.Layers[0])
-	img.layerGz = int64(len(gz))
-	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	rc, err := layers[0].Uncompressed()
 	if err != nil {
 		t.Fatal(err)
 	}
-	layerTar, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img.layerTar = int64(len(layerTar))
-	sum := sha256.Sum256(layerTar)
-	if want := "sha256:" + hex.EncodeToString(sum[:]); !slices.Equal(img.config.RootFS.DiffIDs, []string{want}) {
-		t.Fatalf("%s: diff_ids %q, want [%s]", p, img.config.RootFS.DiffIDs, want)
-	}
-	lr := tar.NewReader(bytes.NewReader(layerTar))
+	defer rc.Close()
+	counted := &countingReader{r: rc}
+	lr := tar.NewReader(counted)
 	for {
 		hdr, err := lr.Next()
 		if errors.Is(err, io.EOF) {
@@ -254,21 +264,29 @@ func readImage(t *testing.T, p string) image {
 			t.Fatal(err)
 		}
 		name := path.Clean("/" + hdr.Name)
-		img.files[name] = hdr
+		parsed.files[name] = hdr
 		if hdr.Typeflag == tar.TypeReg {
-			if img.contents[name], err = io.ReadAll(lr); err != nil {
+			if parsed.contents[name], err = io.ReadAll(lr); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	return img
+	if _, err := io.Copy(io.Discard, counted); err != nil {
+		t.Fatal(err)
+	}
+	parsed.layerTar = counted.n
+	return parsed
 }
 
-func mustUnmarshal(t *testing.T, b []byte, v any) {
-	t.Helper()
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("unmarshal %T: %v", v, err)
-	}
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // resolve follows symbolic links inside the image and returns the final
@@ -334,7 +352,11 @@ func buildImagesInto(dir string) error {
 	if err != nil {
 		return err
 	}
-	return run(config{product: &productConfig{binDir: binDir, outDir: dir, tag: "test"}}, io.Discard)
+	cfg, err := parseFlags([]string{"-product", "-bin-dir", binDir, "-out-dir", dir, "-tag", "test"}, io.Discard)
+	if err != nil {
+		return err
+	}
+	return run(context.Background(), cfg, io.Discard)
 }
 
 // productImagesDir is where the tests read the product images from, built
@@ -353,32 +375,65 @@ func buildProductImages(t *testing.T) string {
 	return dir
 }
 
-// TestProductImages builds the three images and checks what the manifests
-// and the node rely on: names, entrypoints, users, the iptables tools of the
-// node cache image, sizes, and that a rebuild is byte-identical.
+// netBindServiceXattr is what `setcap cap_net_bind_service=+ep FILE`
+// writes (`getfattr -n security.capability -e hex`: 0x0100000200040000
+// followed by zeros): revision 2 with the effective bit, bit 10 permitted.
+var netBindServiceXattr = []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+
+func TestFileCapabilityXattr(t *testing.T) {
+	tests := []struct {
+		name    string
+		caps    []capability
+		want    []byte
+		wantErr bool
+	}{
+		{name: "net_bind_service", caps: []capability{capNetBindService}, want: netBindServiceXattr},
+		{name: "net_bind_service and net_admin (12)", caps: []capability{capNetBindService, 12},
+			want: []byte{1, 0, 0, 2, 0, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
+		{name: "checkpoint_restore (40), in the second word", caps: []capability{40},
+			want: []byte{1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{name: "no such capability", caps: []capability{64}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := fileCapabilityXattr(tt.caps...)
+			if (err != nil) != tt.wantErr || !bytes.Equal(got, tt.want) {
+				t.Fatalf("got % x, %v; want % x, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestProductImages builds the images and checks what the manifests and
+// the node rely on: names, entrypoints, users, the stub variant's file
+// capability, the iptables tools of the node cache image, sizes, and that a
+// rebuild gives the same bytes and digests.
 func TestProductImages(t *testing.T) {
 	dir := buildProductImages(t)
 	tests := []struct {
-		file, ref, entrypoint, user string
-		maxBytes                    int64
+		file, repoTag, entrypoint, user string
+		maxBytes                        int64
+		capability                      []byte // the entrypoint's file capability
 	}{
-		{file: "nodecache.tar", ref: "docker.io/localdns/nodecache:test", entrypoint: "/localdns-nodecache", user: "0:0", maxBytes: 40 << 20},
-		{file: "webhook.tar", ref: "docker.io/localdns/webhook:test", entrypoint: "/localdns-webhook", user: nonroot, maxBytes: 40 << 20},
+		{file: "nodecache.tar", repoTag: "localdns/nodecache:test", entrypoint: "/localdns-nodecache", user: "0:0", maxBytes: 40 << 20},
+		{file: "webhook.tar", repoTag: "localdns/webhook:test", entrypoint: "/localdns-webhook", user: nonroot, maxBytes: 40 << 20},
 		// The design's budget for the image injected into every musl pod.
-		{file: "stub.tar", ref: "docker.io/localdns/stub:test", entrypoint: "/localdns-stub", user: nonroot, maxBytes: 10_000_000},
+		{file: "stub.tar", repoTag: "localdns/stub:test", entrypoint: "/localdns-stub", user: nonroot, maxBytes: 10_000_000},
+		{file: "stub-filecap.tar", repoTag: "localdns/stub-filecap:test", entrypoint: "/localdns-stub", user: nonroot, maxBytes: 10_000_000,
+			capability: netBindServiceXattr},
+	}
+	if got, want := len(productImages(productConfig{tag: "test", repository: "localdns"})), len(tests); got != want {
+		t.Fatalf("%d product images, %d tested", got, want)
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			img := readImage(t, filepath.Join(dir, tt.file))
-			t.Logf("%s: tarball %d bytes, layer %d bytes compressed, %d uncompressed", tt.file, img.size, img.layerGz, img.layerTar)
+			t.Logf("%s: tarball %d bytes, layer %d bytes compressed, %d uncompressed, %s", tt.file, img.size, img.layerGz, img.layerTar, img.digest)
 			if img.size > tt.maxBytes {
 				t.Errorf("tarball is %d bytes, budget %d", img.size, tt.maxBytes)
 			}
-			if got := img.index.Manifests[0].Annotations[annotationCtrName]; got != tt.ref {
-				t.Errorf("containerd name %q, want %q", got, tt.ref)
-			}
-			if got, want := img.docker[0].RepoTags, []string{familiarRef(tt.ref)}; !slices.Equal(got, want) {
-				t.Errorf("RepoTags %q, want %q", got, want)
+			if !slices.Equal(img.repoTags, []string{tt.repoTag}) {
+				t.Errorf("RepoTags %q, want [%s]", img.repoTags, tt.repoTag)
 			}
 			c := img.config.Config
 			if !slices.Equal(c.Entrypoint, []string{tt.entrypoint}) {
@@ -390,6 +445,9 @@ func TestProductImages(t *testing.T) {
 			if img.config.OS != "linux" || img.config.Architecture == "" || !slices.Contains(c.Env, defaultPath) {
 				t.Errorf("config %+v: want linux, an architecture and the default PATH", img.config)
 			}
+			if !img.config.Created.Equal(epoch) || len(img.config.History) != 1 || !img.config.History[0].Created.Equal(epoch) {
+				t.Errorf("created %v, history %+v: want the epoch", img.config.Created, img.config.History)
+			}
 			if hdr := img.files[tt.entrypoint]; hdr == nil || hdr.Typeflag != tar.TypeReg || hdr.Mode&0o111 == 0 {
 				t.Fatalf("entrypoint %s is not an executable file in the image", tt.entrypoint)
 			}
@@ -399,6 +457,13 @@ func TestProductImages(t *testing.T) {
 			for name, hdr := range img.files {
 				if hdr.Uid != 0 || hdr.Gid != 0 || !hdr.ModTime.Equal(epoch) {
 					t.Errorf("%s: owner %d:%d, mtime %v; want root-owned at the epoch", name, hdr.Uid, hdr.Gid, hdr.ModTime)
+				}
+				want := ""
+				if name == tt.entrypoint {
+					want = string(tt.capability)
+				}
+				if got := hdr.PAXRecords[paxXattrPrefix+xattrCapability]; got != want {
+					t.Errorf("%s: file capability % x, want % x", name, got, want)
 				}
 			}
 		})
@@ -428,14 +493,18 @@ func TestProductImages(t *testing.T) {
 		if err := buildImagesInto(again); err != nil {
 			t.Fatal(err)
 		}
-		for _, file := range []string{"nodecache.tar", "webhook.tar", "stub.tar"} {
-			a, errA := os.ReadFile(filepath.Join(dir, file))
-			b, errB := os.ReadFile(filepath.Join(again, file))
+		for _, tt := range tests {
+			a, b := filepath.Join(dir, tt.file), filepath.Join(again, tt.file)
+			if da, db := readImage(t, a).digest, readImage(t, b).digest; da != db {
+				t.Errorf("%s: digest %s, then %s, from the same binaries", tt.file, da, db)
+			}
+			ba, errA := os.ReadFile(a)
+			bb, errB := os.ReadFile(b)
 			if err := errors.Join(errA, errB); err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(a, b) {
-				t.Errorf("%s differs between two builds from the same binaries", file)
+			if !bytes.Equal(ba, bb) {
+				t.Errorf("%s differs between two builds from the same binaries", tt.file)
 			}
 		}
 	})
@@ -503,154 +572,15 @@ func unpackImage(t *testing.T, tarball string) string {
 	return root
 }
 
-// TestContainerdImports imports every image into a real containerd (the
-// version the e2e node runs), started here with its own root, state and
-// socket under a temporary directory, and stopped after.
-func TestContainerdImports(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: containerd")
-	}
-	dir := buildProductImages(t)
-	work := t.TempDir()
-	sock := filepath.Join(work, "containerd.sock")
-	conf := filepath.Join(work, "config.toml")
-	// Only the content store, the image service and the overlayfs
-	// snapshotter (to unpack) are needed; the CRI plugin would start
-	// networking and must stay off.
-	err := os.WriteFile(conf, []byte(fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = "%[3]s.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[4]q
-`, filepath.Join(work, "root"), filepath.Join(work, "state"), sock, filepath.Join(work, "opt"))), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	daemon := exec.Command("containerd", "--config", conf)
-	daemon.Stdout, daemon.Stderr = &logs, &logs
-	if err := daemon.Start(); err != nil {
-		t.Fatalf("start containerd: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
-	t.Cleanup(func() {
-		_ = daemon.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = daemon.Process.Kill()
-			<-exited
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ctr := func(args ...string) string {
-		t.Helper()
-		cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", sock, "--namespace", "k8s.io"}, args...)...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("ctr %s: %v\n%s\ncontainerd log:\n%s", strings.Join(args, " "), err, out, logs.String())
-		}
-		return string(out)
-	}
-	// containerd's readiness signal is its socket answering; poll it
-	// with the client itself, bounded by ctx.
-	for {
-		if err := exec.CommandContext(ctx, "ctr", "--address", sock, "version").Run(); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("containerd exited: %v\n%s", err, logs.String())
-		case <-ctx.Done():
-			t.Fatalf("containerd did not answer: %v\n%s", ctx.Err(), logs.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	for _, file := range []string{"nodecache.tar", "webhook.tar", "stub.tar"} {
-		ctr("images", "import", filepath.Join(dir, file))
-	}
-	listed := strings.Fields(ctr("images", "ls", "-q"))
-	for _, want := range []string{"docker.io/localdns/nodecache:test", "docker.io/localdns/webhook:test", "docker.io/localdns/stub:test"} {
-		if !slices.Contains(listed, want) {
-			t.Errorf("containerd lists %q, want %s among them", listed, want)
-		}
-	}
-	if out := ctr("images", "check"); strings.Count(out, "complete") != 3 {
-		t.Errorf("images not complete and unpacked:\n%s", out)
-	}
-
-	// Run the node cache image's iptables under runc with exactly the
-	// capabilities the DaemonSet grants, a read-only root and the default
-	// seccomp profile, in the container's own network namespace: proof that
-	// those capabilities are enough for both backends.
-	caps := daemonSetCapabilities(t)
-	for i, backend := range []string{"nft", "legacy"} {
-		t.Run("iptables-"+backend+" with the DaemonSet's capabilities", func(t *testing.T) {
-			lock := filepath.Join(work, "xtables.lock")
-			if err := os.WriteFile(lock, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			args := []string{"run", "--rm", "--read-only", "--seccomp",
-				"--mount", "type=bind,src=" + lock + ",dst=/run/xtables.lock,options=rbind:rw"}
-			for _, c := range runcDefaultCapabilities {
-				if !slices.Contains(caps, c) {
-					args = append(args, "--cap-drop", "CAP_"+c)
-				}
-			}
-			for _, c := range caps {
-				args = append(args, "--cap-add", "CAP_"+c)
-			}
-			args = append(args, "docker.io/localdns/nodecache:test", fmt.Sprintf("localdns-imagebuild-test-%d-%d", os.Getpid(), i), // runc's state directory is shared with any other containerd
-				"/usr/sbin/iptables-"+backend, "-w", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "53", "-j", "NOTRACK")
-			ctr(args...)
-		})
-	}
-}
-
-// runcDefaultCapabilities is the set ctr run grants by default (containerd's
-// default spec); the test drops those the DaemonSet does not add.
-var runcDefaultCapabilities = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
-	"SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"}
-
-// daemonSetCapabilities reads the capabilities the node cache DaemonSet adds
-// (after dropping ALL) from the manifests.
-func daemonSetCapabilities(t *testing.T) []string {
-	t.Helper()
-	raw, err := os.ReadFile("../../manifests/base/nodecache.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds appsv1.DaemonSet
-	if err := yaml.Unmarshal(raw, &ds); err != nil {
-		t.Fatal(err)
-	}
-	sc := ds.Spec.Template.Spec.Containers[0].SecurityContext
-	if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
-		t.Fatalf("the DaemonSet's container must drop ALL capabilities: %+v", sc)
-	}
-	var caps []string
-	for _, c := range sc.Capabilities.Add {
-		caps = append(caps, string(c))
-	}
-	return caps
-}
-
 // TestDockerfileMatchesProductImages keeps the Dockerfile (for those with a
 // container engine) and the daemonless images in step: a stage per image,
-// with the same entrypoint and user.
+// with the same entrypoint and user, and a setcap for the file capability.
 func TestDockerfileMatchesProductImages(t *testing.T) {
 	raw, err := os.ReadFile("../../Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	type stage struct{ entrypoint, user string }
+	type stage struct{ entrypoint, user, copyFrom string }
 	stages := map[string]*stage{}
 	var current *stage
 	for _, line := range strings.Split(string(raw), "\n") {
@@ -659,6 +589,8 @@ func TestDockerfileMatchesProductImages(t *testing.T) {
 		case len(fields) == 4 && fields[0] == "FROM" && strings.EqualFold(fields[2], "AS"):
 			current = &stage{}
 			stages[fields[3]] = current
+		case current != nil && len(fields) == 4 && fields[0] == "COPY" && strings.HasPrefix(fields[1], "--from="):
+			current.copyFrom = strings.TrimPrefix(fields[1], "--from=")
 		case current != nil && len(fields) == 2 && fields[0] == "USER":
 			current.user = fields[1]
 		case current != nil && len(fields) >= 2 && fields[0] == "ENTRYPOINT":
@@ -669,7 +601,7 @@ func TestDockerfileMatchesProductImages(t *testing.T) {
 			current.entrypoint = ep[0]
 		}
 	}
-	for _, img := range productImages(productConfig{binDir: "bin", tag: "dev"}) {
+	for _, img := range productImages(productConfig{binDir: "bin", tag: "dev", repository: "localdns"}) {
 		target := strings.TrimSuffix(img.file, ".tar")
 		s, ok := stages[target]
 		if !ok {
@@ -679,6 +611,14 @@ func TestDockerfileMatchesProductImages(t *testing.T) {
 		if s.entrypoint != img.spec.entrypoint[0] || s.user != img.spec.user {
 			t.Errorf("stage %s: entrypoint %q user %q; the daemonless image has %q and %q",
 				target, s.entrypoint, s.user, img.spec.entrypoint[0], img.spec.user)
+		}
+		// The one capability the images set: cap_net_bind_service on the
+		// stub, set by setcap in the stage its binary is copied from.
+		for file := range img.spec.fileCapabilities {
+			setcap := "setcap cap_net_bind_service=+ep /out" + file
+			if !strings.Contains(string(raw), "FROM build AS "+s.copyFrom+"\n") || !strings.Contains(string(raw), setcap) {
+				t.Errorf("stage %s: want its binary from a stage on build that runs %q", target, setcap)
+			}
 		}
 	}
 }

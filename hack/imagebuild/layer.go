@@ -14,6 +14,10 @@ import (
 	"time"
 )
 
+// paxXattrPrefix starts the PAX records that carry extended attributes, as
+// GNU tar, Docker and containerd write and read them.
+const paxXattrPrefix = "SCHILY.xattr."
+
 // epoch is the timestamp of every file and of the image itself, so that a
 // rebuild from the same inputs gives the same digest.
 var epoch = time.Unix(0, 0).UTC()
@@ -24,13 +28,15 @@ type layer struct {
 }
 
 // entry is one file, directory or symbolic link. A regular file names the
-// host file to read (hostPath) or holds its content (data).
+// host file to read (hostPath) or holds its content (data), and may carry a
+// file capability (the security.capability extended attribute's value).
 type entry struct {
-	typeflag byte
-	mode     int64
-	hostPath string
-	data     []byte
-	linkname string
+	typeflag   byte
+	mode       int64
+	hostPath   string
+	data       []byte
+	linkname   string
+	capability []byte
 }
 
 func newLayer() *layer {
@@ -42,7 +48,8 @@ func newLayer() *layer {
 func (l *layer) put(p string, e *entry) error {
 	p = path.Clean("/" + p)
 	if old, ok := l.entries[p]; ok {
-		if old.typeflag == e.typeflag && old.hostPath == e.hostPath && old.linkname == e.linkname && bytes.Equal(old.data, e.data) {
+		if old.typeflag == e.typeflag && old.hostPath == e.hostPath && old.linkname == e.linkname &&
+			bytes.Equal(old.data, e.data) && bytes.Equal(old.capability, e.capability) {
 			return nil
 		}
 		if old.typeflag == tar.TypeDir && e.typeflag == tar.TypeDir {
@@ -111,8 +118,22 @@ func hostEntry(p string, info fs.FileInfo) (*entry, error) {
 	}
 }
 
+// setCapability gives the regular file at p the file capability caps.
+func (l *layer) setCapability(p string, caps []capability) error {
+	e, ok := l.entries[path.Clean("/"+p)]
+	if !ok || e.typeflag != tar.TypeReg {
+		return fmt.Errorf("file capability for %s: not a regular file in the image", p)
+	}
+	xattr, err := fileCapabilityXattr(caps...)
+	if err != nil {
+		return fmt.Errorf("file capability for %s: %w", p, err)
+	}
+	e.capability = xattr
+	return nil
+}
+
 // writeTar writes the layer as a tar stream: sorted paths, root-owned,
-// fixed timestamps.
+// fixed timestamps; file capabilities as PAX extended attribute records.
 func (l *layer) writeTar(w io.Writer) error {
 	paths := make([]string, 0, len(l.entries))
 	for p := range l.entries {
@@ -134,6 +155,9 @@ func (l *layer) writeTar(w io.Writer) error {
 		}
 		if e.typeflag == tar.TypeDir {
 			hdr.Name += "/"
+		}
+		if e.capability != nil {
+			hdr.PAXRecords = map[string]string{paxXattrPrefix + xattrCapability: string(e.capability)}
 		}
 		content, err := e.content()
 		if err != nil {

@@ -1,9 +1,9 @@
-// Command imagebuild writes container image tarballs without a container
-// engine: one gzip layer assembled from host files, an OCI image config and
-// manifest, packed as an OCI image layout that also carries Docker's
-// manifest.json, so `ctr images import`, `docker load` and `podman load` all
-// accept it. Output is deterministic: fixed timestamps and ownership, sorted
-// entries, so the same inputs give the same image digest.
+// Command imagebuild makes container images without a container engine,
+// with go-containerregistry: one gzip layer assembled from host files on an
+// empty base, written as a `docker save` tarball (which `ctr images import`,
+// `docker load` and `podman load` accept) or pushed to a registry. Output is
+// deterministic: fixed timestamps and ownership, sorted entries, so the same
+// inputs give the same image digest.
 //
 // One image:
 //
@@ -11,20 +11,30 @@
 //	  -entrypoint /localdns-stub -user 65532:65532 -etc-passwd \
 //	  -add bin/localdns-stub:/localdns-stub
 //
-// The three localdns images (what `make images` runs):
+// The localdns images (what `make images` runs):
 //
 //	go run ./hack/imagebuild -product -bin-dir bin -out-dir bin/images -tag dev
+//
+// The same, pushed (what `make push REGISTRY=registry.example.com/localdns` runs):
+//
+//	go run ./hack/imagebuild -product -bin-dir bin -tag dev -push registry.example.com/localdns
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 func main() {
@@ -36,7 +46,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "imagebuild: %v\n", err)
 		os.Exit(2)
 	}
-	if err := run(cfg, os.Stderr); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "imagebuild: %v\n", err)
 		os.Exit(1)
 	}
@@ -53,20 +65,43 @@ type productConfig struct {
 	binDir string
 	outDir string
 	tag    string
+	// repository the images are named under: localdns (Docker Hub's
+	// familiar form) for tarballs, the -push repository when pushing.
+	repository string
+	push       bool
 }
 
-func run(cfg config, progress io.Writer) error {
-	if cfg.product != nil {
-		for _, img := range productImages(*cfg.product) {
-			out := filepath.Join(cfg.product.outDir, img.file)
-			if err := writeImage(out, img.spec); err != nil {
+func run(ctx context.Context, cfg config, progress io.Writer) error {
+	if cfg.product == nil {
+		img, err := buildImage(cfg.image)
+		if err != nil {
+			return err
+		}
+		return writeTarball(cfg.out, cfg.image.ref, img)
+	}
+	for _, p := range productImages(*cfg.product) {
+		img, err := buildImage(p.spec)
+		if err != nil {
+			return err
+		}
+		digest, err := img.Digest()
+		if err != nil {
+			return fmt.Errorf("image %s: %w", p.spec.ref, err)
+		}
+		if cfg.product.push {
+			if err := pushImage(ctx, p.spec.ref, img); err != nil {
 				return err
 			}
-			fmt.Fprintf(progress, "imagebuild: wrote %s (%s)\n", out, img.spec.ref)
+			fmt.Fprintf(progress, "imagebuild: pushed %s@%s\n", p.spec.ref, digest)
+			continue
 		}
-		return nil
+		out := filepath.Join(cfg.product.outDir, p.file)
+		if err := writeTarball(out, p.spec.ref, img); err != nil {
+			return err
+		}
+		fmt.Fprintf(progress, "imagebuild: wrote %s (%s@%s)\n", out, p.spec.ref, digest)
 	}
-	return writeImage(cfg.out, cfg.image)
+	return nil
 }
 
 // listFlag collects every occurrence of a repeatable flag.
@@ -83,7 +118,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 		entrypoint, adds, addLibs    listFlag
 		symlinks, envs               listFlag
 		etcPasswd, product           bool
-		binDir, outDir, tag          string
+		binDir, outDir, tag, push    string
 	)
 	fs.StringVar(&out, "o", "", "output tarball `path`")
 	fs.StringVar(&ref, "ref", "", "image `reference` to name it, e.g. localdns/stub:dev")
@@ -97,8 +132,9 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&platformFlag, "platform", runtime.GOOS+"/"+runtime.GOARCH, "`os/arch` recorded in the image (must match the files added)")
 	fs.BoolVar(&product, "product", false, "build the localdns images (nodecache, webhook, stub) from -bin-dir into -out-dir")
 	fs.StringVar(&binDir, "bin-dir", "bin", "with -product: `directory` holding the static localdns-* binaries")
-	fs.StringVar(&outDir, "out-dir", "bin/images", "with -product: `directory` for nodecache.tar, webhook.tar, stub.tar")
+	fs.StringVar(&outDir, "out-dir", "bin/images", "with -product: `directory` for nodecache.tar, webhook.tar, stub.tar, stub-filecap.tar")
 	fs.StringVar(&tag, "tag", "dev", "with -product: image tag")
+	fs.StringVar(&push, "push", "", "with -product: push to `repository`/<image>:<tag> (e.g. registry.example.com/localdns) instead of writing tarballs")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -106,17 +142,27 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if product {
-		if tag == "" || strings.ContainsAny(tag, ":/@ ") {
+		if _, err := name.NewTag("localdns/stub:" + tag); err != nil || tag == "" || strings.ContainsAny(tag, ":/@") {
 			return config{}, fmt.Errorf("-tag %q: want a plain tag such as dev or v1.2.3", tag)
 		}
-		return config{product: &productConfig{binDir: binDir, outDir: outDir, tag: tag}}, nil
+		pc := &productConfig{binDir: binDir, outDir: outDir, tag: tag, repository: "localdns"}
+		if push != "" {
+			pc.repository, pc.push = strings.TrimSuffix(push, "/"), true
+			if _, err := name.NewRepository(pc.repository); err != nil {
+				return config{}, fmt.Errorf("-push %q: want a repository such as registry.example.com/localdns: %w", push, err)
+			}
+		}
+		return config{product: pc}, nil
+	}
+	if push != "" {
+		return config{}, errors.New("-push goes with -product")
 	}
 	if out == "" {
 		return config{}, errors.New("-o is required")
 	}
 	spec := imageSpec{user: user, entrypoint: entrypoint, etcPasswd: etcPasswd, env: envs}
 	var err error
-	if spec.ref, err = normalizeRef(ref); err != nil {
+	if spec.ref, err = parseRef(ref); err != nil {
 		return config{}, err
 	}
 	if spec.platform, err = parsePlatform(platformFlag); err != nil {
@@ -165,10 +211,10 @@ func parseCopy(s string, withLibs bool) (copySpec, error) {
 	return copySpec{src: src, dst: dst, withLibs: withLibs}, nil
 }
 
-func parsePlatform(s string) (platform, error) {
-	os, arch, ok := strings.Cut(s, "/")
-	if !ok || os == "" || arch == "" {
-		return platform{}, fmt.Errorf("-platform %q: want os/arch", s)
+func parsePlatform(s string) (v1.Platform, error) {
+	p, err := v1.ParsePlatform(s)
+	if err != nil || p.OS == "" || p.Architecture == "" {
+		return v1.Platform{}, fmt.Errorf("-platform %q: want os/arch[/variant]", s)
 	}
-	return platform{OS: os, Architecture: arch}, nil
+	return *p, nil
 }

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // productImage is one of the localdns images and its file name.
@@ -41,15 +44,39 @@ func iptablesLinks() []symlinkSpec {
 	return links
 }
 
-// productImages lists the three images `make images` builds from the static
-// binaries in cfg.binDir. Keep in step with the Dockerfile.
+// productImages lists the images `make images` builds from the static
+// binaries in cfg.binDir: the three of the product, and the stub's variant
+// whose binary carries the file capability cap_net_bind_service=+ep (binds
+// 127.0.0.1:53 as non-root without the pod sysctl; see docs/deploy.md).
+// Keep in step with the Dockerfile.
 func productImages(cfg productConfig) []productImage {
-	plat := platform{OS: "linux", Architecture: runtime.GOARCH}
-	ref := func(name string) string { return "docker.io/localdns/" + name + ":" + cfg.tag }
+	plat := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	repo := cfg.repository
+	ref := func(image string) name.Tag {
+		// parseFlags checked the repository and the tag.
+		t, err := name.NewTag(repo + "/" + image + ":" + cfg.tag)
+		if err != nil {
+			panic(fmt.Sprintf("image reference: %v", err))
+		}
+		return t
+	}
 	bin := func(name string) copySpec {
 		return copySpec{src: filepath.Join(cfg.binDir, name), dst: "/" + name}
 	}
 	xtablesDir := fmt.Sprintf("/usr/lib/%s/xtables", multiarch[runtime.GOARCH])
+	// The webhook and the stubs: their static binary, run as nonroot.
+	nonrootBinary := func(image, binary string) imageSpec {
+		return imageSpec{
+			ref:        ref(image),
+			entrypoint: []string{"/" + binary},
+			user:       nonroot,
+			etcPasswd:  true,
+			platform:   plat,
+			copies:     []copySpec{bin(binary)},
+		}
+	}
+	stubFileCap := nonrootBinary("stub-filecap", "localdns-stub")
+	stubFileCap.fileCapabilities = map[string][]capability{"/localdns-stub": {capNetBindService}}
 	return []productImage{
 		{file: "nodecache.tar", spec: imageSpec{
 			ref:        ref("nodecache"),
@@ -71,21 +98,8 @@ func productImages(cfg productConfig) []productImage {
 			},
 			symlinks: iptablesLinks(),
 		}},
-		{file: "webhook.tar", spec: imageSpec{
-			ref:        ref("webhook"),
-			entrypoint: []string{"/localdns-webhook"},
-			user:       nonroot,
-			etcPasswd:  true,
-			platform:   plat,
-			copies:     []copySpec{bin("localdns-webhook")},
-		}},
-		{file: "stub.tar", spec: imageSpec{
-			ref:        ref("stub"),
-			entrypoint: []string{"/localdns-stub"},
-			user:       nonroot,
-			etcPasswd:  true,
-			platform:   plat,
-			copies:     []copySpec{bin("localdns-stub")},
-		}},
+		{file: "webhook.tar", spec: nonrootBinary("webhook", "localdns-webhook")},
+		{file: "stub.tar", spec: nonrootBinary("stub", "localdns-stub")},
+		{file: "stub-filecap.tar", spec: stubFileCap},
 	}
 }

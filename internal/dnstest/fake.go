@@ -1,10 +1,16 @@
 // Package dnstest provides a fake DNS server for tests: miekg/dns serving
 // UDP and TCP on one loopback address, with its own ServeMux, that a test can
-// stop and restart on the same address.
+// stop (at once, or after a lameduck as CoreDNS does) and restart on the same
+// address.
 //
-// It is imported only by tests. What the fake answers and what it records is
-// the test's own business: it passes a handler, and wraps the Fake in a type
-// of its own for the rest.
+// It is imported only by tests. What the fake answers is the test's own
+// business: it passes a handler — its own, or the fake kube-dns of
+// internal/kubednsfake (cluster zone at once, external zones after a latency,
+// silent and big zones) — and wraps the handler in InFlight to see how many
+// queries the server handles at once. Like CoreDNS, the fake handles one TCP
+// connection's queries one at a time: a slow answer holds up the queries
+// behind it on that connection, as Pipeline shows. internal/corednstest runs
+// the real CoreDNS where a test can use it.
 package dnstest
 
 import (
@@ -14,7 +20,9 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/localdns/localdns/internal/kubednsfake"
 	"github.com/miekg/dns"
 )
 
@@ -25,8 +33,13 @@ type Config struct {
 	// Handler answers every query (the ServeMux pattern ".").
 	Handler dns.HandlerFunc
 	// TuneTCP, when set, adjusts the TCP server before each start, the
-	// first and every Restart: wrap its Listener, change its limits.
+	// first and every Restart: wrap its Listener, change its limits. It
+	// starts with CoreDNS's settings (no limit on queries per connection,
+	// 10 s idle timeout).
 	TuneTCP func(*dns.Server)
+	// Lameduck is how long the fake keeps serving after Stop, as CoreDNS
+	// does on SIGTERM with `health { lameduck }`; 0 stops at once.
+	Lameduck time.Duration
 }
 
 // Fake is a DNS server on UDP and TCP at one loopback address. Stop it to make
@@ -36,12 +49,15 @@ type Fake struct {
 	cfg  Config
 	addr netip.AddrPort
 
-	mu      sync.Mutex
-	servers []*dns.Server // nil while stopped
+	mu       sync.Mutex
+	serving  *kubednsfake.Server // nil once stopping
+	draining *kubednsfake.Server // in its lameduck
+	lameduck *time.Timer         // ends draining
+	stopped  chan struct{}       // closed once this start's server has stopped
 }
 
 // Start serves cfg.Handler on an address from ListenBoth and returns once
-// both servers run. The test's cleanup stops the fake.
+// both servers run. The test's cleanup stops the fake at once.
 func Start(t testing.TB, cfg Config) *Fake {
 	t.Helper()
 	if cfg.Name == "" {
@@ -49,7 +65,7 @@ func Start(t testing.TB, cfg Config) *Fake {
 	}
 	pc, l := ListenBoth(t)
 	f := &Fake{t: t, cfg: cfg, addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
-	t.Cleanup(f.Stop)
+	t.Cleanup(f.stopNow)
 	f.serve(pc, l)
 	return f
 }
@@ -89,9 +105,11 @@ func listen(addr netip.AddrPort) (net.PacketConn, net.Listener, error) {
 	return pc, l, nil
 }
 
-// Restart serves again on the fake's address after Stop.
+// Restart serves again on the fake's address after Stop, once a lameduck in
+// progress has ended.
 func (f *Fake) Restart() {
 	f.t.Helper()
+	<-f.Stopped()
 	pc, l, err := listen(f.addr)
 	if err != nil {
 		f.t.Fatalf("restart %s: %v", f.cfg.Name, err)
@@ -99,42 +117,74 @@ func (f *Fake) Restart() {
 	f.serve(pc, l)
 }
 
-// serve runs a UDP and a TCP server on pc and l, sharing one ServeMux, and
-// waits until both have started.
+// serve runs the handler on pc and l and waits until it serves.
 func (f *Fake) serve(pc net.PacketConn, l net.Listener) {
 	f.t.Helper()
-	mux := dns.NewServeMux()
-	mux.HandleFunc(".", f.cfg.Handler)
-	udp := &dns.Server{PacketConn: pc, Handler: mux}
-	tcp := &dns.Server{Listener: l, Handler: mux}
-	if f.cfg.TuneTCP != nil {
-		f.cfg.TuneTCP(tcp)
-	}
-	for _, s := range []*dns.Server{udp, tcp} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		failed := make(chan error, 1)
-		go func() { failed <- s.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-failed:
-			f.t.Fatalf("%s on %s: %v", f.cfg.Name, f.addr, err)
-		}
+	s, err := kubednsfake.Serve(pc, l, f.cfg.Handler, f.cfg.TuneTCP)
+	if err != nil {
+		f.t.Fatalf("%s: %v", f.cfg.Name, err)
 	}
 	f.mu.Lock()
-	f.servers = []*dns.Server{udp, tcp}
+	f.serving, f.stopped = s, make(chan struct{})
 	f.mu.Unlock()
 }
 
-// Stop shuts the fake down; its address then refuses. Idempotent.
+// Stop shuts the fake down; its address then refuses. Without a Lameduck it
+// returns once that is so. With one it returns at once and the fake serves
+// for Lameduck more, then stops: Stopped tells when. Idempotent.
 func (f *Fake) Stop() {
 	f.mu.Lock()
-	servers := f.servers
-	f.servers = nil
-	f.mu.Unlock()
-	for _, s := range servers {
-		if err := s.Shutdown(); err != nil {
-			f.t.Errorf("stop %s on %s: %v", f.cfg.Name, f.addr, err)
-		}
+	s, stopped := f.serving, f.stopped
+	f.serving = nil
+	lameduck := s != nil && f.cfg.Lameduck > 0
+	if lameduck {
+		f.draining = s
+		f.lameduck = time.AfterFunc(f.cfg.Lameduck, func() { f.endLameduck(s, stopped) })
 	}
+	f.mu.Unlock()
+	if s != nil && !lameduck {
+		f.shutdown(s, stopped)
+	}
+}
+
+// Stopped is closed once the fake has stopped: after Stop, and its lameduck.
+func (f *Fake) Stopped() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stopped
+}
+
+func (f *Fake) endLameduck(s *kubednsfake.Server, stopped chan struct{}) {
+	f.mu.Lock()
+	mine := f.draining == s
+	if mine {
+		f.draining = nil
+	}
+	f.mu.Unlock()
+	if mine {
+		f.shutdown(s, stopped)
+	}
+}
+
+// stopNow stops the fake without waiting out a lameduck (the test's cleanup).
+func (f *Fake) stopNow() {
+	f.mu.Lock()
+	s, stopped := f.serving, f.stopped
+	if f.draining != nil {
+		s = f.draining
+		f.lameduck.Stop()
+	}
+	f.serving, f.draining = nil, nil
+	f.mu.Unlock()
+	if s != nil {
+		f.shutdown(s, stopped)
+	}
+	<-stopped
+}
+
+func (f *Fake) shutdown(s *kubednsfake.Server, stopped chan struct{}) {
+	if err := s.Shutdown(); err != nil {
+		f.t.Errorf("stop %s on %s: %v", f.cfg.Name, f.addr, err)
+	}
+	close(stopped)
 }

@@ -121,3 +121,39 @@ func ValidHostPort(s string) error {
 	}
 	return nil
 }
+
+// Bytes is a size flag: a plain number of bytes or one with a binary suffix
+// (Ki, Mi, Gi, optionally followed by B), as Kubernetes quantities write
+// memory: "16Mi", "512KiB", "1048576".
+type Bytes int64
+
+var byteUnits = []struct {
+	suffix string
+	shift  uint
+}{{"Gi", 30}, {"Mi", 20}, {"Ki", 10}}
+
+func (b *Bytes) String() string {
+	for _, u := range byteUnits {
+		if v := int64(*b); v != 0 && v%(1<<u.shift) == 0 {
+			return strconv.FormatInt(v>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+// Set implements flag.Value.
+func (b *Bytes) Set(s string) error {
+	num, shift := strings.TrimSuffix(strings.TrimSpace(s), "B"), uint(0)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, shift = n, u.shift
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)>>shift {
+		return fmt.Errorf("%q is not a size in bytes (e.g. 1048576, 512Ki, 16Mi)", s)
+	}
+	*b = Bytes(v << shift)
+	return nil
+}

@@ -145,3 +145,40 @@ func TestNewFlagSet(t *testing.T) {
 		t.Errorf("unknown flag: %v, want it returned", err)
 	}
 }
+
+func TestBytes(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+		str     string
+	}{
+		{"1048576", 1 << 20, false, "1Mi"},
+		{"16Mi", 16 << 20, false, "16Mi"},
+		{"16MiB", 16 << 20, false, "16Mi"},
+		{"512Ki", 512 << 10, false, "512Ki"},
+		{"1Gi", 1 << 30, false, "1Gi"},
+		{"1000", 1000, false, "1000"},
+		{"0", 0, false, "0"},
+		{"16M", 0, true, ""},
+		{"-1", 0, true, ""},
+		{"1.5Mi", 0, true, ""},
+		{"Mi", 0, true, ""},
+		{"99999999999Gi", 0, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var b Bytes
+			err := b.Set(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Set(%q): %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if tt.wantErr {
+				return
+			}
+			if int64(b) != tt.want || b.String() != tt.str {
+				t.Fatalf("Set(%q) = %d (%s), want %d (%s)", tt.in, int64(b), b.String(), tt.want, tt.str)
+			}
+		})
+	}
+}

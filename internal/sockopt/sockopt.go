@@ -21,6 +21,37 @@ func ReusePort(_, _ string, rc syscall.RawConn) error {
 	return sockErr
 }
 
+// FreeBind is a net.ListenConfig Control function that sets IP_FREEBIND (or
+// IPV6_FREEBIND), so that a socket binds an address the node does not have
+// yet. The node cache binds before it adds its listen address: the address
+// must never exist without a socket, since a query reaching it then gets a
+// port unreachable that the kernel rate-limits, and the rest are dropped.
+func FreeBind(network, _ string, rc syscall.RawConn) error {
+	level, opt := unix.IPPROTO_IP, unix.IP_FREEBIND
+	if network == "udp6" || network == "tcp6" {
+		level, opt = unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
+	}
+	var sockErr error
+	if err := rc.Control(func(fd uintptr) {
+		sockErr = unix.SetsockoptInt(int(fd), level, opt, 1)
+	}); err != nil {
+		return err
+	}
+	return sockErr
+}
+
+// Both returns a Control function that applies each of fns in turn.
+func Both(fns ...func(network, address string, rc syscall.RawConn) error) func(string, string, syscall.RawConn) error {
+	return func(network, address string, rc syscall.RawConn) error {
+		for _, fn := range fns {
+			if err := fn(network, address, rc); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 // LeaveReusePortGroup connects a UDP socket of a SO_REUSEPORT group to its
 // own address. The kernel then steers no more datagrams to it (a connected
 // UDP socket matches only datagrams from its peer, and it sends none to

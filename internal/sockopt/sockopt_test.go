@@ -3,8 +3,10 @@ package sockopt
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -78,4 +80,34 @@ func TestLeaveReusePortGroup(t *testing.T) {
 	if got := drain(t, stay); got != after {
 		t.Errorf("the socket that stayed got %d of %d new datagrams", got, after)
 	}
+}
+
+// TestFreeBind: an address the host does not have can be bound with
+// FreeBind, over UDP and TCP and both families, and not without it.
+// (192.0.2.0/24 and 2001:db8::/32 are documentation ranges, never a host's.)
+func TestFreeBind(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{
+		{"udp", "192.0.2.77:0"}, {"tcp", "192.0.2.77:0"}, {"udp", "[2001:db8::77]:0"}, {"tcp", "[2001:db8::77]:0"},
+	} {
+		t.Run(tc.network+" "+tc.addr, func(t *testing.T) {
+			if _, err := listen(net.ListenConfig{}, tc.network, tc.addr); err == nil {
+				t.Fatal("bound an address the host does not have without FreeBind")
+			}
+			closer, err := listen(net.ListenConfig{Control: Both(ReusePort, FreeBind)}, tc.network, tc.addr)
+			if err != nil {
+				if tc.addr[0] == '[' && errors.Is(err, syscall.EAFNOSUPPORT) {
+					t.Skip("no IPv6 here")
+				}
+				t.Fatalf("with FreeBind: %v", err)
+			}
+			closer.Close()
+		})
+	}
+}
+
+func listen(lc net.ListenConfig, network, addr string) (io.Closer, error) {
+	if network == "tcp" {
+		return lc.Listen(context.Background(), network, addr)
+	}
+	return lc.ListenPacket(context.Background(), network, addr)
 }

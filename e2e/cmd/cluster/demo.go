@@ -248,14 +248,70 @@ func modeOf(kind string) string {
 	return localdns.ModeNodeCache
 }
 
-// demoPrerequisites checks what the demo needs and names what is missing;
-// Kubernetes and CoreDNS, when absent, are built once (the cold path).
+// demoPrerequisites checks the demo runs as root and installs what it needs.
 func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo runs a Kubernetes node (network namespaces, containerd, kubelet): run it as root")
 	}
+	return installPrerequisites(ctx, cfg)
+}
+
+// installPrerequisites installs what the demo needs on its first run, with
+// the scripts `make test` uses: Debian packages and Go tools
+// (hack/install-deps.sh), then Kubernetes and CoreDNS built once from their
+// Go modules, the long part, whose scripts report each component's progress.
+func installPrerequisites(ctx context.Context, cfg cluster.Config) error {
+	begin := time.Now()
+	installed := false
+	if missing := missingTools(cfg); len(missing) > 0 {
+		fmt.Printf("installing what the demo needs, once (missing %s): hack/install-deps.sh\n", strings.Join(missing, ", "))
+		if err := runScript(ctx, cfg.RepoDir, "hack/install-deps.sh"); err != nil {
+			return err
+		}
+		if missing := missingTools(cfg); len(missing) > 0 {
+			return fmt.Errorf("still missing after hack/install-deps.sh: %s", strings.Join(missing, ", "))
+		}
+		installed = true
+	}
+	var k8sMissing []string
+	for _, b := range kubernetesComponents {
+		if _, err := os.Stat(filepath.Join(cfg.K8sBinDir, b)); err != nil {
+			k8sMissing = append(k8sMissing, b)
+		}
+	}
+	if len(k8sMissing) > 0 {
+		fmt.Printf("building Kubernetes %s once (%s; 10-20 min on 2 cores, cached in %s afterwards)\n",
+			cluster.KubernetesVersion, strings.Join(k8sMissing, ", "), cfg.K8sBinDir)
+		if err := runScript(ctx, cfg.RepoDir, append([]string{"hack/provision-k8s.sh"}, k8sMissing...)...); err != nil {
+			return err
+		}
+		installed = true
+	}
+	if _, err := os.Stat(cfg.CoreDNSBinary); err != nil {
+		fmt.Printf("building CoreDNS %s once (a few minutes, cached as %s)\n", cluster.CoreDNSVersion, cfg.CoreDNSBinary)
+		if err := runScript(ctx, cfg.RepoDir, "e2e/hack/provision-coredns.sh"); err != nil {
+			return err
+		}
+		installed = true
+	}
+	if installed {
+		fmt.Printf("one-time setup done in %s; later runs start here\n", time.Since(begin).Round(time.Second))
+	}
+	return nil
+}
+
+// demoTools are the programs the demo runs, from Debian packages
+// (hack/install-deps.sh) and Go.
+var demoTools = []string{"go", "gcc", "musl-gcc", "containerd", "ctr", "runc", "etcd", "iptables", "conntrack", "nsenter", "curl"}
+
+// kubernetesComponents are the binaries the cluster runs, built by
+// hack/provision-k8s.sh.
+var kubernetesComponents = []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"}
+
+// missingTools names the programs the demo runs that are not installed.
+func missingTools(cfg cluster.Config) []string {
 	var missing []string
-	for _, tool := range []string{"go", "gcc", "musl-gcc", "containerd", "ctr", "runc", "etcd", "iptables", "conntrack", "nsenter", "curl"} {
+	for _, tool := range demoTools {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
@@ -263,29 +319,7 @@ func demoPrerequisites(ctx context.Context, cfg cluster.Config) error {
 	if _, err := os.Stat(cfg.BusyboxBinary); err != nil {
 		missing = append(missing, "busybox-static")
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s: run hack/install-deps.sh (as root)", strings.Join(missing, ", "))
-	}
-	var k8sMissing []string
-	for _, b := range []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler"} {
-		if _, err := os.Stat(filepath.Join(cfg.K8sBinDir, b)); err != nil {
-			k8sMissing = append(k8sMissing, b)
-		}
-	}
-	if len(k8sMissing) > 0 {
-		fmt.Printf("building Kubernetes %s once (%s; 6-15 min cold, cached in %s afterwards)\n",
-			cluster.KubernetesVersion, strings.Join(k8sMissing, ", "), cfg.K8sBinDir)
-		if err := runScript(ctx, cfg.RepoDir, append([]string{"hack/provision-k8s.sh"}, k8sMissing...)...); err != nil {
-			return err
-		}
-	}
-	if _, err := os.Stat(cfg.CoreDNSBinary); err != nil {
-		fmt.Printf("building CoreDNS %s once (a few minutes cold, cached as %s)\n", cluster.CoreDNSVersion, cfg.CoreDNSBinary)
-		if err := runScript(ctx, cfg.RepoDir, "e2e/hack/provision-coredns.sh"); err != nil {
-			return err
-		}
-	}
-	return nil
+	return missing
 }
 
 func runScript(ctx context.Context, dir string, argv ...string) error {

@@ -1,0 +1,135 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// upstream is one upstream address: its health, its TCP pool, its UDP
+// sockets and its metrics, shared by every zone and transport naming it.
+type upstream struct {
+	f        *Forwarder
+	addr     string
+	health   health
+	pool     *tcpPool
+	udp      *udpSockets
+	metrics  *serverMetrics
+	probeHop hop // transport and timeout of the first Server entry naming addr
+}
+
+func newUpstream(f *Forwarder, first Server, m *serverMetrics) *upstream {
+	u := &upstream{
+		f:       f,
+		addr:    first.Addr,
+		health:  health{maxFails: int32(f.cfg.MaxFails)},
+		metrics: m,
+	}
+	u.pool = newTCPPool(first.Addr, f.cfg, m)
+	u.udp = &udpSockets{
+		addr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(first.Addr)), // validated by New
+		max:  f.cfg.MaxConnsPerServer,
+	}
+	u.probeHop = hop{up: u, transport: first.Transport, timeout: min(first.Timeout, f.cfg.ProbeTimeout)}
+	return u
+}
+
+// close closes every pooled socket.
+func (u *upstream) close() {
+	u.pool.close()
+	u.udp.close()
+}
+
+// exchange sends the packed query wire (question q) to u over transport t
+// within ctx and returns the matching reply, whatever its RCODE. A truncated
+// UDP reply is retried over TCP within the same ctx. Dead signals met on the
+// way are counted against u's health; start is when the attempt began.
+func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
+	if t == UDP {
+		u.metrics.requestsUDP.Inc()
+		resp, err := u.exchangeUDP(ctx, wire, q)
+		if err != nil {
+			u.deadSignal(err, start)
+			return nil, err
+		}
+		if !resp.Truncated {
+			return resp, nil
+		}
+	}
+	u.metrics.requestsTCP.Inc()
+	return u.exchangeTCP(ctx, wire, q, start)
+}
+
+// maxResends bounds how often one attempt sends its query again on another
+// TCP connection: after the server closed the one it was on, a dial failed,
+// or the peer stopped acknowledging. Behind a Service address each new
+// connection may reach another replica; the bound stops a server that closes
+// every connection at once from being dialed in a loop.
+const maxResends = 3
+
+// exchangeTCP sends the query on a pooled connection, and again on another
+// one (DNS queries are idempotent) when that one fails in a way another
+// connection may not, up to maxResends times within ctx, and not once the
+// server is marked down (the caller moves on to the next server).
+func (u *upstream) exchangeTCP(ctx context.Context, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
+	for resends := 0; ; resends++ {
+		c, err := u.pool.get(ctx)
+		if err == nil {
+			var resp *dns.Msg
+			resp, err = c.exchange(ctx, wire, q, u.metrics)
+			u.pool.put(c, err == nil)
+			if err == nil {
+				return resp, nil
+			}
+		}
+		u.deadSignal(err, start)
+		if resends == maxResends || ctx.Err() != nil || !resendable(err) || u.health.isDown() {
+			return nil, err
+		}
+	}
+}
+
+// deadSignal counts err against u's health if it says the server (or the
+// replica a connection reached) is gone, and counts it in the metrics unless
+// try does (timeouts, which are ambiguous).
+func (u *upstream) deadSignal(err error, start int64) {
+	switch r := classify(err); r {
+	case reasonRefused, reasonUnreachable:
+		u.f.failed(u, r, start)
+	case reasonClosed, reasonOther:
+		if !errors.Is(err, ErrClosed) {
+			u.metrics.errors[r].Inc()
+		}
+	}
+}
+
+// resendable reports whether a query that failed with err may succeed on
+// another connection to the same address.
+func resendable(err error) bool {
+	switch classify(err) {
+	case reasonRefused, reasonUnreachable, reasonClosed:
+		return !errors.Is(err, ErrClosed)
+	}
+	return false
+}
+
+// matches reports whether m is a reply to a query with question q. Names
+// compare case-insensitively, since some servers do not echo the case.
+func matches(q *dns.Question, m *dns.Msg) bool {
+	if !m.Response || len(m.Question) != 1 {
+		return false
+	}
+	r := &m.Question[0]
+	return r.Qtype == q.Qtype && r.Qclass == q.Qclass && strings.EqualFold(r.Name, q.Name)
+}
+
+// epoch anchors monotime.
+var epoch = time.Now()
+
+// monotime is a monotonic clock reading in nanoseconds, cheap to store atomically.
+func monotime() int64 { return int64(time.Since(epoch)) }
