@@ -18,7 +18,7 @@ import (
 // rolled, scaled and killed under load that keeps missing the node cache.
 
 // upstreamMetrics are the node cache's samples about its path to kube-dns.
-var upstreamMetrics = []string{"localdns_nodecache_upstream_", "localdns_nodecache_responses_total"}
+var upstreamMetrics = []string{"localdns_nodecache_upstream_", "localdns_nodecache_miss_", "localdns_nodecache_client_limited_total"}
 
 // scaleKubeDNS scales CoreDNS to n replicas, as one progress step.
 func (e *env) scaleKubeDNS(n int) error {
