@@ -120,21 +120,31 @@ func (e *env) checkExternalNames(t *testing.T, x *externalNames) {
 	}
 }
 
+// underMissLoad runs drill from 3 s into a load that keeps missing the
+// node cache (missLoads, d long), then asserts the load ran through the
+// whole drill with no failed lookup and none >= 1 s.
+func (e *env) underMissLoad(t *testing.T, prefix string, d time.Duration, drill func()) {
+	t.Helper()
+	loads := missLoads(prefix, d)
+	e.startLoads(t, loads...)
+	time.Sleep(3 * time.Second) // mid-load
+	drill()
+	e.checkStillRunning(t, loads...)
+	waitLoads(t, false, loads...)
+	e.logNodeCacheMetrics(t, "after "+t.Name(), upstreamMetrics...)
+}
+
 // kubeDNSRolled: `kubectl rollout restart` of CoreDNS (one replica at a
 // time, each old one in its 5 s lameduck, then gone) under load that keeps
 // missing the node cache: no failed lookup, none >= 1 s.
 func (e *env) kubeDNSRolled(t *testing.T) {
-	loads := missLoads("kdns-roll", 30*time.Second)
-	e.startLoads(t, loads...)
-	time.Sleep(3 * time.Second) // mid-load
-	if err := e.c.Step("kubectl rollout restart deployment/coredns, until the old pods are gone", func() error {
-		return localdns.RestartKubeDNS(e.ctx, e.c, 2)
-	}); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	e.checkStillRunning(t, loads...)
-	waitLoads(t, false, loads...)
-	e.logNodeCacheMetrics(t, "after kube-dns rolled", upstreamMetrics...)
+	e.underMissLoad(t, "kdns-roll", 30*time.Second, func() {
+		if err := e.c.Step("kubectl rollout restart deployment/coredns, until the old pods are gone", func() error {
+			return localdns.RestartKubeDNS(e.ctx, e.c, 2)
+		}); err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+	})
 }
 
 // Fair share: over the second half of the minute after the new replicas
@@ -158,41 +168,38 @@ func (e *env) kubeDNSScaledUp(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	loads := missLoads("kdns-up", 85*time.Second)
-	e.startLoads(t, loads...)
-	time.Sleep(3 * time.Second) // mid-load
-	if err := e.scaleKubeDNS(4); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	ready := time.Now()
-	pods, err := localdns.KubeDNSPods(e.ctx, e.c)
-	if err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
+	var pods []localdns.KubeDNSPod
 	var added []string
-	for _, p := range pods {
-		if !slices.ContainsFunc(old, func(o localdns.KubeDNSPod) bool { return o.Name == p.Name }) {
-			added = append(added, p.Name)
-		}
-	}
-	// Samples every fairShareEvery until fairShareWithin after the new
-	// replicas were ready: measurement points, not synchronisation.
 	var samples []map[string]float64
-	tick := time.NewTicker(fairShareEvery)
-	defer tick.Stop()
-	for at := time.Duration(0); at <= fairShareWithin; at += fairShareEvery {
-		if at > 0 {
-			<-tick.C
-		}
-		counts, err := localdns.KubeDNSTCPRequests(e.ctx, e.c, pods)
-		if err != nil {
+	e.underMissLoad(t, "kdns-up", 85*time.Second, func() {
+		if err := e.scaleKubeDNS(4); err != nil {
 			e2etest.Fatalf(t, "%v", err)
 		}
-		samples = append(samples, counts)
-	}
-	t.Logf("sampled for %s after the new replicas were ready", time.Since(ready).Round(100*time.Millisecond))
-	e.checkStillRunning(t, loads...)
-	waitLoads(t, false, loads...)
+		ready := time.Now()
+		if pods, err = localdns.KubeDNSPods(e.ctx, e.c); err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+		for _, p := range pods {
+			if !slices.ContainsFunc(old, func(o localdns.KubeDNSPod) bool { return o.Name == p.Name }) {
+				added = append(added, p.Name)
+			}
+		}
+		// Samples every fairShareEvery until fairShareWithin after the new
+		// replicas were ready: measurement points, not synchronisation.
+		tick := time.NewTicker(fairShareEvery)
+		defer tick.Stop()
+		for at := time.Duration(0); at <= fairShareWithin; at += fairShareEvery {
+			if at > 0 {
+				<-tick.C
+			}
+			counts, err := localdns.KubeDNSTCPRequests(e.ctx, e.c, pods)
+			if err != nil {
+				e2etest.Fatalf(t, "%v", err)
+			}
+			samples = append(samples, counts)
+		}
+		t.Logf("sampled for %s after the new replicas were ready", time.Since(ready).Round(100*time.Millisecond))
+	})
 
 	logShares(t, pods, added, samples)
 	from := int(fairShareFrom / fairShareEvery)
@@ -204,7 +211,6 @@ func (e *env) kubeDNSScaledUp(t *testing.T) {
 				name, 100*shares[name], total, fairShareFrom, fairShareWithin, 100*floor)
 		}
 	}
-	e.logNodeCacheMetrics(t, "after kube-dns scaled up", upstreamMetrics...)
 }
 
 // logShares logs each pod's share of the node cache's misses in every
@@ -238,15 +244,11 @@ func (e *env) kubeDNSScaledDown(t *testing.T) {
 	if err := e.scaleKubeDNS(4); err != nil { // already, unless scaling up failed
 		e2etest.Fatalf(t, "%v", err)
 	}
-	loads := missLoads("kdns-down", 25*time.Second)
-	e.startLoads(t, loads...)
-	time.Sleep(3 * time.Second) // mid-load
-	if err := e.scaleKubeDNS(2); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	e.checkStillRunning(t, loads...)
-	waitLoads(t, false, loads...)
-	e.logNodeCacheMetrics(t, "after kube-dns scaled down", upstreamMetrics...)
+	e.underMissLoad(t, "kdns-down", 25*time.Second, func() {
+		if err := e.scaleKubeDNS(2); err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+	})
 }
 
 // kubeDNSPodForceDeleted: one CoreDNS pod `delete --force --grace-period=0`
@@ -254,20 +256,16 @@ func (e *env) kubeDNSScaledDown(t *testing.T) {
 // lameduck) under load that keeps missing the node cache: no failed
 // lookup, none >= 1 s.
 func (e *env) kubeDNSPodForceDeleted(t *testing.T) {
-	loads := missLoads("kdns-kill", 25*time.Second)
-	e.startLoads(t, loads...)
-	time.Sleep(3 * time.Second) // mid-load
-	pods, err := localdns.KubeDNSPods(e.ctx, e.c)
-	if err != nil || len(pods) == 0 {
-		e2etest.Fatalf(t, "kube-dns pods %v: %v", pods, err)
-	}
-	victim := pods[0]
-	if err := e.c.Step("force-delete kube-dns pod "+victim.Name+", until its CoreDNS is gone and a replacement ready", func() error {
-		return localdns.ForceDeleteKubeDNSPod(e.ctx, e.c, victim, 2)
-	}); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	e.checkStillRunning(t, loads...)
-	waitLoads(t, false, loads...)
-	e.logNodeCacheMetrics(t, "after a kube-dns pod was force-deleted", upstreamMetrics...)
+	e.underMissLoad(t, "kdns-kill", 25*time.Second, func() {
+		pods, err := localdns.KubeDNSPods(e.ctx, e.c)
+		if err != nil || len(pods) == 0 {
+			e2etest.Fatalf(t, "kube-dns pods %v: %v", pods, err)
+		}
+		victim := pods[0]
+		if err := e.c.Step("force-delete kube-dns pod "+victim.Name+", until its CoreDNS is gone and a replacement ready", func() error {
+			return localdns.ForceDeleteKubeDNSPod(e.ctx, e.c, victim, 2)
+		}); err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+	})
 }
