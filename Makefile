@@ -29,9 +29,10 @@ e2e: ## As root: the scenarios on a real single-node cluster, both kube-proxy mo
 	LOCALDNS_E2E=1 go test -p 1 -count=1 -timeout 40m -v ./e2e/...
 
 .PHONY: build
-build: ## Build the three binaries into bin/.
+build: ## Build the three binaries and the kubectl plugin (kubectl-localdns) into bin/.
 	@mkdir -p $(BIN)
 	$(foreach b,$(BINARIES),$(GOBUILD) -o $(BIN)/$(b) ./cmd/$(b);)
+	$(GOBUILD) -o $(BIN)/kubectl-localdns ./cmd/kubectl-localdns
 
 .PHONY: deps
 deps: ## Install what the tests need (Debian packages, Go tools, Kubernetes v1.37.2 and CoreDNS built once, cached).
@@ -87,8 +88,9 @@ deploy: ## Install localdns: kubectl apply -k manifests/overlays/$(OVERLAY).
 	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
 
 .PHONY: undeploy
-undeploy: ## Uninstall safely: stop injecting, remove the node cache, clean every node, delete the rest.
+undeploy: ## Uninstall safely: stop injecting, remove the standby, then the node cache, clean every node, delete the rest.
 	$(KUBECTL) delete mutatingwebhookconfiguration localdns-webhook --ignore-not-found
+	$(KUBECTL) -n localdns-system delete daemonset localdns-nodecache-standby --cascade=foreground --wait --ignore-not-found
 	$(KUBECTL) -n localdns-system delete daemonset localdns-nodecache --cascade=foreground --wait --ignore-not-found
 	$(KUBECTL) apply -k manifests/uninstall
 	$(KUBECTL) -n localdns-system rollout status daemonset localdns-cleanup --timeout=5m

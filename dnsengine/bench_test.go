@@ -106,3 +106,36 @@ func BenchmarkServeUDPLoopback(b *testing.B) {
 		}
 	})
 }
+
+// TestCacheHitsDoNotAllocate holds the hit path to what BenchmarkServeHit
+// reports: a cached answer is written without a single allocation.
+func TestCacheHitsDoNotAllocate(t *testing.T) {
+	e, err := New(Config{Listen: []string{"127.0.0.1:0"}, Upstream: newFakeUpstream()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edns := question("www.Example.", dns.TypeA)
+	edns.SetEdns0(1232, true)
+	ednsPkt, err := edns.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, pkt := range map[string][]byte{"plain": packQuery(t, 0x1234, "www.Example.", dns.TypeA), "edns": ednsPkt} {
+		t.Run(name, func(t *testing.T) {
+			r := new(request)
+			dst := make([]byte, 0, maxUDPReply)
+			if _, o := e.serve(pkt, dst, r, protoUDP, e.shared, e.nowNanos()); o == needsUpstream {
+				e.answerMiss(r.detach(), protoUDP, e.shared)
+			}
+			now := e.nowNanos()
+			allocs := testing.AllocsPerRun(100, func() {
+				if _, o := e.serve(pkt, dst, r, protoUDP, e.shared, now); o != replyNow {
+					t.Fatal("not a hit")
+				}
+			})
+			if allocs != 0 {
+				t.Fatalf("a cache hit allocates %v times", allocs)
+			}
+		})
+	}
+}

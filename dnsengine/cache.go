@@ -51,13 +51,6 @@ func (en *entry) remaining(now int64) uint32 {
 	return uint32((left + int64(time.Second) - 1) / int64(time.Second))
 }
 
-// staleNow reports whether en may be answered stale at now without asking
-// the upstream: expired, within staleMax, and its last refresh failed less than
-// staleRefreshTime ago.
-func (en *entry) staleNow(now, staleMax int64) bool {
-	return now >= en.expires && now < en.expires+staleMax && now < en.refreshFailed.Load()+int64(staleRefreshTime)
-}
-
 // hit records a hit and reports whether it should trigger a prefetch; the
 // caller that gets true owns the refresh. Counting stops at the threshold, so a
 // hot entry's cache line is no longer written by every core.

@@ -19,11 +19,11 @@ type flight struct {
 }
 
 // resolution is what a miss resolved to. With neither en nor ans set the
-// answer is SERVFAIL.
+// answer is SERVFAIL, or a stale one when unreachable.
 type resolution struct {
-	en    *entry  // a cached entry: TTLs are patched from its expiry (or staleTTL)
-	stale bool    // en expired and is served because the upstream failed
-	ans   *answer // an answer not to cache, TTLs as received
+	en          *entry  // a cached entry: TTLs are patched from its expiry
+	ans         *answer // an answer not to cache, TTLs as received
+	unreachable bool    // the upstream could not be reached (not: it answered an error)
 }
 
 // resolve answers r's key through the upstream, sharing one request among all
@@ -44,7 +44,7 @@ func (e *Engine) resolve(r *request, c *counters) resolution {
 	e.flights[key] = f
 	e.flightMu.Unlock()
 
-	f.res = e.exchange(r, c)
+	f.res = e.fetch(r, c)
 
 	e.flightMu.Lock()
 	delete(e.flights, key)
@@ -65,12 +65,12 @@ func (e *Engine) prefetch(r *request, en *entry, c *counters) {
 	}()
 }
 
-// exchange asks the upstream, validates and caches the reply. Whatever a
+// fetch asks the upstream, validates and caches the reply. Whatever a
 // reachable upstream answers (NXDOMAIN, SERVFAIL, REFUSED, a TTL 0 answer)
 // replaces the cached entry and reaches the client; only an upstream that
 // cannot be reached (timeouts, refused or reset connections, every server
-// marked down) falls back to a stale entry (RFC 8767).
-func (e *Engine) exchange(r *request, c *counters) resolution {
+// marked down) leaves the caller to fall back to a stale entry (RFC 8767).
+func (e *Engine) fetch(r *request, c *counters) resolution {
 	name, _, err := dns.UnpackDomainName(r.key, 0) // the lowercase name: one upstream request for every case
 	if err != nil {
 		return resolution{} // cannot happen: the name was parsed before
@@ -91,7 +91,7 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 	}
 	if err != nil {
 		e.log.Debug("upstream failed", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
-		return e.staleOr(r.key, now)
+		return resolution{unreachable: true}
 	}
 	if err := validateReply(q, resp); err != nil {
 		c.invalid.Add(1)
@@ -115,30 +115,6 @@ func (e *Engine) exchange(r *request, c *counters) resolution {
 	en := newEntry(a, ttl, now)
 	e.cache.put(r.key, en, now)
 	return resolution{en: en}
-}
-
-// staleOr is the answer when the upstream failed: the entry for key if it is
-// still fresh, or expired less than StaleMax ago (then marked so that the
-// next queries get it at once for staleRefreshTime), else SERVFAIL.
-func (e *Engine) staleOr(key []byte, now int64) resolution {
-	en := e.cache.get(key)
-	if en != nil && now < en.expires {
-		return resolution{en: en}
-	}
-	if en = e.staleCandidate(key, now); en == nil {
-		return resolution{}
-	}
-	en.refreshFailed.Store(now)
-	return resolution{en: en, stale: true}
-}
-
-// staleCandidate returns the entry for key if it has expired less than StaleMax ago.
-func (e *Engine) staleCandidate(key []byte, now int64) *entry {
-	en := e.cache.get(key)
-	if en == nil || now < en.expires || now >= en.expires+int64(e.cfg.StaleMax) {
-		return nil
-	}
-	return en
 }
 
 // validateReply checks that resp answers q: same ID, a response, the same single question.

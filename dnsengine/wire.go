@@ -3,8 +3,6 @@ package dnsengine
 import (
 	"encoding/binary"
 	"errors"
-	"net/netip"
-	"time"
 
 	"github.com/miekg/dns"
 )
@@ -22,12 +20,7 @@ const (
 	// ednsPayload is the UDP payload size we advertise, the DNS flag day 2020 value.
 	ednsPayload = 1232
 	maxTCPReply = dns.MaxMsgSize
-	// staleTTL is the TTL of answers served stale, RFC 8767 section 4's recommendation.
-	staleTTL = 30
-	// staleRefreshTime is how long after a failed refresh an expired entry is
-	// answered stale at once, without asking the upstream again (RFC 8767 section 5).
-	staleRefreshTime = 30 * time.Second
-	optRRLen         = 11
+	optRRLen    = 11
 
 	// Header flag bits, high byte (byte 2) and low byte (byte 3).
 	flagQR     = 0x80
@@ -39,133 +32,6 @@ const (
 	maskRcode  = 0x0f
 	ednsFlagDO = 0x8000
 )
-
-// request is one parsed query. Byte slices point into the packet or into the
-// request's own arrays, so a request is reused per socket without allocating.
-type request struct {
-	id      uint16
-	flags   uint16 // the query's header flags; RD and CD are echoed in the reply
-	qname   []byte // wire form, case as sent
-	qtype   uint16
-	qclass  uint16
-	edns    bool
-	do      bool
-	udpSize int        // largest UDP reply the client accepts
-	key     []byte     // cache key: lowercase qname, qtype, qclass, DO and CD flags
-	client  netip.Addr // set for misses: whose share of the in-flight misses it holds
-
-	keyBuf  [keyMaxLen]byte
-	nameBuf [maxNameLen]byte // qname storage when parsed by the slow path
-}
-
-// parseResult tells the caller which path a packet takes.
-type parseResult int
-
-const (
-	parsedFast parseResult = iota // r holds a plain query
-	parseSlow                     // the header is readable but something is unusual: use dns.Msg
-	parseDrop                     // not a query to answer: too short, or a response
-)
-
-// parseQuery parses the common query by hand: one question and at most an OPT RR
-// without options. Everything else is left to the slow path.
-func parseQuery(pkt []byte, r *request) parseResult {
-	if len(pkt) < headerLen {
-		return parseDrop
-	}
-	flags := binary.BigEndian.Uint16(pkt[2:])
-	if flags>>8&flagQR != 0 {
-		return parseDrop // never answer a response: that is how reflection loops start
-	}
-	if flags>>8&maskOpcode != 0 || binary.BigEndian.Uint16(pkt[4:]) != 1 ||
-		binary.BigEndian.Uint16(pkt[6:]) != 0 || binary.BigEndian.Uint16(pkt[8:]) != 0 {
-		return parseSlow
-	}
-	arcount := binary.BigEndian.Uint16(pkt[10:])
-	if arcount > 1 {
-		return parseSlow
-	}
-	off := headerLen
-	for {
-		if off >= len(pkt) {
-			return parseSlow
-		}
-		l := int(pkt[off])
-		off += 1 + l
-		if l == 0 {
-			break
-		}
-		if l > 63 || off-headerLen >= maxNameLen {
-			return parseSlow // compression pointer, reserved label type, or too long
-		}
-	}
-	if off+4 > len(pkt) {
-		return parseSlow
-	}
-	r.id = binary.BigEndian.Uint16(pkt)
-	r.flags = flags
-	r.qname = pkt[headerLen:off]
-	r.qtype = binary.BigEndian.Uint16(pkt[off:])
-	r.qclass = binary.BigEndian.Uint16(pkt[off+2:])
-	off += 4
-	r.edns, r.do, r.udpSize = false, false, minUDPReply
-	if arcount == 1 {
-		// OPT: root owner, TYPE 41, CLASS = payload size, TTL = ext-rcode|version|flags, RDLENGTH.
-		if off+optRRLen > len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != dns.TypeOPT ||
-			pkt[off+6] != 0 || binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
-			return parseSlow // not OPT, EDNS version other than 0, or options
-		}
-		r.setEDNS(binary.BigEndian.Uint16(pkt[off+3:]), binary.BigEndian.Uint16(pkt[off+7:])&ednsFlagDO != 0)
-		off += optRRLen
-	}
-	if off != len(pkt) || unsupportedType(r.qtype) {
-		return parseSlow
-	}
-	r.buildKey()
-	return parsedFast
-}
-
-func (r *request) setEDNS(payload uint16, do bool) {
-	r.edns, r.do = true, do
-	r.udpSize = min(max(int(payload), minUDPReply), maxUDPReply)
-}
-
-// unsupportedType reports query types a forwarding cache refuses: zone transfers,
-// transaction signatures and the other meta types (RFC 6895 3.1), except ANY.
-func unsupportedType(t uint16) bool {
-	return t == dns.TypeOPT || (t >= dns.TypeTKEY && t < dns.TypeANY)
-}
-
-// buildKey fills r.key from r.qname (ASCII-lowercased; length octets are at
-// most 63 and so never change), r.qtype, r.qclass and the DO and CD flags:
-// an answer to a query with checking disabled may hold data that validation
-// would have rejected, so it must not answer a query without (RFC 4035 3.2.2).
-func (r *request) buildKey() {
-	k := r.keyBuf[:0]
-	for _, b := range r.qname {
-		if 'A' <= b && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		k = append(k, b)
-	}
-	flags := byte(0)
-	if r.do {
-		flags |= keyFlagDO
-	}
-	if r.checkingDisabled() {
-		flags |= keyFlagCD
-	}
-	r.key = append(k, byte(r.qtype>>8), byte(r.qtype), byte(r.qclass>>8), byte(r.qclass), flags)
-}
-
-// The last byte of a cache key.
-const (
-	keyFlagDO = 1 << iota
-	keyFlagCD
-)
-
-// checkingDisabled reports whether the query has the CD bit set.
-func (r *request) checkingDisabled() bool { return byte(r.flags)&flagCD != 0 }
 
 // answer is a reply in wire format as the upstream gave it, prepared for patching:
 // ID 0, no OPT RR, the question name lowercase.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -399,6 +400,74 @@ func FuzzServeRequest(f *testing.F) {
 		}
 		if limit := max(r.udpSize, minUDPReply); len(reply) > limit {
 			t.Fatalf("UDP reply of %d bytes, limit %d", len(reply), limit)
+		}
+	})
+}
+
+// FuzzParseQueryAgreesWithMiekg is a differential fuzz of the hand-written
+// parser: on every packet it takes the fast path for, miekg/dns must parse
+// the same query (ID, name, type, class, EDNS, DO, payload size, CD) and the
+// cache key must be the name lower-cased with type, class and flags.
+func FuzzParseQueryAgreesWithMiekg(f *testing.F) {
+	seed := func(m *dns.Msg) {
+		pkt, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(pkt)
+	}
+	seed(question("www.Example.", dns.TypeA))
+	e := question("svc.ns.svc.cluster.local.", dns.TypeAAAA)
+	e.SetEdns0(4096, true)
+	e.CheckingDisabled = true
+	seed(e)
+	f.Add([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 41, 16, 0, 0, 0, 0x80, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		var r request
+		if parseQuery(pkt, &r) != parsedFast {
+			return
+		}
+		var m dns.Msg
+		if err := m.Unpack(pkt); err != nil {
+			t.Fatalf("fast path took %x, miekg/dns refuses it: %v", pkt, err)
+		}
+		if len(m.Question) != 1 {
+			t.Fatalf("fast path took %x with %d questions", pkt, len(m.Question))
+		}
+		q := m.Question[0]
+		name, _, err := dns.UnpackDomainName(r.qname, 0)
+		switch {
+		case err != nil:
+			t.Fatalf("fast path name %x does not unpack: %v", r.qname, err)
+		case r.id != m.Id || name != q.Name || r.qtype != q.Qtype || r.qclass != q.Qclass:
+			t.Fatalf("fast path %#x %s %d %d, miekg %#x %s %d %d", r.id, name, r.qtype, r.qclass, m.Id, q.Name, q.Qtype, q.Qclass)
+		case r.checkingDisabled() != m.CheckingDisabled:
+			t.Fatalf("CD %v, miekg %v", r.checkingDisabled(), m.CheckingDisabled)
+		}
+		opt := m.IsEdns0()
+		if (opt != nil) != r.edns {
+			t.Fatalf("EDNS %v, miekg finds OPT %v", r.edns, opt != nil)
+		}
+		if opt != nil && (opt.Do() != r.do || min(max(int(opt.UDPSize()), minUDPReply), maxUDPReply) != r.udpSize) {
+			t.Fatalf("DO %v size %d, miekg DO %v size %d", r.do, r.udpSize, opt.Do(), opt.UDPSize())
+		}
+		// The key: miekg's name lower-cased (its escapes are ASCII), packed,
+		// then type, class and the DO and CD flags.
+		wantName := make([]byte, maxNameLen)
+		n, err := dns.PackDomainName(strings.ToLower(q.Name), wantName, 0, nil, false)
+		if err != nil {
+			t.Fatalf("repack %s: %v", q.Name, err)
+		}
+		flags := byte(0)
+		if r.do {
+			flags |= keyFlagDO
+		}
+		if m.CheckingDisabled {
+			flags |= keyFlagCD
+		}
+		wantKey := append(wantName[:n], byte(q.Qtype>>8), byte(q.Qtype), byte(q.Qclass>>8), byte(q.Qclass), flags)
+		if !bytes.Equal(r.key, wantKey) {
+			t.Fatalf("key %x for %s, want %x", r.key, q.Name, wantKey)
 		}
 	})
 }

@@ -3,7 +3,6 @@ package manifests
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,18 +53,7 @@ func bootCluster(t *testing.T) cluster {
 		standInCRD("cert-manager.io", "Certificate", "certificates"),
 		standInCRD("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
 	}}
-	_, err := testenv.Boot(env)
-	if errors.Is(err, testenv.ErrNoAssets) && !testenv.Required() {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver: %v", err)
-		}
-	})
+	testenv.Start(t, env)
 	admin, err := env.AddUser(envtest.User{Name: "localdns-deploy-test", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +104,7 @@ func TestApplyToAPIServer(t *testing.T) {
 			t.Fatalf("an unknown field was accepted: %v\n%s", err, out)
 		}
 	})
-	for _, name := range []string{"default", "cluster-wide", "cert-manager", "default", "monitoring", "uninstall"} {
+	for _, name := range []string{"default", "cluster-wide", "cert-manager", "default", "startup-taint", "monitoring", "uninstall"} {
 		out, err := c.apply(render(t, kustomizations[name]))
 		if err != nil {
 			t.Fatalf("apply %s: %v\n%s", name, err, out)
@@ -136,6 +124,7 @@ func TestApplyToAPIServer(t *testing.T) {
 	}
 
 	t.Run("the webhook may change only the caBundle", func(t *testing.T) { checkPolicyEnforced(t, c) })
+	t.Run("the node cache may only remove the startup taint from its own Node", func(t *testing.T) { checkStartupTaintPolicyEnforced(t, c) })
 
 	t.Run("RBAC", func(t *testing.T) {
 		const webhookSA = "system:serviceaccount:localdns-system:localdns-webhook"
@@ -158,6 +147,12 @@ func TestApplyToAPIServer(t *testing.T) {
 			{nodecacheSA, "get", "services/kube-dns", "kube-system", true},
 			{nodecacheSA, "list", "services", "kube-system", false},
 			{nodecacheSA, "get", "secrets/localdns-webhook-tls", namespace, false},
+			// The startup-taint overlay is applied: Nodes, confined by its policy.
+			{nodecacheSA, "update", "nodes", "", true},
+			{nodecacheSA, "get", "nodes", "", true},
+			{nodecacheSA, "patch", "nodes", "", false},
+			{nodecacheSA, "delete", "nodes", "", false},
+			{nodecacheSA, "list", "nodes", "", false},
 		}
 		for _, tt := range tests {
 			args := []string{"auth", "can-i", tt.verb, tt.resource, "--as", tt.as}

@@ -26,27 +26,9 @@ var webhookIdentity = "system:serviceaccount:" + namespace + ":localdns-webhook"
 // the caBundle; with cert-manager (no such grant) neither is installed.
 func checkCABundleOnlyPolicy(t *testing.T, m manifest, in install, configName string) {
 	t.Helper()
-	var policy admissionregistrationv1.ValidatingAdmissionPolicy
-	var binding admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	hasPolicy := m.get("ValidatingAdmissionPolicy", caBundlePolicy, &policy)
-	hasBinding := m.get("ValidatingAdmissionPolicyBinding", caBundlePolicy, &binding)
-	if in.certManager {
-		if hasPolicy || hasBinding {
-			t.Errorf("policy %s installed with cert-manager TLS, where the webhook cannot write its configuration", caBundlePolicy)
-		}
+	p := installedPolicy(t, m, caBundlePolicy, !in.certManager, "with self-managed TLS only (cert-manager TLS: the webhook cannot write its configuration)")
+	if p == nil {
 		return
-	}
-	if !hasPolicy || !hasBinding {
-		t.Fatalf("self-managed TLS without the policy %s and its binding (%v, %v)", caBundlePolicy, hasPolicy, hasBinding)
-	}
-	b := binding.Spec
-	if b.PolicyName != policy.Name || !slices.Equal(b.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
-		b.ParamRef != nil || b.MatchResources != nil {
-		t.Errorf("binding %+v: want the policy, Deny, no params, no narrower match", b)
-	}
-	p := policy.Spec
-	if p.FailurePolicy == nil || *p.FailurePolicy != admissionregistrationv1.Fail {
-		t.Errorf("failurePolicy %v, want Fail", p.FailurePolicy)
 	}
 	rules := p.MatchConstraints.ResourceRules
 	if len(rules) != 1 || !slices.Equal(rules[0].ResourceNames, []string{configName}) ||
@@ -82,6 +64,37 @@ func checkCABundleOnlyPolicy(t *testing.T, m manifest, in install, configName st
 			t.Errorf("the policy does not compare webhooks[].%s (%s)", field, compared)
 		}
 	}
+}
+
+// installedPolicy checks that the ValidatingAdmissionPolicy name and its
+// binding are rendered exactly when want says (when says when, for the
+// message); rendered, that the binding denies with no params and no
+// narrower match, and that the policy fails closed. It returns the policy's
+// spec, nil when it is not rendered.
+func installedPolicy(t *testing.T, m manifest, name string, want bool, when string) *admissionregistrationv1.ValidatingAdmissionPolicySpec {
+	t.Helper()
+	var policy admissionregistrationv1.ValidatingAdmissionPolicy
+	var binding admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	hasPolicy := m.get("ValidatingAdmissionPolicy", name, &policy)
+	hasBinding := m.get("ValidatingAdmissionPolicyBinding", name, &binding)
+	if !want {
+		if hasPolicy || hasBinding {
+			t.Errorf("policy %s rendered (%v, binding %v); want it %s", name, hasPolicy, hasBinding, when)
+		}
+		return nil
+	}
+	if !hasPolicy || !hasBinding {
+		t.Fatalf("policy %s missing (%v, binding %v); want it %s", name, hasPolicy, hasBinding, when)
+	}
+	b := binding.Spec
+	if b.PolicyName != policy.Name || !slices.Equal(b.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
+		b.ParamRef != nil || b.MatchResources != nil {
+		t.Errorf("binding %+v: want the policy, Deny, no params, no narrower match", b)
+	}
+	if p := policy.Spec.FailurePolicy; p == nil || *p != admissionregistrationv1.Fail {
+		t.Errorf("policy %s: failurePolicy %v, want Fail", name, p)
+	}
+	return &policy.Spec
 }
 
 // jsonFields lists the JSON names of a struct type's fields.

@@ -90,6 +90,9 @@ func (m manifest) daemonSet(name string) *appsv1.DaemonSet {
 	return &ds
 }
 
+// nodeName stands for the pod's spec.nodeName in expanded arguments.
+const nodeName = "node-a"
+
 // expandArgs substitutes $(VAR) references the way the kubelet does, from
 // the container's env (downward-API values get a representative value).
 func expandArgs(c corev1.Container) []string {
@@ -98,6 +101,8 @@ func expandArgs(c corev1.Container) []string {
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
 			env[e.Name] = namespace
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
+			env[e.Name] = nodeName
 		case e.ValueFrom == nil:
 			env[e.Name] = e.Value
 		}
@@ -176,10 +181,12 @@ type install struct {
 	certManager bool
 	monitoring  bool
 	// podAnnotations: the prometheus.io/* scrape annotations on the pods.
-	podAnnotations                          bool
-	localIP                                 string
-	upstreams                               int // --upstream servers; 0: discovered
-	replicas                                int32
+	podAnnotations bool
+	localIP        string
+	upstreams      int // --upstream servers; 0: discovered
+	replicas       int32
+	// startupTaint: the key the node cache removes from its Node; "": off.
+	startupTaint                            string
 	nodecacheImage, webhookImage, stubImage string
 }
 
@@ -199,9 +206,11 @@ var installs = []install{
 	install{name: "helm-cluster-wide", clusterWide: true}.defaults(),
 	install{name: "helm-cert-manager", certManager: true}.defaults(),
 	install{name: "helm-monitoring", monitoring: true}.defaults(),
+	install{name: "startup-taint", startupTaint: nodecache.DefaultStartupTaint}.defaults(),
+	install{name: "helm-startup-taint", startupTaint: nodecache.DefaultStartupTaint}.defaults(),
 	{
 		name: "helm-custom", clusterWide: true, certManager: true, monitoring: true,
-		localIP: "169.254.0.53", upstreams: 2, replicas: 3,
+		localIP: "169.254.0.53", upstreams: 2, replicas: 3, startupTaint: "example.com/dns-not-ready",
 		nodecacheImage: "registry.example:5000/dns/localdns-nodecache:v1.2.3",
 		webhookImage:   "registry.example:5000/dns/localdns-webhook:v1.2.3",
 		stubImage:      "registry.example:5000/dns/localdns-stub:v1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
@@ -233,6 +242,11 @@ func TestNodecacheDaemonSet(t *testing.T) {
 				return tol.Key == "" && tol.Operator == corev1.TolerationOpExists && tol.Effect == ""
 			}) {
 				t.Errorf("tolerations %+v: want one that tolerates every taint", pod.Tolerations)
+			}
+			if in.startupTaint != "" && !slices.ContainsFunc(pod.Tolerations, func(tol corev1.Toleration) bool {
+				return tol.Key == in.startupTaint && tol.Operator == corev1.TolerationOpExists && tol.Effect == ""
+			}) {
+				t.Errorf("tolerations %+v: want the startup taint %s tolerated whatever the other values", pod.Tolerations, in.startupTaint)
 			}
 			checkLinuxOnly(t, "node cache", pod)
 			ru := ds.Spec.UpdateStrategy.RollingUpdate
@@ -290,8 +304,114 @@ func TestNodecacheDaemonSet(t *testing.T) {
 			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/run/xtables.lock" }) {
 				t.Errorf("the node's /run/xtables.lock is not mounted (legacy iptables serialises on it with kube-proxy)")
 			}
+			if cfg.HandoverSocket != nodecache.DefaultHandoverSocket {
+				t.Errorf("--handover-socket %q, want %q (the standby's)", cfg.HandoverSocket, nodecache.DefaultHandoverSocket)
+			}
+			// Its own Node, from the downward API, and the key the policy names.
+			if cfg.StartupTaint != in.startupTaint || (in.startupTaint != "" && cfg.NodeName != nodeName) {
+				t.Errorf("--startup-taint %q on node %q, want %q on the pod's spec.nodeName", cfg.StartupTaint, cfg.NodeName, in.startupTaint)
+			}
 		})
 	}
+}
+
+// TestStandbyDaemonSet checks the hot standby against the node cache it
+// stands in for: the same nodes and network, address, resolution and
+// handover socket; its own pods, limits and metrics port; no node setup and
+// so no NET_ADMIN or NET_RAW; one pod per node at a time.
+func TestStandbyDaemonSet(t *testing.T) {
+	for _, in := range installs {
+		t.Run(in.name, func(t *testing.T) {
+			m := load(t, in.name)
+			nodecacheDS := m.daemonSet("localdns-nodecache")
+			ds := m.daemonSet("localdns-nodecache-standby")
+			pod, primary := ds.Spec.Template.Spec, nodecacheDS.Spec.Template.Spec
+			if ds.Namespace != namespace {
+				t.Errorf("namespace %q", ds.Namespace)
+			}
+			if !pod.HostNetwork || pod.DNSPolicy != corev1.DNSDefault || pod.PriorityClassName != primary.PriorityClassName ||
+				pod.ServiceAccountName != primary.ServiceAccountName {
+				t.Errorf("hostNetwork %v, dnsPolicy %q, priorityClassName %q, serviceAccountName %q; want true, Default and the node cache's %q, %q",
+					pod.HostNetwork, pod.DNSPolicy, pod.PriorityClassName, pod.ServiceAccountName, primary.PriorityClassName, primary.ServiceAccountName)
+			}
+			if !maps.Equal(pod.NodeSelector, primary.NodeSelector) || !slices.Equal(pod.Tolerations, primary.Tolerations) {
+				t.Errorf("nodeSelector %v, tolerations %+v: want the node cache's %v, %+v", pod.NodeSelector, pod.Tolerations, primary.NodeSelector, primary.Tolerations)
+			}
+			if labels.SelectorFromSet(nodecacheDS.Spec.Selector.MatchLabels).Matches(labels.Set(ds.Spec.Template.Labels)) {
+				t.Errorf("the node cache's selector %v selects the standby's pods %v", nodecacheDS.Spec.Selector.MatchLabels, ds.Spec.Template.Labels)
+			}
+			ru := ds.Spec.UpdateStrategy.RollingUpdate
+			if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil ||
+				ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 0 || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 1 {
+				t.Errorf("update strategy %+v: want RollingUpdate, maxSurge 0, maxUnavailable 1 (one holder of the handover socket)", ds.Spec.UpdateStrategy)
+			}
+			annotations := ds.Spec.Template.Annotations
+			if scraped := annotations["prometheus.io/scrape"] == "true" && annotations["prometheus.io/port"] == "9254"; scraped != in.podAnnotations {
+				t.Errorf("scrape annotations %v, want them: %v", annotations, in.podAnnotations)
+			}
+			if len(pod.Containers) != 1 || len(pod.InitContainers) != 0 || len(pod.Volumes) != 0 {
+				t.Fatalf("%d containers, %d init containers, volumes %+v: want one container and nothing from the node", len(pod.Containers), len(pod.InitContainers), pod.Volumes)
+			}
+			c := pod.Containers[0]
+			checkRestrictedContainer(t, pod, c)
+			if c.Image != primary.Containers[0].Image {
+				t.Errorf("image %q, want the node cache's %q", c.Image, primary.Containers[0].Image)
+			}
+			if len(c.Ports) != 0 {
+				t.Errorf("ports %+v: under hostNetwork they are hostPorts; declare none", c.Ports)
+			}
+			if caps := c.SecurityContext.Capabilities.Add; !slices.Equal(caps, []corev1.Capability{"NET_BIND_SERVICE"}) {
+				t.Errorf("added capabilities %v, want exactly NET_BIND_SERVICE (no node setup)", caps)
+			}
+			// The handover takes a peer of its own uid only.
+			if uid, primaryUID := c.SecurityContext.RunAsUser, primary.Containers[0].SecurityContext.RunAsUser; uid == nil || primaryUID == nil || *uid != *primaryUID {
+				t.Errorf("runAsUser %v, want the node cache's %v", uid, primaryUID)
+			}
+			checkHTTPProbe(t, "readiness", c, c.ReadinessProbe, "/readyz", 9254)
+			checkHTTPProbe(t, "liveness", c, c.LivenessProbe, "/healthz", 9254)
+
+			cfg, err := nodecache.Parse(expandArgs(c), io.Discard)
+			if err != nil {
+				t.Fatalf("localdns-nodecache rejects the standby's args %q: %v", c.Args, err)
+			}
+			primaryCfg, err := nodecache.Parse(expandArgs(primary.Containers[0]), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Command != nodecache.CommandStandby || cfg.Setup.Interface || cfg.Setup.Rules || cfg.MetricsAddr != ":9254" {
+				t.Errorf("parsed config %+v: want the standby command, no node setup, metrics on :9254", cfg)
+			}
+			same := func(c nodecache.Config) string {
+				return fmt.Sprint(c.Listen, c.ClusterDomain, c.Upstream, c.UpstreamExternal, c.UpstreamTransport, c.StaleMax, c.HandoverSocket)
+			}
+			if same(cfg) != same(primaryCfg) {
+				t.Errorf("the standby serves %s, the node cache %s: want the same address, resolution and handover socket", same(cfg), same(primaryCfg))
+			}
+			if cfg.CacheMaxBytes >= primaryCfg.CacheMaxBytes {
+				t.Errorf("--cache-max-bytes %d, want less than the node cache's %d", cfg.CacheMaxBytes, primaryCfg.CacheMaxBytes)
+			}
+		})
+	}
+}
+
+// TestStandbyDisabled: without the standby, nothing of it is rendered, and
+// the node cache links to no handover socket.
+func TestStandbyDisabled(t *testing.T) {
+	m := manifest{t: t, name: "no standby", objs: splitObjects(t, helmTemplate(t,
+		"--set", "nodecache.standby.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"))}
+	for _, o := range m.objs {
+		if strings.Contains(o.Name, "standby") {
+			t.Errorf("%s %s rendered without the standby", o.Kind, o.Name)
+		}
+	}
+	cfg, err := nodecache.Parse(expandArgs(m.daemonSet("localdns-nodecache").Spec.Template.Spec.Containers[0]), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HandoverSocket != "" {
+		t.Errorf("--handover-socket %q without a standby, want none", cfg.HandoverSocket)
+	}
+	checkServiceMonitors(t, m)
 }
 
 func TestWebhookDeployment(t *testing.T) {
@@ -529,6 +649,9 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		{"kube-system", "", "services", "watch", "kube-dns"},
 	}
 	nodecacheGrants := []rbacRule{{"kube-system", "", "services", "get", "kube-dns"}}
+	// Every Node (RBAC cannot name the pod's own); the startup taint's
+	// policy narrows it.
+	startupTaintGrants := []rbacRule{{"cluster", "", "nodes", "get", ""}, {"cluster", "", "nodes", "update", ""}}
 	for _, in := range installs {
 		t.Run(in.name, func(t *testing.T) {
 			m := load(t, in.name)
@@ -536,7 +659,12 @@ func TestRBACLeastPrivilege(t *testing.T) {
 			if !in.certManager {
 				wantWebhook = append(slices.Clone(webhookBase), selfManagedTLS...)
 			}
-			for sa, want := range map[string][]rbacRule{"localdns-webhook": wantWebhook, "localdns-nodecache": nodecacheGrants} {
+			wantNodecache := nodecacheGrants
+			if in.startupTaint != "" {
+				wantNodecache = slices.Concat(nodecacheGrants, startupTaintGrants)
+			}
+			checkStartupTaintPolicy(t, m, in)
+			for sa, want := range map[string][]rbacRule{"localdns-webhook": wantWebhook, "localdns-nodecache": wantNodecache} {
 				got := grants(t, m, sa)
 				sortRules(got)
 				sortRules(want)
@@ -766,8 +894,12 @@ func checkServiceMonitors(t *testing.T, m manifest) {
 		}
 		monitors++
 	}
-	if monitors != 2 {
-		t.Errorf("%d ServiceMonitors, want 2 (node cache, webhook)", monitors)
+	want := 2
+	if m.get("DaemonSet", "localdns-nodecache-standby", &appsv1.DaemonSet{}) {
+		want = 3
+	}
+	if monitors != want {
+		t.Errorf("%d ServiceMonitors, want %d (node cache, its standby when installed, webhook)", monitors, want)
 	}
 }
 

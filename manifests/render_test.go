@@ -26,11 +26,12 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // kustomizations are every directory a user applies with `kubectl apply -k`,
 // keyed by the name of its golden file.
 var kustomizations = map[string]string{
-	"default":      "overlays/default",
-	"cluster-wide": "overlays/cluster-wide",
-	"cert-manager": "overlays/cert-manager",
-	"uninstall":    "uninstall",
-	"monitoring":   "monitoring",
+	"default":       "overlays/default",
+	"cluster-wide":  "overlays/cluster-wide",
+	"cert-manager":  "overlays/cert-manager",
+	"startup-taint": "overlays/startup-taint",
+	"uninstall":     "uninstall",
+	"monitoring":    "monitoring",
 }
 
 // kubectl finds the provisioned kubectl (next to kube-apiserver). Missing

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/localdns/localdns/dnsengine"
 	"github.com/localdns/localdns/dnsengine/forward"
@@ -99,6 +100,11 @@ type Config struct {
 	// port through SO_REUSEPORT), this file, in the container's own volume,
 	// can.
 	ReadyFile string
+	// StartupTaint, when set, is the key of a taint the node cache removes
+	// from its own Node (NodeName) once it is ready: workload pods wait for
+	// it on a new node (see taint.go). Empty: off.
+	StartupTaint string
+	NodeName     string
 }
 
 // Limits are the bounds that keep one pod, or a slow kube-dns, from taking
@@ -117,7 +123,14 @@ type Limits struct {
 
 // Defaults.
 const (
-	DefaultListen          = "169.254.20.10:53"
+	DefaultListen = "169.254.20.10:53"
+	// DefaultListenIPv6 is the node cache's IPv6 address in IPv6 and
+	// dual-stack clusters (passed with --listen; the chart does). It is in a
+	// /48 of the unique-local range fd00::/8 whose 40-bit global ID spells
+	// "loc" and "al" in ASCII (6c 6f 63 61 6c), held as a /128 on each node:
+	// it can only collide with a network that chose the same global ID, which
+	// RFC 4193 has sites draw at random.
+	DefaultListenIPv6      = "[fd6c:6f63:616c::10]:53"
 	DefaultClusterDomain   = "cluster.local"
 	DefaultCacheSize       = dnsengine.DefaultCacheSize
 	DefaultCacheMaxBytes   = dnsengine.DefaultCacheMaxBytes
@@ -167,7 +180,7 @@ type setupFlags struct {
 
 func (s *setupFlags) register(fs *flag.FlagSet, setupDefault bool) {
 	s.listen = flagutil.List{Values: []string{DefaultListen}}
-	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list")
+	fs.Var(&s.listen, "listen", "address `ip[:port]` to serve DNS on, UDP and TCP (port 53 when omitted); repeat the flag or give a comma-separated list; IPv6 and dual-stack clusters add "+DefaultListenIPv6)
 	fs.BoolVar(&s.iface, "setup-interface", setupDefault, "create (or adopt) the interface holding the listen IPs; falls back to adding them to lo where the kernel has no dummy interfaces")
 	fs.BoolVar(&s.rules, "setup-rules", setupDefault, "install iptables rules that skip conntrack (raw NOTRACK) and accept DNS to and from the listen IPs")
 	fs.StringVar(&s.interfaceName, "interface-name", DefaultInterfaceName, "name of the dummy interface holding the listen IPs")
@@ -247,6 +260,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		shutdownTimeout   time.Duration
 		readyFile         string
 		handoverSocket    string
+		startupTaint      string
+		nodeName          string
 	)
 	setup.register(fs, command == CommandServe)
 	fs.StringVar(&clusterDomain, "cluster-domain", DefaultClusterDomain, "the cluster's DNS domain; it, in-addr.arpa and ip6.arpa go to --upstream")
@@ -268,6 +283,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 	fs.DurationVar(&reconcileInterval, "reconcile-interval", DefaultReconcileInterval, "how often the interface and rules are checked and repaired")
 	fs.DurationVar(&shutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "on SIGTERM, how long in-flight queries may drain before connections are closed")
 	fs.StringVar(&readyFile, "ready-file", "", "`path` created once this instance serves DNS and an upstream answered, removed when it stops (for `localdns-nodecache ready`); empty: none")
+	fs.StringVar(&startupTaint, "startup-taint", "", "taint `key` removed from this node (--node-name) once this instance serves DNS and an upstream answered, so workload pods wait for it on a new node (e.g. "+DefaultStartupTaint+"); empty: off. Needs get and update on the Node")
+	fs.StringVar(&nodeName, "node-name", "", "this node's `name` (the pod's spec.nodeName), for --startup-taint")
 	if err := parseFlagSet(fs, args, output); err != nil {
 		return Config{}, err
 	}
@@ -288,6 +305,20 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		if handoverSocket == "" {
 			errs = append(errs, errors.New("--handover-socket: a standby needs one"))
 		}
+		if startupTaint != "" {
+			errs = append(errs, errors.New("--startup-taint: the node cache removes the startup taint, not the standby"))
+		}
+	}
+	if startupTaint != "" {
+		if msgs := validation.IsQualifiedName(startupTaint); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--startup-taint: %q is not a taint key: %s", startupTaint, strings.Join(msgs, "; ")))
+		}
+		if nodeName == "" {
+			errs = append(errs, errors.New("--node-name: --startup-taint needs this node's name (the pod's spec.nodeName)"))
+		}
+	}
+	if msgs := validation.IsDNS1123Subdomain(nodeName); nodeName != "" && len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--node-name: %q is not a node name: %s", nodeName, strings.Join(msgs, "; ")))
 	}
 	domain, err := flagutil.ParseDomain(clusterDomain)
 	if err != nil {
@@ -361,6 +392,8 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 		ShutdownTimeout:   shutdownTimeout,
 		ReadyFile:         readyFile,
 		HandoverSocket:    handoverSocket,
+		StartupTaint:      startupTaint,
+		NodeName:          nodeName,
 	}, nil
 }
 

@@ -35,6 +35,7 @@ func defaultConfig() Config {
 		Setup:             SetupConfig{Interface: true, Rules: true, InterfaceName: "localdns0", IptablesMode: IptablesAuto},
 		ReconcileInterval: DefaultReconcileInterval,
 		ShutdownTimeout:   DefaultShutdownTimeout,
+		HandoverSocket:    DefaultHandoverSocket,
 	}
 }
 

@@ -17,20 +17,28 @@ const readyPoll = 200 * time.Millisecond
 // writeReadyFileWhenReady waits until ready reports nil, then creates path holding
 // this process's pid. It gives up when ctx ends.
 func writeReadyFileWhenReady(ctx context.Context, path string, ready func() error, logger *slog.Logger) {
-	tick := time.NewTicker(readyPoll)
-	defer tick.Stop()
-	for ready() != nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	if !untilReady(ctx, ready) {
+		return
 	}
 	if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		logger.Error("cannot write the ready file: the readiness probe will fail", "path", path, "err", err)
 		return
 	}
 	logger.Info("ready", "ready_file", path)
+}
+
+// untilReady polls ready until it reports nil (true) or ctx ends (false).
+func untilReady(ctx context.Context, ready func() error) bool {
+	tick := time.NewTicker(readyPoll)
+	defer tick.Stop()
+	for ready() != nil {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 // removeReadyFile removes path if it exists; an empty path is no file.

@@ -64,6 +64,12 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
+	var taint *startupTaint
+	if cfg.StartupTaint != "" {
+		if taint, err = newStartupTaint(cfg, reg, logger); err != nil {
+			return err
+		}
+	}
 	ready := func() error {
 		switch {
 		case !engine.Listening():
@@ -107,6 +113,9 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	background.Go(func() { setup.Run(backgroundCtx, cfg.ReconcileInterval) })
 	if cfg.ReadyFile != "" {
 		background.Go(func() { writeReadyFileWhenReady(backgroundCtx, cfg.ReadyFile, ready, logger) })
+	}
+	if taint != nil {
+		background.Go(func() { taint.removeWhenReady(backgroundCtx, ready) })
 	}
 
 	<-ctx.Done()

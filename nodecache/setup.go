@@ -54,7 +54,7 @@ func newSetup(cfg SetupConfig, listen []netip.AddrPort, run runner, reg promethe
 		}, []string{"part"}),
 	}
 	if cfg.Interface {
-		iface := newNodeInterface(cfg.InterfaceName, listenIPs(listen), logger)
+		iface := newNodeLink(cfg.InterfaceName, listenIPs(listen), logger)
 		s.parts = append(s.parts, setupPart{
 			name:   partInterface,
 			ensure: func(context.Context) ([]string, error) { return iface.ensure() },

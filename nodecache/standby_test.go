@@ -190,15 +190,7 @@ func metricCount(t *testing.T, c prometheus.Collector) float64 {
 func TestStandbyDrill(t *testing.T) {
 	systest.RequireRoot(t)
 	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-nodecache", "github.com/localdns/localdns/hack/fakedns")
-	nodeNS, clientNS := systest.NewNetns(t, "sbnode"), systest.NewNetns(t, "sbclient")
-	systest.NetnsRun(t, nodeNS, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-client", "netns", clientNS)
-	systest.NetnsRun(t, nodeNS, "ip", "addr", "add", "192.0.2.1/24", "dev", "veth-node")
-	systest.NetnsRun(t, nodeNS, "ip", "link", "set", "veth-node", "up")
-	systest.NetnsRun(t, clientNS, "ip", "addr", "add", "192.0.2.2/24", "dev", "veth-client")
-	systest.NetnsRun(t, clientNS, "ip", "link", "set", "veth-client", "up")
-	systest.NetnsRun(t, clientNS, "ip", "route", "add", "169.254.20.10/32", "via", "192.0.2.1")
-	upstream := systest.Start(t, "fakedns", "ip", "netns", "exec", nodeNS, bin["fakedns"], "--listen", "127.0.0.1:5301", "--services", "10")
-	defer upstream.Terminate(t)
+	nodeNS, clientNS := closedNode(t, "sb", bin["fakedns"])
 
 	inNode := func(args ...string) []string {
 		return append([]string{"ip", "netns", "exec", nodeNS, bin["localdns-nodecache"]}, args...)

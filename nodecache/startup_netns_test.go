@@ -26,16 +26,7 @@ import (
 func TestNoGapAtStart(t *testing.T) {
 	systest.RequireRoot(t)
 	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-nodecache", "github.com/localdns/localdns/hack/fakedns")
-	nodeNS, clientNS := systest.NewNetns(t, "gapnode"), systest.NewNetns(t, "gapclient")
-	systest.NetnsRun(t, nodeNS, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-client", "netns", clientNS)
-	systest.NetnsRun(t, nodeNS, "ip", "addr", "add", "192.0.2.1/24", "dev", "veth-node")
-	systest.NetnsRun(t, nodeNS, "ip", "link", "set", "veth-node", "up")
-	systest.NetnsRun(t, clientNS, "ip", "addr", "add", "192.0.2.2/24", "dev", "veth-client")
-	systest.NetnsRun(t, clientNS, "ip", "link", "set", "veth-client", "up")
-	systest.NetnsRun(t, clientNS, "ip", "route", "add", "169.254.20.10/32", "via", "192.0.2.1")
-
-	upstream := systest.Start(t, "fakedns", "ip", "netns", "exec", nodeNS, bin["fakedns"], "--listen", "127.0.0.1:5301", "--services", "10")
-	defer upstream.Terminate(t)
+	nodeNS, clientNS := closedNode(t, "gap", bin["fakedns"])
 	noPortsBefore := udpNoPorts(t, nodeNS)
 
 	appeared := addressAppears(t, nodeNS, netip.MustParseAddr("169.254.20.10"))
@@ -64,6 +55,23 @@ func TestNoGapAtStart(t *testing.T) {
 	if code := cache.Terminate(t); code != 0 {
 		t.Errorf("exit status %d after SIGTERM:\n%s", code, cache.Logs())
 	}
+}
+
+// closedNode makes a node and a client namespace joined by a veth pair, the
+// client routing 169.254.20.10 to the node, and starts fakedns as kube-dns
+// on the node's 127.0.0.1:5301. Nothing has a route out.
+func closedNode(t *testing.T, role, fakedns string) (nodeNS, clientNS string) {
+	t.Helper()
+	nodeNS, clientNS = systest.NewNetns(t, role+"node"), systest.NewNetns(t, role+"client")
+	systest.NetnsRun(t, nodeNS, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-client", "netns", clientNS)
+	systest.NetnsRun(t, nodeNS, "ip", "addr", "add", "192.0.2.1/24", "dev", "veth-node")
+	systest.NetnsRun(t, nodeNS, "ip", "link", "set", "veth-node", "up")
+	systest.NetnsRun(t, clientNS, "ip", "addr", "add", "192.0.2.2/24", "dev", "veth-client")
+	systest.NetnsRun(t, clientNS, "ip", "link", "set", "veth-client", "up")
+	systest.NetnsRun(t, clientNS, "ip", "route", "add", "169.254.20.10/32", "via", "192.0.2.1")
+	upstream := systest.Start(t, "fakedns", "ip", "netns", "exec", nodeNS, fakedns, "--listen", "127.0.0.1:5301", "--services", "10")
+	t.Cleanup(func() { upstream.Terminate(t) })
+	return nodeNS, clientNS
 }
 
 // udpNoPorts reads the namespace's count of datagrams that reached a local

@@ -14,7 +14,7 @@ import (
 // SIGTERM drains and exits 0.
 func TestBinary(t *testing.T) {
 	bin := systest.BuildBinaries(t, "github.com/localdns/localdns/cmd/localdns-stub")["localdns-stub"]
-	node := startFake(t, "node cache", nodeCacheAnswer)
+	node := startFake(t, ipv4, "node cache", nodeCacheAnswer)
 	listen := unusedAddr(t)
 	stub := systest.Start(t, "localdns-stub", bin, "--listen", listen.String(), "--node-cache", node.Addr().String(),
 		"--cluster-domain", probeTestDomain)

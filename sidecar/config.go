@@ -1,10 +1,12 @@
 // Package sidecar is localdns-stub: a small caching DNS stub that runs inside
-// a pod on 127.0.0.1:53, for musl (Alpine) workloads. musl ignores the
-// resolver options that avoid the conntrack race and queries every nameserver
-// at once, so such a pod cannot list the kube-dns ClusterIP safely. The stub
-// owns the fallback instead: it asks the node cache (UDP with a short
-// timeout, then TCP) and, when the node cache fails, kube-dns over TCP only.
-// It serves through the same dnsengine and forwarder as the node cache.
+// a pod on 127.0.0.1:53 (and [::1]:53 where the pod's primary family is
+// IPv6), for musl (Alpine) workloads. musl ignores the resolver options that
+// avoid the conntrack race and queries every nameserver at once, so such a
+// pod cannot list the kube-dns ClusterIP safely. The stub owns the fallback
+// instead: it asks the node cache (UDP with a short timeout, then TCP) and,
+// when the node cache fails, kube-dns over TCP only, over whatever family
+// those addresses have. It serves through the same dnsengine and forwarder as
+// the node cache.
 package sidecar
 
 import (

@@ -48,9 +48,17 @@ func TestParse(t *testing.T) {
 		{name: "explicit --listen replaces the default, even with IPv6 up", ipv6Up: true,
 			args: []string{"--listen", "127.0.0.1:53"}, want: defaults},
 		{
-			name: "the webhook's arguments",
+			name: "IPv4 upstreams",
 			args: []string{"--listen", "127.0.0.1:53", "--node-cache", "169.254.20.10:53", "--fallback", "10.96.0.10:53", "--cache-size", "1000"},
 			want: with(func(c *Config) { c.Fallback = ap("10.96.0.10:53") }),
+		},
+		{
+			name: "IPv6 upstreams, served on both loopbacks",
+			args: []string{"--listen", "[::1]:53", "--listen", "127.0.0.1:53", "--node-cache", "[fd6c:6f63:616c::10]:53", "--fallback", "fd00:10:96::a"},
+			want: with(func(c *Config) {
+				c.Listen = []netip.AddrPort{ap("[::1]:53"), ap("127.0.0.1:53")}
+				c.NodeCache, c.Fallback = ap("[fd6c:6f63:616c::10]:53"), ap("[fd00:10:96::a]:53")
+			}),
 		},
 		{
 			name: "every flag",
@@ -98,7 +106,7 @@ func TestParse(t *testing.T) {
 
 		{name: "probe defaults", args: []string{"probe"}, want: Config{Command: CommandProbe,
 			Probe: ProbeConfig{Addr: ap("127.0.0.1:53"), Name: "cluster.local.", Timeout: 800 * time.Millisecond}}},
-		{name: "probe, the webhook's exec command", args: []string{"probe", "--listen", "127.0.0.1:53"}, want: Config{Command: CommandProbe,
+		{name: "probe --listen", args: []string{"probe", "--listen", "127.0.0.1:53"}, want: Config{Command: CommandProbe,
 			Probe: ProbeConfig{Addr: ap("127.0.0.1:53"), Name: "cluster.local.", Timeout: 800 * time.Millisecond}}},
 		{name: "probe flags", args: []string{"probe", "--listen", "::1", "--name", "example.org", "--timeout", "2s"}, want: Config{Command: CommandProbe,
 			Probe: ProbeConfig{Addr: ap("[::1]:53"), Name: "example.org.", Timeout: 2 * time.Second}}},

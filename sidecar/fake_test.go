@@ -43,12 +43,20 @@ type fakeUpstream struct {
 	queries []query // probes (the probe name) left out
 }
 
+// family is the IP family a fake serves on: a 127/8 address or ::1.
+type family string
+
+const (
+	ipv4 family = "ipv4"
+	ipv6 family = "ipv6"
+)
+
 // startFake starts a fake on an address that stays closed while it is stopped
 // and that Restart gets back, as a restarted node cache would.
-func startFake(t testing.TB, name string, answerIP string) *fakeUpstream {
+func startFake(t testing.TB, fam family, name string, answerIP string) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{answerIP: net.ParseIP(answerIP), release: make(chan struct{})}
-	f.Fake = dnstest.Start(t, dnstest.Config{Name: name, Handler: f.handle})
+	f.Fake = dnstest.Start(t, dnstest.Config{Name: name, Handler: f.handle, IPv6: fam == ipv6})
 	return f
 }
 
@@ -123,9 +131,9 @@ func (f *fakeUpstream) asked(name string) bool {
 
 // startKubeDNS starts the fake ClusterIP and fails the test at cleanup if a
 // single UDP packet ever reached it: the stub talks to it over TCP only.
-func startKubeDNS(t *testing.T) *fakeUpstream {
+func startKubeDNS(t *testing.T, fam family) *fakeUpstream {
 	t.Helper()
-	f := startFake(t, "kube-dns", kubeDNSAnswer)
+	f := startFake(t, fam, "kube-dns", kubeDNSAnswer)
 	t.Cleanup(func() {
 		if n := f.udpSeen.Load(); n != 0 {
 			t.Errorf("kube-dns (the ClusterIP) received %d UDP queries; the stub must use TCP only", n)

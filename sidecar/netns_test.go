@@ -3,6 +3,7 @@ package sidecar
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,26 +16,60 @@ import (
 	"time"
 
 	"github.com/localdns/localdns/internal/systest"
+	"github.com/localdns/localdns/webhook"
 )
 
-// The closed topology of TestStubInNetns; nothing in it routes anywhere else.
+// topology is the closed network of TestStubInNetns for one IP family;
+// nothing in it routes anywhere else.
+type topology struct {
+	iptables       string // iptables or ip6tables
+	podIP, nodeIP  string // the veth pair's ends
+	prefix         string // their prefix length
+	hostPrefix     string // a single address's prefix length
+	serviceRange   string // the Service ClusterIP range
+	clusterIP      string // kube-dns Service, DNAT'ed in the node namespace
+	kubeDNSPodIP   string // where the fake kube-dns really listens
+	addrFlags      []string
+	nodeCacheLocal string // the node cache's address: the webhook's default
+	// serviceAddr formats Service i's address in fakedns's cluster zone of
+	// this family: what getaddrinfo gives a pod of this family.
+	serviceAddr string
+}
+
+var topologies = map[string]topology{
+	"ipv4": {
+		iptables: "iptables", podIP: "10.200.0.2", nodeIP: "10.200.0.1", prefix: "/24", hostPrefix: "/32",
+		serviceRange: "10.96.0.0/12", clusterIP: "10.96.0.10", kubeDNSPodIP: "10.244.0.10",
+		nodeCacheLocal: webhook.DefaultLocalIP, serviceAddr: "10.97.0.%d",
+	},
+	"ipv6": {
+		iptables: "ip6tables", podIP: "fd00:200::2", nodeIP: "fd00:200::1", prefix: "/64", hostPrefix: "/128",
+		serviceRange: "fd00:96::/112", clusterIP: "fd00:96::10", kubeDNSPodIP: "fd00:244::10",
+		// No duplicate address detection: the addresses are usable at once.
+		addrFlags:      []string{"nodad"},
+		nodeCacheLocal: webhook.DefaultLocalIPv6, serviceAddr: "fd00:97::%x",
+	},
+}
+
 const (
-	podIP        = "10.200.0.2"
-	nodeIP       = "10.200.0.1"
-	nodeCacheIP  = "169.254.20.10"
-	clusterIP    = "10.96.0.10"  // kube-dns Service, DNAT'ed in the node namespace
-	kubeDNSPodIP = "10.244.0.10" // where the fake kube-dns really listens
-	stubMetrics  = "127.0.0.1:9254"
-	nodeMetrics  = "127.0.0.1:9253"
+	stubMetrics = "127.0.0.1:9254"
+	nodeMetrics = "127.0.0.1:9253"
 )
 
 // TestStubInNetns runs the real binaries the way a musl pod on a node runs
-// them, in two network namespaces joined by a veth pair:
+// them, in two network namespaces joined by a veth pair, once per IP family.
+// The pod's resolv.conf, the stub's arguments and its probe are what the
+// webhook decides for a stub-mode pod whose kube-dns has that family:
 //
 //	pod ns: resolv.conf [127.0.0.1, 169.254.20.10]    node ns: localdns-nodecache on 169.254.20.10:53 (its own
 //	        localdns-stub on 127.0.0.1:53  --veth-->           interface and NOTRACK rules), upstream the ClusterIP
 //	        musl (static) and glibc clients                    fakedns (kube-dns) on 10.244.0.10:53, reached
 //	                                                           through iptables DNAT of 10.96.0.10:53
+//
+// and over IPv6 resolv.conf [::1, fd6c:6f63:616c::10], the stub on [::1]:53
+// (and 127.0.0.1:53), the node cache on fd6c:6f63:616c::10, fakedns on
+// fd00:244::10 behind ip6tables DNAT of fd00:96::10: no IPv4 address but
+// loopback in either namespace.
 //
 // It checks that real musl and glibc lookups are answered; that with the node
 // cache SIGKILLed they still are, through the stub's fallback, which reaches
@@ -42,7 +77,7 @@ const (
 // stays 0); and that once the node cache is restarted the stub uses it again.
 func TestStubInNetns(t *testing.T) {
 	systest.RequireRoot(t)
-	for _, tool := range []string{"ip", "iptables", "dig", "getent", "musl-gcc"} {
+	for _, tool := range []string{"ip", "iptables", "ip6tables", "dig", "getent", "musl-gcc"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed (hack/install-deps.sh installs it): %v", tool, err)
 		}
@@ -53,52 +88,66 @@ func TestStubInNetns(t *testing.T) {
 	if out, err := exec.Command("musl-gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", muslResolve, "testdata/resolve.c").CombinedOutput(); err != nil {
 		t.Fatalf("musl-gcc: %v\n%s", err, out)
 	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		t.Run(fam, func(t *testing.T) { testStubInNetns(t, topologies[fam], bin, muslResolve) })
+	}
+}
+
+func testStubInNetns(t *testing.T, top topology, bin map[string]string, muslResolve string) {
+	plan := webhookStubPlan(t, nil, []string{top.clusterIP}, nil)
+	nodeCacheIP := plan.Nameservers[1]
+	if nodeCacheIP != top.nodeCacheLocal {
+		t.Fatalf("the webhook's nameservers %q: want the node cache %s second", plan.Nameservers, top.nodeCacheLocal)
+	}
 
 	node, pod := systest.NewNetns(t, "node"), systest.NewNetns(t, "pod")
+	addr := func(ns, cidr, dev string) {
+		systest.NetnsRun(t, ns, append([]string{"ip", "addr", "add", cidr, "dev", dev}, top.addrFlags...)...)
+	}
 	systest.NetnsRun(t, node, "ip", "link", "add", "veth-node", "type", "veth", "peer", "name", "veth-pod", "netns", pod)
-	systest.NetnsRun(t, node, "ip", "addr", "add", nodeIP+"/24", "dev", "veth-node")
+	addr(node, top.nodeIP+top.prefix, "veth-node")
 	systest.NetnsRun(t, node, "ip", "link", "set", "veth-node", "up")
-	systest.NetnsRun(t, node, "ip", "addr", "add", kubeDNSPodIP+"/32", "dev", "lo")
+	addr(node, top.kubeDNSPodIP+top.hostPrefix, "lo")
 	// Service IPs need a route for a node's own connections to be routed at
 	// all before DNAT rewrites them (a real node has a default route).
-	systest.NetnsRun(t, node, "ip", "route", "add", "10.96.0.0/12", "dev", "veth-node")
-	systest.NetnsRun(t, pod, "ip", "addr", "add", podIP+"/24", "dev", "veth-pod")
+	systest.NetnsRun(t, node, "ip", "route", "add", top.serviceRange, "dev", "veth-node")
+	addr(pod, top.podIP+top.prefix, "veth-pod")
 	systest.NetnsRun(t, pod, "ip", "link", "set", "veth-pod", "up")
-	systest.NetnsRun(t, pod, "ip", "route", "add", nodeCacheIP+"/32", "via", nodeIP)
-	systest.NetnsRun(t, pod, "ip", "route", "add", "10.96.0.0/12", "via", nodeIP)
+	systest.NetnsRun(t, pod, "ip", "route", "add", nodeCacheIP+top.hostPrefix, "via", top.nodeIP)
+	systest.NetnsRun(t, pod, "ip", "route", "add", top.serviceRange, "via", top.nodeIP)
 	// The ClusterIP as kube-proxy's iptables mode makes it: DNAT for traffic
 	// from pods (PREROUTING) and from the node itself (OUTPUT: the node cache).
 	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
 		for _, proto := range []string{"udp", "tcp"} {
-			systest.NetnsRun(t, node, "iptables", "-t", "nat", "-A", chain, "-d", clusterIP+"/32", "-p", proto, "--dport", "53",
-				"-j", "DNAT", "--to-destination", kubeDNSPodIP+":53")
+			systest.NetnsRun(t, node, top.iptables, "-t", "nat", "-A", chain, "-d", top.clusterIP+top.hostPrefix, "-p", proto, "--dport", "53",
+				"-j", "DNAT", "--to-destination", net.JoinHostPort(top.kubeDNSPodIP, "53"))
 		}
 	}
 	// Counters (rules without a target) of every packet from the pod to the ClusterIP.
 	for _, proto := range []string{"udp", "tcp"} {
-		systest.NetnsRun(t, node, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "veth-node", "-d", clusterIP+"/32",
+		systest.NetnsRun(t, node, top.iptables, "-t", "mangle", "-A", "PREROUTING", "-i", "veth-node", "-d", top.clusterIP+top.hostPrefix,
 			"-p", proto, "--dport", "53", "-m", "comment", "--comment", "pod-to-clusterip-"+proto)
 	}
-	// What the webhook writes for a stub-mode pod; nsswitch so that glibc asks DNS only.
-	systest.WriteNetnsFile(t, pod, "resolv.conf", "nameserver 127.0.0.1\nnameserver "+nodeCacheIP+"\n"+
-		"search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2\n")
+	// What kubelet writes from the webhook's dnsConfig; nsswitch so that glibc asks DNS only.
+	systest.WriteNetnsFile(t, pod, "resolv.conf", resolvConf(plan))
 	systest.WriteNetnsFile(t, pod, "nsswitch.conf", "hosts: files dns\n")
 
-	systest.Start(t, "fakedns", "ip", "netns", "exec", node, bin["fakedns"], "--listen", kubeDNSPodIP+":53", "--services", "50")
-	nodeCacheArgs := []string{"ip", "netns", "exec", node, bin["localdns-nodecache"], "--listen", nodeCacheIP + ":53",
-		"--upstream", clusterIP + ":53", "--setup-interface", "--setup-rules", "--metrics-addr", nodeMetrics}
+	systest.Start(t, "fakedns", "ip", "netns", "exec", node, bin["fakedns"], "--listen", net.JoinHostPort(top.kubeDNSPodIP, "53"), "--services", "50")
+	nodeCacheArgs := []string{"ip", "netns", "exec", node, bin["localdns-nodecache"], "--listen", net.JoinHostPort(nodeCacheIP, "53"),
+		"--upstream", net.JoinHostPort(top.clusterIP, "53"), "--setup-interface", "--setup-rules", "--metrics-addr", nodeMetrics}
 	nodeCache := systest.Start(t, "localdns-nodecache", nodeCacheArgs...)
 	systest.WaitFor(t, "the node cache to be ready", func() (bool, string) {
 		code, body := systest.HTTPGet(t, node, nodeMetrics, "/readyz")
 		return code == http.StatusOK, fmt.Sprintf("/readyz: %d %s%s", code, body, nodeCache.Logs())
 	})
 	// The webhook's container arguments, plus metrics to look inside.
-	stub := systest.Start(t, "localdns-stub", "ip", "netns", "exec", pod, bin["localdns-stub"],
-		"--listen", "127.0.0.1:53", "--node-cache", nodeCacheIP+":53", "--fallback", clusterIP+":53", "--cache-size", "1000",
-		"--metrics-addr", stubMetrics)
+	c := plan.Stub.Container
+	stub := systest.Start(t, "localdns-stub", slices.Concat([]string{"ip", "netns", "exec", pod, bin["localdns-stub"]},
+		c.Args, []string{"--metrics-addr", stubMetrics})...)
 	// The webhook's exec startup probe.
 	systest.WaitFor(t, "the stub's probe to pass", func() (bool, string) {
-		out, err := exec.Command("ip", "netns", "exec", pod, bin["localdns-stub"], "probe", "--listen", "127.0.0.1:53").CombinedOutput()
+		probe := c.StartupProbe.Exec.Command
+		out, err := exec.Command("ip", slices.Concat([]string{"netns", "exec", pod, bin["localdns-stub"]}, probe[1:])...).CombinedOutput()
 		return err == nil, string(out) + stub.Logs()
 	})
 
@@ -115,7 +164,7 @@ func TestStubInNetns(t *testing.T) {
 			{"glibc getent ahosts", []string{"getent", "ahosts"}},
 		} {
 			svc++
-			name, want := fmt.Sprintf("svc-%d.default", svc), fmt.Sprintf("10.97.0.%d", svc)
+			name, want := fmt.Sprintf("svc-%d.default", svc), fmt.Sprintf(top.serviceAddr, svc)
 			start := time.Now()
 			out, err := exec.Command("ip", append([]string{"netns", "exec", pod}, append(client.argv, name)...)...).CombinedOutput()
 			// Reported, not asserted: the time includes starting the process.
@@ -126,16 +175,17 @@ func TestStubInNetns(t *testing.T) {
 		}
 	}
 	stubSeries := func(server, transport string) string {
-		return fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s:53",transport="%s"}`, server, transport)
+		return fmt.Sprintf(`localdns_stub_upstream_requests_total{server="%s",transport="%s"}`, net.JoinHostPort(server, "53"), transport)
 	}
 	clusterIPPackets := func(proto string) int {
-		return iptablesPackets(t, node, "mangle", "PREROUTING", "pod-to-clusterip-"+proto)
+		return iptablesPackets(t, node, top.iptables, "mangle", "PREROUTING", "pod-to-clusterip-"+proto)
 	}
+	clusterIP := top.clusterIP
 
 	t.Run("answers through the node cache", func(t *testing.T) {
 		lookup(t)
 		lookup(t)
-		if out := systest.NetnsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"); out != "0 100 80 svc-3.default.svc.cluster.local.\n" {
+		if out := systest.NetnsRun(t, pod, "dig", "@"+plan.Nameservers[0], "+time=2", "+tries=1", "+tcp", "+short", "_http._tcp.svc-3.default.svc.cluster.local", "SRV"); out != "0 100 80 svc-3.default.svc.cluster.local.\n" {
 			t.Errorf("SRV over TCP to the stub: %q", out)
 		}
 		m := metricsInNetns(t, pod, stubMetrics)
@@ -157,7 +207,7 @@ func TestStubInNetns(t *testing.T) {
 		if m[stubSeries(clusterIP, "tcp")] == 0 {
 			t.Errorf("the stub's fallback was never asked over TCP:\n%s", upstreamSeries(m))
 		}
-		if got := m[fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s:53"}`, nodeCacheIP)]; got != 0 {
+		if got := m[fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s"}`, net.JoinHostPort(nodeCacheIP, "53"))]; got != 0 {
 			t.Errorf("node cache health %v in the stub, want 0 (down)", got)
 		}
 		if clusterIPPackets("tcp") == tcpBefore {
@@ -167,14 +217,14 @@ func TestStubInNetns(t *testing.T) {
 
 	t.Run("node cache back: used again", func(t *testing.T) {
 		restarted := systest.Start(t, "localdns-nodecache (restarted)", nodeCacheArgs...)
-		healthy := fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s:53"}`, nodeCacheIP)
+		healthy := fmt.Sprintf(`localdns_stub_upstream_healthy{server="%s"}`, net.JoinHostPort(nodeCacheIP, "53"))
 		systest.WaitFor(t, "the stub to see the node cache healthy again", func() (bool, string) {
 			m := metricsInNetns(t, pod, stubMetrics)
 			return m[healthy] == 1, fmt.Sprintf("%s = %v%s", healthy, m[healthy], restarted.Logs())
 		})
 		before := metricsInNetns(t, pod, stubMetrics)
 		lookup(t)
-		if out := systest.NetnsRun(t, pod, "dig", "@127.0.0.1", "+time=2", "+tries=1", "+short", "svc-40.default.svc.cluster.local"); out != "10.97.0.40\n" {
+		if out := systest.NetnsRun(t, pod, "dig", "@"+plan.Nameservers[0], "+time=2", "+tries=1", "+short", "svc-40.default.svc.cluster.local"); out != "10.97.0.40\n" {
 			t.Errorf("dig through the stub: %q", out)
 		}
 		after := metricsInNetns(t, pod, stubMetrics)
@@ -199,10 +249,11 @@ func TestStubInNetns(t *testing.T) {
 	}
 }
 
-// iptablesPackets returns the packet counter of the rule with the comment.
-func iptablesPackets(t *testing.T, ns, table, chain, comment string) int {
+// iptablesPackets returns the packet counter of the rule with the comment;
+// iptables is iptables or ip6tables.
+func iptablesPackets(t *testing.T, ns, iptables, table, chain, comment string) int {
 	t.Helper()
-	for line := range strings.Lines(systest.NetnsRun(t, ns, "iptables", "-t", table, "-L", chain, "-v", "-n", "-x")) {
+	for line := range strings.Lines(systest.NetnsRun(t, ns, iptables, "-t", table, "-L", chain, "-v", "-n", "-x")) {
 		if strings.Contains(line, "/* "+comment+" */") {
 			n, err := strconv.Atoi(strings.Fields(line)[0])
 			if err != nil {
@@ -257,8 +308,9 @@ func upstreamSeries(m map[string]float64) string {
 // TestStubNonRootInNetns runs the stub the way the webhook's container spec
 // does: uid 65532, every capability dropped but NET_BIND_SERVICE from the
 // bounding set, no new privileges. Such a process's effective set is empty,
-// so binding 127.0.0.1:53 needs the pod sysctl ip_unprivileged_port_start=53,
-// which the webhook sets; without it the stub exits 1 at once, saying why.
+// so binding port 53 (of ::1 and 127.0.0.1, an IPv6 pod's pair) needs the
+// pod sysctl ip_unprivileged_port_start=53, which the webhook sets; without
+// it the stub exits 1 at once, saying why.
 func TestStubNonRootInNetns(t *testing.T) {
 	systest.RequireRoot(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
@@ -274,7 +326,9 @@ func TestStubNonRootInNetns(t *testing.T) {
 	pod := systest.NewNetns(t, "pod")
 	argv := []string{"ip", "netns", "exec", pod, "setpriv", "--reuid", "65532", "--regid", "65532", "--clear-groups",
 		"--bounding-set", "-all,+net_bind_service", "--no-new-privs",
-		bin, "--listen", "127.0.0.1:53", "--node-cache", "127.0.0.2:53"} // nothing there: SERVFAIL, still an answer
+		// An IPv6 pod's pair of addresses: the sysctl, named net.ipv4, governs
+		// IPv6 binds too. Nothing at the node cache: SERVFAIL, still an answer.
+		bin, "--listen", "[::1]:53", "--listen", "127.0.0.1:53", "--node-cache", "127.0.0.2:53"}
 
 	t.Run("without the sysctl: bind refused", func(t *testing.T) {
 		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
@@ -287,10 +341,12 @@ func TestStubNonRootInNetns(t *testing.T) {
 	t.Run("with ip_unprivileged_port_start=53: serves", func(t *testing.T) {
 		systest.NetnsRun(t, pod, "sysctl", "-q", "-w", "net.ipv4.ip_unprivileged_port_start=53")
 		stub := systest.Start(t, "localdns-stub (uid 65532)", argv...)
-		systest.WaitFor(t, "the stub's probe to pass", func() (bool, string) {
-			out, err := exec.Command("ip", "netns", "exec", pod, bin, "probe", "--listen", "127.0.0.1:53").CombinedOutput()
-			return err == nil, string(out) + stub.Logs()
-		})
+		for _, listen := range []string{"[::1]:53", "127.0.0.1:53"} {
+			systest.WaitFor(t, "the stub's probe of "+listen+" to pass", func() (bool, string) {
+				out, err := exec.Command("ip", "netns", "exec", pod, bin, "probe", "--listen", listen).CombinedOutput()
+				return err == nil, string(out) + stub.Logs()
+			})
+		}
 		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", stub.Pid()))
 		if err != nil {
 			t.Fatal(err)

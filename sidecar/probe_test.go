@@ -57,9 +57,10 @@ func edited(edit func(reply *dns.Msg)) func([]byte) []byte {
 }
 
 func TestProbe(t *testing.T) {
-	node := startFake(t, "node cache", nodeCacheAnswer)
+	node := startFake(t, ipv4, "node cache", nodeCacheAnswer)
 	up := startStub(t, testConfig(node, nil))
-	deadNode := startFake(t, "dead node cache", nodeCacheAnswer)
+	up6 := startStub(t, testConfig(startFake(t, ipv6, "IPv6 node cache", nodeCacheAnswer), nil))
+	deadNode := startFake(t, ipv4, "dead node cache", nodeCacheAnswer)
 	deadNode.Stop()
 	failing := startStub(t, testConfig(deadNode, nil))
 	addrOf := func(s *Stub) netip.AddrPort { return netip.MustParseAddrPort(s.UDPAddrs()[0].String()) }
@@ -72,6 +73,7 @@ func TestProbe(t *testing.T) {
 		wantOK  string
 	}{
 		{name: "stub up", addr: addrOf(up), wantOK: "SOA: NOERROR"},
+		{name: "stub up on ::1", addr: addrOf(up6), wantOK: "[::1]:"},
 		{name: "stub up, every upstream failing: SERVFAIL still proves it serves", addr: addrOf(failing), wantOK: "SOA: SERVFAIL"},
 		{name: "nothing listening", addr: unusedAddr(t), wantErr: "connection refused"},
 		{name: "garbage responder", addr: responder(t, func([]byte) []byte { return []byte("not dns at all") }), wantErr: "malformed reply"},

@@ -24,13 +24,19 @@ import (
 // an upstream marked down with its SOA, and fakes leave those out of their records.
 const probeTestDomain = "cluster.test."
 
-// testConfig is a stub on an ephemeral loopback port in front of the fakes.
-// Its timeouts are long, so that a loaded machine cannot make an attempt
-// expire; tests about silent upstreams shorten them.
+// testConfig is a stub on an ephemeral loopback port in front of the fakes:
+// with an IPv6 node cache, on ::1 and 127.0.0.1 as the webhook configures
+// IPv6 pods (::1 first, the address tests ask). Its timeouts are long, so
+// that a loaded machine cannot make an attempt expire; tests about silent
+// upstreams shorten them.
 func testConfig(nodeCache, kubeDNS *fakeUpstream) Config {
+	listen := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}
+	if nodeCache.Addr().Addr().Is6() {
+		listen = slices.Insert(listen, 0, netip.MustParseAddrPort("[::1]:0"))
+	}
 	cfg := Config{
 		Command:             CommandServe,
-		Listen:              []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
+		Listen:              listen,
 		NodeCache:           nodeCache.Addr(),
 		ClusterDomain:       probeTestDomain,
 		CacheSize:           DefaultCacheSize,
@@ -66,15 +72,21 @@ var nameSeq atomic.Int64
 // freshName is a name no test asked before, so the stub's cache cannot answer it.
 func freshName() string { return fmt.Sprintf("q%d.svc.example.", nameSeq.Add(1)) }
 
-// ask sends an A query to the stub over UDP (the way musl does) and returns the reply.
+// ask sends an A query to the stub's first address over UDP (the way musl
+// does) and returns the reply.
 func ask(t *testing.T, s *Stub, name string) *dns.Msg {
+	t.Helper()
+	return askAt(t, s.UDPAddrs()[0], name)
+}
+
+func askAt(t *testing.T, addr net.Addr, name string) *dns.Msg {
 	t.Helper()
 	c := &dns.Client{Net: "udp", Timeout: 10 * time.Second}
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
-	reply, _, err := c.Exchange(m, s.UDPAddrs()[0].String())
+	reply, _, err := c.Exchange(m, addr.String())
 	if err != nil {
-		t.Fatalf("query %s: %v", name, err)
+		t.Fatalf("query %s at %s: %v", name, addr, err)
 	}
 	return reply
 }
@@ -90,7 +102,8 @@ func answeredBy(reply *dns.Msg) string {
 }
 
 // TestFailoverOrder: the node cache over UDP, then over TCP, then kube-dns
-// over TCP only, whatever way the node cache fails.
+// over TCP only, whatever way the node cache fails, over either family: an
+// IPv6 pod's stub reaches IPv6 upstreams the same way.
 func TestFailoverOrder(t *testing.T) {
 	const stopped behaviour = -1
 	tests := []struct {
@@ -119,38 +132,60 @@ func TestFailoverOrder(t *testing.T) {
 		{name: "node cache gone and no fallback: SERVFAIL", nodeCache: stopped, noFallback: true,
 			wantAnswer: "no answer (SERVFAIL)"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
-			if tc.nodeCache == stopped {
-				node.Stop()
-			} else {
-				node.setMode(tc.nodeCache)
-			}
-			cfg := testConfig(node, kube)
-			if tc.noFallback {
-				cfg.Fallback = netip.AddrPort{}
-			}
-			if tc.udpTimeout != 0 {
-				cfg.NodeCacheUDPTimeout = tc.udpTimeout
-			}
-			if tc.tcpTimeout != 0 {
-				cfg.NodeCacheTCPTimeout = tc.tcpTimeout
-			}
-			s := startStub(t, cfg)
+	for _, fam := range []family{ipv4, ipv6} {
+		for _, tc := range tests {
+			t.Run(string(fam)+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				node, kube := startFake(t, fam, "node cache", nodeCacheAnswer), startKubeDNS(t, fam)
+				if tc.nodeCache == stopped {
+					node.Stop()
+				} else {
+					node.setMode(tc.nodeCache)
+				}
+				cfg := testConfig(node, kube)
+				if tc.noFallback {
+					cfg.Fallback = netip.AddrPort{}
+				}
+				if tc.udpTimeout != 0 {
+					cfg.NodeCacheUDPTimeout = tc.udpTimeout
+				}
+				if tc.tcpTimeout != 0 {
+					cfg.NodeCacheTCPTimeout = tc.tcpTimeout
+				}
+				s := startStub(t, cfg)
 
-			name := freshName()
-			if got := answeredBy(ask(t, s, name)); got != tc.wantAnswer {
-				t.Errorf("answer %s, want %s", got, tc.wantAnswer)
-			}
-			if got := node.transports(); !slices.Equal(got, tc.wantNode) {
-				t.Errorf("node cache saw %v, want %v", got, tc.wantNode)
-			}
-			if got := kube.transports(); !slices.Equal(got, tc.wantKube) {
-				t.Errorf("kube-dns saw %v, want %v", got, tc.wantKube)
-			}
-		})
+				name := freshName()
+				if got := answeredBy(ask(t, s, name)); got != tc.wantAnswer {
+					t.Errorf("answer %s, want %s", got, tc.wantAnswer)
+				}
+				if got := node.transports(); !slices.Equal(got, tc.wantNode) {
+					t.Errorf("node cache saw %v, want %v", got, tc.wantNode)
+				}
+				if got := kube.transports(); !slices.Equal(got, tc.wantKube) {
+					t.Errorf("kube-dns saw %v, want %v", got, tc.wantKube)
+				}
+			})
+		}
+	}
+}
+
+// TestIPv6PodStub: configured as the webhook configures an IPv6 pod's stub,
+// it serves on ::1 (what resolv.conf names) and on 127.0.0.1, and answers
+// both through the IPv6 node cache.
+func TestIPv6PodStub(t *testing.T) {
+	node := startFake(t, ipv6, "node cache", nodeCacheAnswer)
+	s := startStub(t, testConfig(node, startKubeDNS(t, ipv6)))
+	addrs := s.UDPAddrs()
+	if len(addrs) != 2 || !strings.HasPrefix(addrs[0].String(), "[::1]:") || !strings.HasPrefix(addrs[1].String(), "127.0.0.1:") {
+		t.Fatalf("stub serves on %v, want ::1 then 127.0.0.1", addrs)
+	}
+	for _, addr := range addrs {
+		if got := answeredBy(askAt(t, addr, freshName())); got != nodeCacheAnswer {
+			t.Errorf("asked at %s: answer %s, want the node cache's", addr, got)
+		}
+	}
+	if got := node.transports(); !slices.Equal(got, []string{"udp", "udp"}) {
+		t.Errorf("node cache saw %v, want one UDP query per listen address", got)
 	}
 }
 
@@ -160,7 +195,7 @@ func TestFailoverOrder(t *testing.T) {
 // are answered meanwhile, the slow answers come from the node cache when
 // they come, and kube-dns is never asked.
 func TestSlowNameAtNodeCache(t *testing.T) {
-	node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
+	node, kube := startFake(t, ipv4, "node cache", nodeCacheAnswer), startKubeDNS(t, ipv4)
 	node.setMode(slowNames)
 	cfg := testConfig(node, kube)
 	cfg.NodeCacheUDPTimeout = 20 * time.Millisecond // shorter than the hold: UDP gives up on both
@@ -204,9 +239,19 @@ func TestSlowNameAtNodeCache(t *testing.T) {
 
 // TestNodeCacheDiesAndReturns: with the node cache gone, answers come from
 // kube-dns over TCP; once it listens again, a probe finds it and queries go
-// back to it over UDP, and no longer to kube-dns.
+// back to it over UDP, and no longer to kube-dns. Over IPv6 "gone" is an
+// ICMPv6 port unreachable and a RST from ::1.
 func TestNodeCacheDiesAndReturns(t *testing.T) {
-	node, kube := startFake(t, "node cache", nodeCacheAnswer), startKubeDNS(t)
+	for _, fam := range []family{ipv4, ipv6} {
+		t.Run(string(fam), func(t *testing.T) {
+			t.Parallel()
+			testNodeCacheDiesAndReturns(t, fam)
+		})
+	}
+}
+
+func testNodeCacheDiesAndReturns(t *testing.T, fam family) {
+	node, kube := startFake(t, fam, "node cache", nodeCacheAnswer), startKubeDNS(t, fam)
 	s := startStub(t, testConfig(node, kube))
 
 	first := freshName()
@@ -251,8 +296,8 @@ func TestNodeCacheDiesAndReturns(t *testing.T) {
 }
 
 func TestMetricsAndReadiness(t *testing.T) {
-	node := startFake(t, "node cache", nodeCacheAnswer)
-	cfg := testConfig(node, startKubeDNS(t))
+	node := startFake(t, ipv4, "node cache", nodeCacheAnswer)
+	cfg := testConfig(node, startKubeDNS(t, ipv4))
 	cfg.MetricsAddr = "127.0.0.1:0"
 	s := startStub(t, cfg)
 	base := "http://" + s.MetricsAddr().String()
@@ -286,7 +331,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 }
 
 func TestNoMetricsListenerByDefault(t *testing.T) {
-	s := startStub(t, testConfig(startFake(t, "node cache", nodeCacheAnswer), nil))
+	s := startStub(t, testConfig(startFake(t, ipv4, "node cache", nodeCacheAnswer), nil))
 	if addr := s.MetricsAddr(); addr != nil {
 		t.Errorf("metrics listener on %s without MetricsAddr", addr)
 	}
@@ -297,7 +342,7 @@ func TestNoMetricsListenerByDefault(t *testing.T) {
 // addresses bound before the failing one.
 func TestStartFailureLeavesNothing(t *testing.T) {
 	dnsAddr, metricsAddr := unusedAddr(t), unusedAddr(t)
-	cfg := testConfig(startFake(t, "node cache", nodeCacheAnswer), nil)
+	cfg := testConfig(startFake(t, ipv4, "node cache", nodeCacheAnswer), nil)
 	// 192.0.2.1 (TEST-NET-1) is on no interface here: EADDRNOTAVAIL.
 	cfg.Listen = []netip.AddrPort{dnsAddr, netip.MustParseAddrPort("192.0.2.1:53")}
 	cfg.MetricsAddr = metricsAddr.String()
@@ -324,7 +369,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 // unusedAddr returns a loopback address whose UDP and TCP ports are free.
 func unusedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
-	f := startFake(t, "placeholder", nodeCacheAnswer)
+	f := startFake(t, ipv4, "placeholder", nodeCacheAnswer)
 	f.Stop()
 	return f.Addr()
 }

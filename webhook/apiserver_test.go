@@ -351,47 +351,162 @@ func TestAPIServerKubeDNSDiscovery(t *testing.T) {
 	s := requireSuite(t)
 	clientset, _ := s.client(t)
 	ns := s.namespace(t, clientset, profileDiscover, namespaceEnabled)
-	services := clientset.CoreV1().Services(metav1.NamespaceSystem)
 
 	stored := create(t, clientset, ns, testPod("before", nil, nil))
 	assertUntouched(t, stored) // no Service yet: no fallback to write, pod left alone
 
 	for _, ip := range []string{"10.0.0.53", "10.0.0.54"} {
-		// A ClusterIP cannot change in place: the Service is replaced.
-		err := services.Delete(t.Context(), discoverService, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			t.Fatal(err)
-		}
-		svc := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: discoverService},
-			Spec: corev1.ServiceSpec{
-				ClusterIP: ip,
-				Ports:     []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}},
-			},
-		}
-		if _, err := services.Create(t.Context(), svc, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create kube-dns Service with %s: %v", ip, err)
-		}
-		waitFallback(t, clientset, ns, ip)
+		replaceService(t, clientset, corev1.ServiceSpec{ClusterIP: ip})
+		waitNameservers(t, clientset, ns, "169.254.20.10", ip)
 		stored := create(t, clientset, ns, testPod("with-"+strings.ReplaceAll(ip, ".", "-"), nil, nil))
 		assertInjected(t, stored, ModeNodeCache, "169.254.20.10", ip)
 	}
 }
 
-// waitFallback waits until the webhook's watch has seen the Service: dry-run
-// pods come back with ip as fallback.
-func waitFallback(t *testing.T, clientset kubernetes.Interface, ns, ip string) {
+// waitNameservers waits until the webhook's watch has seen the Service: dry-run
+// pods come back with these nameservers (none: left unchanged).
+func waitNameservers(t *testing.T, clientset kubernetes.Interface, ns string, want ...string) {
 	t.Helper()
+	var got []string
 	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		got, err := clientset.CoreV1().Pods(ns).Create(ctx, testPod("probe", nil, nil), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		pod, err := clientset.CoreV1().Pods(ns).Create(ctx, testPod("probe", nil, nil), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		if err != nil {
 			return false, err
 		}
-		return got.Spec.DNSConfig != nil && slices.Contains(got.Spec.DNSConfig.Nameservers, ip), nil
+		got = nil
+		if pod.Spec.DNSConfig != nil {
+			got = pod.Spec.DNSConfig.Nameservers
+		}
+		return slices.Equal(got, want), nil
 	})
 	if err != nil {
-		t.Fatalf("webhook never used kube-dns %s: %v", ip, err)
+		t.Fatalf("webhook never gave pods nameservers %q (last %q): %v", want, got, err)
 	}
+}
+
+// replaceService replaces the discover profile's kube-dns Service (a
+// ClusterIP cannot change in place) and returns the stored one.
+func replaceService(t *testing.T, clientset kubernetes.Interface, spec corev1.ServiceSpec) *corev1.Service {
+	t.Helper()
+	services := clientset.CoreV1().Services(metav1.NamespaceSystem)
+	if err := services.Delete(t.Context(), discoverService, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	spec.Ports = []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}
+	svc, err := services.Create(t.Context(), &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: discoverService}, Spec: spec}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create kube-dns Service %+v: %v", spec, err)
+	}
+	return svc
+}
+
+// TestAPIServerIPFamilies: IPv6 and dual-stack kube-dns Services, as the
+// API server stores them (spec.ipFamilies, spec.clusterIPs), give pods the
+// node cache and fallback addresses of their families, in both modes; a
+// Service made dual-stack in place is followed through the watch.
+func TestAPIServerIPFamilies(t *testing.T) {
+	s := requireSuite(t)
+	clientset, warnings := s.client(t)
+	ns := s.namespace(t, clientset, profileDiscover, namespaceEnabled)
+	const nodeCache4, nodeCache6 = "169.254.20.10", "fd6c:6f63:616c::10"
+	t.Cleanup(func() {
+		// The next test of this profile starts without a Service.
+		err := clientset.CoreV1().Services(metav1.NamespaceSystem).Delete(context.Background(), discoverService, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Error(err)
+		}
+	})
+	singleStack, requireDual := corev1.IPFamilyPolicySingleStack, corev1.IPFamilyPolicyRequireDualStack
+	tests := []struct {
+		name      string
+		spec      corev1.ServiceSpec
+		nodecache []string
+		stub      []string
+		stubArgs  string // a substring of the stub's arguments
+		probe     string
+	}{
+		{
+			name:      "IPv6 single-stack",
+			spec:      corev1.ServiceSpec{IPFamilyPolicy: &singleStack, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol}, ClusterIP: "fd00:10:96::53"},
+			nodecache: []string{nodeCache6, "fd00:10:96::53"},
+			stub:      []string{"::1", nodeCache6},
+			stubArgs:  "--listen [::1]:53 --listen 127.0.0.1:53 --node-cache [fd6c:6f63:616c::10]:53 --fallback [fd00:10:96::53]:53 ",
+			probe:     "[::1]:53",
+		},
+		{
+			name: "dual-stack, IPv4 primary",
+			spec: corev1.ServiceSpec{IPFamilyPolicy: &requireDual, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+				ClusterIP: "10.0.0.57", ClusterIPs: []string{"10.0.0.57", "fd00:10:96::57"}},
+			nodecache: []string{nodeCache4, nodeCache6, "10.0.0.57"},
+			stub:      []string{"127.0.0.1", nodeCache4},
+			stubArgs:  "--listen 127.0.0.1:53 --node-cache 169.254.20.10:53 --fallback 10.0.0.57:53 ",
+			probe:     "127.0.0.1:53",
+		},
+		{
+			name: "dual-stack, IPv6 primary",
+			spec: corev1.ServiceSpec{IPFamilyPolicy: &requireDual, IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol},
+				ClusterIP: "fd00:10:96::58", ClusterIPs: []string{"fd00:10:96::58", "10.0.0.58"}},
+			nodecache: []string{nodeCache6, nodeCache4, "fd00:10:96::58"},
+			stub:      []string{"::1", nodeCache6},
+			stubArgs:  "--listen [::1]:53 --listen 127.0.0.1:53 --node-cache [fd6c:6f63:616c::10]:53 --fallback [fd00:10:96::58]:53 ",
+			probe:     "[::1]:53",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			replaceService(t, clientset, tt.spec)
+			waitNameservers(t, clientset, ns, tt.nodecache...)
+			name := strings.ReplaceAll(strings.ToLower(tt.name), " ", "")
+			name = strings.NewReplacer(",", "-", "ipv", "v").Replace(name)
+			assertInjected(t, create(t, clientset, ns, testPod("nodecache-"+name, nil, nil)), ModeNodeCache, tt.nodecache...)
+
+			stored := create(t, clientset, ns, testPod("stub-"+name, nil, map[string]string{AnnotationMode: "stub"}))
+			assertInjected(t, stored, ModeStub, tt.stub...)
+			if len(stored.Spec.InitContainers) == 0 || stored.Spec.InitContainers[0].Name != StubContainerName {
+				t.Fatalf("no stub init container: %v", stored.Spec.InitContainers)
+			}
+			stub := stored.Spec.InitContainers[0]
+			if args := strings.Join(stub.Args, " "); !strings.HasPrefix(args, tt.stubArgs) {
+				t.Errorf("stub args %q, want them to start with %q", args, tt.stubArgs)
+			}
+			if got := stub.StartupProbe.Exec.Command; got[len(got)-1] != tt.probe {
+				t.Errorf("stub probe %q, want it to ask %s", got, tt.probe)
+			}
+		})
+	}
+
+	t.Run("dual-stack: the pod's own nameserver gives way, with a warning", func(t *testing.T) {
+		warnings.take()
+		pod := testPod("own-nameserver", nil, nil)
+		pod.Spec.DNSConfig = &corev1.PodDNSConfig{Nameservers: []string{"2001:db8::53"}}
+		// The API server accepts what the webhook wrote: 3 nameservers.
+		assertInjected(t, create(t, clientset, ns, pod), ModeNodeCache, nodeCache6, nodeCache4, "fd00:10:96::58")
+		if got := warnings.take(); !slices.ContainsFunc(got, func(w string) bool { return strings.Contains(w, "allows 3 nameservers; dropped 2001:db8::53") }) {
+			t.Errorf("client warnings %q lack the dropped nameserver", got)
+		}
+	})
+
+	t.Run("single-stack made dual-stack in place", func(t *testing.T) {
+		svc := replaceService(t, clientset, corev1.ServiceSpec{IPFamilyPolicy: &singleStack, ClusterIP: "10.0.0.59"})
+		waitNameservers(t, clientset, ns, nodeCache4, "10.0.0.59")
+		preferDual := corev1.IPFamilyPolicyPreferDualStack
+		svc.Spec.IPFamilyPolicy = &preferDual
+		svc, err := clientset.CoreV1().Services(metav1.NamespaceSystem).Update(t.Context(), svc, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(svc.Spec.ClusterIPs) != 2 || svc.Spec.IPFamilies[1] != corev1.IPv6Protocol {
+			t.Fatalf("the API server gave no IPv6 ClusterIP: %v %v", svc.Spec.IPFamilies, svc.Spec.ClusterIPs)
+		}
+		waitNameservers(t, clientset, ns, nodeCache4, nodeCache6, "10.0.0.59")
+	})
+
+	t.Run("Service deleted: pods left alone", func(t *testing.T) {
+		if err := clientset.CoreV1().Services(metav1.NamespaceSystem).Delete(t.Context(), discoverService, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitNameservers(t, clientset, ns)
+	})
 }
 
 // TestAPIServerOpsListener: /metrics, /healthz and /readyz on one listener.

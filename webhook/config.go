@@ -44,10 +44,15 @@ type Config struct {
 	ClusterWide bool
 
 	// What the pods get.
-	KubeDNSIP      string               // fixed fallback; empty: discovered from KubeDNSService
-	KubeDNSService types.NamespacedName // watched when KubeDNSIP is empty
+	// KubeDNSIPs is the fixed fallback, at most one address per family,
+	// primary first; empty: discovered from KubeDNSService.
+	KubeDNSIPs     []netip.Addr
+	KubeDNSService types.NamespacedName // watched when KubeDNSIPs is empty
 	ClusterDomain  string
-	LocalIP        string
+	// IPFamilies selects the families pods get: auto, ipv4, ipv6 or dual.
+	IPFamilies string
+	LocalIP    string // the node cache's IPv4 address
+	LocalIPv6  string // the node cache's IPv6 address
 	// Options are the default resolver options in order: ndots, timeout,
 	// attempts, then --options (a later option of the same name wins).
 	Options []corev1.PodDNSConfigOption
@@ -72,6 +77,7 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 		cfg                               Config
 		ndots, timeout, attempts          int
 		options, searches, kubeDNSService string
+		kubeDNSIPs, localIP, localIPv6    string
 		muslPatterns                      string
 		cpuRequest, memRequest, memLimit  string
 	)
@@ -90,10 +96,12 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 	fs.StringVar(&cfg.SecretName, "secret-name", "localdns-webhook-tls", "Secret holding the self-managed CA and serving certificate")
 	fs.StringVar(&cfg.WebhookConfigName, "webhook-config-name", "localdns-webhook", "MutatingWebhookConfiguration whose caBundle the self-managed mode keeps current")
 	fs.BoolVar(&cfg.ClusterWide, "cluster-wide", false, "mutate pods in every namespace not labelled localdns.io/inject=disabled")
-	fs.StringVar(&cfg.KubeDNSIP, "kube-dns-ip", "", "kube-dns ClusterIP used as fallback; empty: read from --kube-dns-service and kept current")
+	fs.StringVar(&kubeDNSIPs, "kube-dns-ip", "", "kube-dns ClusterIP used as fallback, or one per family comma-separated, primary first (as the Service's clusterIPs); empty: read from --kube-dns-service and kept current")
 	fs.StringVar(&kubeDNSService, "kube-dns-service", "kube-system/kube-dns", "namespace/name of the kube-dns Service, watched when --kube-dns-ip is empty")
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
-	fs.StringVar(&cfg.LocalIP, "local-ip", "169.254.20.10", "address of the node cache")
+	fs.StringVar(&cfg.IPFamilies, "ip-families", IPFamiliesAuto, "IP families injected pods get: auto (those of the kube-dns ClusterIPs), ipv4, ipv6 or dual (both, kube-dns's primary family first)")
+	fs.StringVar(&localIP, "local-ip", DefaultLocalIP, "IPv4 address of the node cache")
+	fs.StringVar(&localIPv6, "local-ipv6", DefaultLocalIPv6, "IPv6 address of the node cache")
 	fs.IntVar(&ndots, "ndots", 5, "default ndots (1..15)")
 	fs.IntVar(&timeout, "timeout", 1, "default resolver timeout in seconds (1..30)")
 	fs.IntVar(&attempts, "attempts", 2, "default resolver attempts (1..5)")
@@ -118,11 +126,15 @@ func ParseFlags(name string, args []string, getenv func(string) string, output i
 			errs = append(errs, err)
 		}
 	}
+	var err error
 	check(validatePort(cfg.Port))
-	check(validateIP("--local-ip", cfg.LocalIP))
-	if cfg.KubeDNSIP != "" {
-		check(validateIP("--kube-dns-ip", cfg.KubeDNSIP))
-	}
+	cfg.LocalIP, err = familyIP("--local-ip", localIP, corev1.IPv4Protocol)
+	check(err)
+	cfg.LocalIPv6, err = familyIP("--local-ipv6", localIPv6, corev1.IPv6Protocol)
+	check(err)
+	cfg.KubeDNSIPs, err = kubeDNSIPsFlag(kubeDNSIPs)
+	check(err)
+	check(ipFamiliesFlag(cfg.IPFamilies, cfg.KubeDNSIPs))
 	svc, err := parseNamespacedName(kubeDNSService)
 	check(err)
 	cfg.KubeDNSService = svc
@@ -206,11 +218,70 @@ func validatePort(port int) error {
 	return nil
 }
 
-func validateIP(flagName, value string) error {
-	if _, err := netip.ParseAddr(value); err != nil {
-		return fmt.Errorf("%s %q: not an IP address: %w", flagName, value, err)
+// familyIP parses an address flag that must be of one family; it returns
+// the address in canonical form.
+func familyIP(flagName, value string, family corev1.IPFamily) (string, error) {
+	ip, err := parseIP(flagName, value)
+	if err != nil {
+		return "", err
 	}
-	return nil
+	if familyOf(ip) != family {
+		return "", fmt.Errorf("%s %q: not an %s address", flagName, value, family)
+	}
+	return ip.String(), nil
+}
+
+// parseIP accepts a plain address: no zone (a pod's resolv.conf cannot use
+// one), an IPv4-mapped IPv6 address taken as the IPv4 address it maps.
+func parseIP(flagName, value string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(value)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %q: not an IP address: %w", flagName, value, err)
+	}
+	if ip.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%s %q: zoned addresses are not allowed", flagName, value)
+	}
+	return ip.Unmap(), nil
+}
+
+// kubeDNSIPsFlag parses --kube-dns-ip: at most one address per family, as a
+// Service's clusterIPs.
+func kubeDNSIPsFlag(list string) ([]netip.Addr, error) {
+	var ips []netip.Addr
+	var errs []error
+	for _, item := range splitList(list) {
+		ip, err := parseIP("--kube-dns-ip", item)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if slices.ContainsFunc(ips, func(seen netip.Addr) bool { return familyOf(seen) == familyOf(ip) }) {
+			errs = append(errs, fmt.Errorf("--kube-dns-ip %q: at most one address per IP family", list))
+			continue
+		}
+		ips = append(ips, ip)
+	}
+	return ips, errors.Join(errs...)
+}
+
+// ipFamiliesFlag checks --ip-families, and that a fixed --kube-dns-ip has an
+// address of every family it forces (else every pod would be left alone).
+func ipFamiliesFlag(value string, kubeDNS []netip.Addr) error {
+	var want corev1.IPFamily
+	switch value {
+	case IPFamiliesAuto, IPFamiliesDual:
+		return nil
+	case IPFamiliesIPv4:
+		want = corev1.IPv4Protocol
+	case IPFamiliesIPv6:
+		want = corev1.IPv6Protocol
+	default:
+		return fmt.Errorf("--ip-families %q: must be auto, ipv4, ipv6 or dual", value)
+	}
+	if len(kubeDNS) == 0 || slices.ContainsFunc(kubeDNS, func(ip netip.Addr) bool { return familyOf(ip) == want }) {
+		return nil
+	}
+	return fmt.Errorf("--ip-families %s: --kube-dns-ip %s has no %s address for the fallback", value, joinAddrs(kubeDNS), want)
 }
 
 func parseNamespacedName(s string) (types.NamespacedName, error) {

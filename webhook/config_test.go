@@ -15,7 +15,8 @@ import (
 func TestParseFlagsDefaults(t *testing.T) {
 	cfg := testConfig(t)
 	if cfg.Port != 9443 || cfg.MetricsAddr != ":9254" || cfg.LocalIP != "169.254.20.10" || cfg.ClusterDomain != "cluster.local" ||
-		cfg.Namespace != "localdns-system" || cfg.NativeSidecars != NativeSidecarsAuto || cfg.ClusterWide || cfg.KubeDNSIP != "" {
+		cfg.Namespace != "localdns-system" || cfg.NativeSidecars != NativeSidecarsAuto || cfg.ClusterWide || cfg.KubeDNSIPs != nil ||
+		cfg.LocalIPv6 != "fd6c:6f63:616c::10" || cfg.IPFamilies != IPFamiliesAuto {
 		t.Errorf("unexpected defaults: %+v", cfg)
 	}
 	if want := (types.NamespacedName{Namespace: "kube-system", Name: "kube-dns"}); cfg.KubeDNSService != want {
@@ -107,6 +108,56 @@ func TestParseFlagsSearches(t *testing.T) {
 		if err != nil || len(cfg.Searches) != tt.want {
 			t.Errorf("--searches=%.40q: %d domains (%q), error %v; want %d", tt.flag, len(cfg.Searches), cfg.Searches, err, tt.want)
 		}
+	}
+}
+
+// TestParseFlagsIPFamilies: the node cache's address of each family, the
+// fixed kube-dns addresses and the forced families.
+func TestParseFlagsIPFamilies(t *testing.T) {
+	tests := []struct {
+		flags      []string
+		localIP    string
+		localIPv6  string
+		kubeDNS    string // the parsed --kube-dns-ip, as fmt prints it
+		ipFamilies string
+		problem    string // a substring of the error; empty: valid
+	}{
+		{flags: nil, localIP: "169.254.20.10", localIPv6: "fd6c:6f63:616c::10", kubeDNS: "[]", ipFamilies: "auto"},
+		{flags: []string{"--local-ip=169.254.0.53", "--local-ipv6=FD00:0:0:0::0053", "--ip-families=dual"},
+			localIP: "169.254.0.53", localIPv6: "fd00::53", kubeDNS: "[]", ipFamilies: "dual"},
+		{flags: []string{"--kube-dns-ip= fd00:10:96::a , 10.96.0.10"}, localIP: "169.254.20.10", localIPv6: "fd6c:6f63:616c::10",
+			kubeDNS: "[fd00:10:96::a 10.96.0.10]", ipFamilies: "auto"},
+		{flags: []string{"--kube-dns-ip=::ffff:10.96.0.10", "--ip-families=ipv4"}, localIP: "169.254.20.10", localIPv6: "fd6c:6f63:616c::10",
+			kubeDNS: "[10.96.0.10]", ipFamilies: "ipv4"},
+		{flags: []string{"--kube-dns-ip=10.96.0.10", "--ip-families=dual"}, localIP: "169.254.20.10", localIPv6: "fd6c:6f63:616c::10",
+			kubeDNS: "[10.96.0.10]", ipFamilies: "dual"},
+		{flags: []string{"--local-ip=fd00::53"}, problem: `--local-ip "fd00::53": not an IPv4 address`},
+		{flags: []string{"--local-ipv6=169.254.20.10"}, problem: `--local-ipv6 "169.254.20.10": not an IPv6 address`},
+		{flags: []string{"--local-ipv6=fe80::10%eth0"}, problem: "zoned addresses are not allowed"},
+		{flags: []string{"--local-ipv6="}, problem: `--local-ipv6 "": not an IP address`},
+		{flags: []string{"--ip-families=both"}, problem: `--ip-families "both": must be auto, ipv4, ipv6 or dual`},
+		{flags: []string{"--kube-dns-ip=10.96.0.10,10.96.0.11"}, problem: "at most one address per IP family"},
+		{flags: []string{"--kube-dns-ip=10.96.0.10,fd00::a,fd00::b"}, problem: "at most one address per IP family"},
+		{flags: []string{"--ip-families=ipv6", "--kube-dns-ip=10.96.0.10"}, problem: "--kube-dns-ip 10.96.0.10 has no IPv6 address for the fallback"},
+		{flags: []string{"--ip-families=ipv4", "--kube-dns-ip=fd00::a"}, problem: "--kube-dns-ip fd00::a has no IPv4 address for the fallback"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.flags, " "), func(t *testing.T) {
+			cfg, err := ParseFlags("test", tt.flags, func(string) string { return "" }, io.Discard)
+			if tt.problem != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.problem) {
+					t.Fatalf("error %v, want one containing %q", err, tt.problem)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.LocalIP != tt.localIP || cfg.LocalIPv6 != tt.localIPv6 || fmt.Sprint(cfg.KubeDNSIPs) != tt.kubeDNS || cfg.IPFamilies != tt.ipFamilies {
+				t.Errorf("local IPs %s %s, kube-dns %q, families %s; want %s %s, %q, %s", cfg.LocalIP, cfg.LocalIPv6,
+					fmt.Sprint(cfg.KubeDNSIPs), cfg.IPFamilies, tt.localIP, tt.localIPv6, tt.kubeDNS, tt.ipFamilies)
+			}
+		})
 	}
 }
 

@@ -28,14 +28,12 @@ const (
 	// StubBinary is where the stub image keeps the binary; the exec probe
 	// needs an absolute path.
 	StubBinary     = "/localdns-stub"
-	stubListen     = "127.0.0.1:53"
 	stubCacheSize  = "1000"
 	stubUser       = 65532
 	unprivPortName = "net.ipv4.ip_unprivileged_port_start"
 	unprivPortStub = 53
 	kubeSystem     = metav1.NamespaceSystem
 	dnsPort        = "53"
-	loopbackIPv4   = "127.0.0.1"
 )
 
 // SkipReason says why a pod is left untouched; it is a metric label value.
@@ -64,7 +62,9 @@ type Namespace struct {
 
 // Env is what the webhook learned from the cluster.
 type Env struct {
-	KubeDNSIP      string // empty when unknown
+	// KubeDNSIPs are the kube-dns ClusterIPs, one per family, primary
+	// first (the Service's spec.clusterIPs); empty when unknown.
+	KubeDNSIPs     []netip.Addr
 	NativeSidecars bool
 }
 
@@ -135,8 +135,11 @@ func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
 	if modeWarning != "" {
 		warnings = append(warnings, modeWarning)
 	}
-	if settings.Fallback && env.KubeDNSIP == "" {
-		warnings = append(warnings, "localdns: the kube-dns ClusterIP for the fallback is not known; pod left unchanged")
+	dst := dnsTargets(cfg, env.KubeDNSIPs)
+	if !settings.Fallback {
+		dst.fallback = netip.Addr{}
+	} else if !dst.fallback.IsValid() {
+		warnings = append(warnings, dst.missingFallback(env.KubeDNSIPs))
 		return skip(SkipKubeDNSUnknown)
 	}
 
@@ -146,17 +149,13 @@ func Decide(pod *corev1.Pod, ns Namespace, cfg Config, env Env) Plan {
 	}
 	plan := Plan{Inject: true, Mode: mode}
 	var w []string
-	plan.Nameservers, w = nameservers(mode, cfg.LocalIP, env.KubeDNSIP, settings.Fallback, own.Nameservers)
+	plan.Nameservers, w = nameservers(mode, dst, own.Nameservers)
 	warnings = append(warnings, w...)
 	plan.Searches, w = searches(ns.Name, cfg.ClusterDomain, cfg.Searches, own.Searches, settings.Searches)
 	warnings = append(warnings, w...)
 	plan.Options = mergeOptions(cfg.Options, own.Options, settings.Options)
 	if mode == ModeStub {
-		kubeDNS := env.KubeDNSIP
-		if !settings.Fallback {
-			kubeDNS = ""
-		}
-		plan.Stub, w = stubPlan(pod, cfg, kubeDNS, env.NativeSidecars)
+		plan.Stub, w = stubPlan(pod, cfg, dst, env.NativeSidecars)
 		warnings = append(warnings, w...)
 	}
 	plan.Warnings = warnings
@@ -231,14 +230,19 @@ func hasContainer(pod *corev1.Pod, name string) bool {
 }
 
 // nameservers lists ours first, then the pod's own, deduped and cut to the
-// API server's maximum.
-func nameservers(mode Mode, localIP, kubeDNSIP string, fallback bool, own []string) ([]string, []string) {
-	list := []string{localIP}
+// API server's maximum: ours never exceed it, so what is cut is the pod's
+// own. In nodecache mode ours are the node cache's address of each family,
+// then the fallback; in stub mode the stub's loopback address of the primary
+// family, then the node cache's of that family (the stub owns the fallback).
+func nameservers(mode Mode, dst targets, own []string) ([]string, []string) {
+	var list []string
 	switch {
 	case mode == ModeStub:
-		list = []string{loopbackIPv4, localIP}
-	case fallback:
-		list = append(list, kubeDNSIP)
+		list = []string{loopbackOf(dst.primary()), dst.nodeCache[0]}
+	case dst.fallback.IsValid():
+		list = append(slices.Clone(dst.nodeCache), dst.fallback.String())
+	default:
+		list = slices.Clone(dst.nodeCache)
 	}
 	list = dedupe(append(list, own...), func(s string) string {
 		if a, err := netip.ParseAddr(s); err == nil {
@@ -348,12 +352,22 @@ func mergeOptions(layers ...[]corev1.PodDNSConfigOption) []corev1.PodDNSConfigOp
 	return out
 }
 
-// stubPlan builds the stub container; kubeDNSIP is empty when the pod opted
-// out of the ClusterIP fallback.
-func stubPlan(pod *corev1.Pod, cfg Config, kubeDNSIP string, native bool) (*StubPlan, []string) {
-	args := []string{"--listen", stubListen, "--node-cache", net.JoinHostPort(cfg.LocalIP, dnsPort)}
-	if kubeDNSIP != "" {
-		args = append(args, "--fallback", net.JoinHostPort(kubeDNSIP, dnsPort))
+// stubPlan builds the stub container. It serves on the loopback address of
+// the pod's primary family, which resolv.conf names, and on 127.0.0.1 always:
+// the kernel gives every Linux pod's lo 127.0.0.1 (IPv4 cannot be switched off
+// in a network namespace), so that costs no failure mode, and 127.0.0.1:53
+// stays the stub in every cluster. ::1 only when resolv.conf names it: pods
+// of IPv4 clusters may have IPv6 switched off. The stub reaches the node cache
+// and the fallback (invalid when the pod opted out) of the primary family.
+func stubPlan(pod *corev1.Pod, cfg Config, dst targets, native bool) (*StubPlan, []string) {
+	listen := net.JoinHostPort(loopbackOf(dst.primary()), dnsPort)
+	args := []string{"--listen", listen}
+	if dst.primary() != corev1.IPv4Protocol {
+		args = append(args, "--listen", net.JoinHostPort(loopbackIPv4, dnsPort))
+	}
+	args = append(args, "--node-cache", net.JoinHostPort(dst.nodeCache[0], dnsPort))
+	if dst.fallback.IsValid() {
+		args = append(args, "--fallback", net.JoinHostPort(dst.fallback.String(), dnsPort))
 	}
 	args = append(args, "--cluster-domain", cfg.ClusterDomain, "--cache-size", stubCacheSize)
 	c := corev1.Container{
@@ -365,7 +379,7 @@ func stubPlan(pod *corev1.Pod, cfg Config, kubeDNSIP string, native bool) (*Stub
 		// kubelet probes cannot reach the pod's 127.0.0.1; the stub probes itself.
 		StartupProbe: &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
-				Command: []string{StubBinary, "probe", "--listen", stubListen},
+				Command: []string{StubBinary, "probe", "--listen", listen},
 			}},
 			PeriodSeconds:    1,
 			TimeoutSeconds:   1,

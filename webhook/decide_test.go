@@ -3,6 +3,7 @@ package webhook
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -88,7 +89,16 @@ func nsWith(name, label string) Namespace {
 	return ns
 }
 
-var nativeEnv = Env{KubeDNSIP: testKubeDNS, NativeSidecars: true}
+var nativeEnv = Env{KubeDNSIPs: ips(testKubeDNS), NativeSidecars: true}
+
+// ips parses addresses, as the kube-dns Service's clusterIPs.
+func ips(list ...string) []netip.Addr {
+	out := make([]netip.Addr, len(list))
+	for i, s := range list {
+		out[i] = netip.MustParseAddr(s)
+	}
+	return out
+}
 
 // optionString renders options as resolv.conf does: "ndots:5 timeout:1 ...".
 func optionString(opts []corev1.PodDNSConfigOption) string {
@@ -166,7 +176,7 @@ func TestDecideOptIn(t *testing.T) {
 		{name: "kube-dns unknown", pod: newPod(), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown, warnings: []string{"kube-dns ClusterIP for the fallback is not known"}},
 		{name: "kube-dns unknown in stub mode", pod: newPod(annotate(AnnotationMode, "stub")), ns: enabledNS(), env: Env{}, want: SkipKubeDNSUnknown, warnings: []string{"kube-dns ClusterIP for the fallback is not known"}},
 		{name: "kube-dns unknown but no fallback wanted", pod: newPod(annotate(AnnotationFallback, "false")), ns: enabledNS(), env: Env{}},
-		{name: "kube-dns from flag needs no discovery", flags: []string{"--kube-dns-ip=10.0.0.10"}, pod: newPod(), ns: enabledNS(), env: Env{KubeDNSIP: "10.0.0.10"}},
+		{name: "kube-dns from flag needs no discovery", flags: []string{"--kube-dns-ip=10.0.0.10"}, pod: newPod(), ns: enabledNS(), env: Env{KubeDNSIPs: ips("10.0.0.10")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -434,7 +444,7 @@ func TestDecideMode(t *testing.T) {
 		{name: "default nodecache", pod: newPod(), env: nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}},
 		{name: "explicit nodecache on alpine", pod: newPod(image("alpine:3.20"), annotate(AnnotationMode, "nodecache")), env: nativeEnv, mode: ModeNodeCache, nameservers: []string{"169.254.20.10", testKubeDNS}},
 		{name: "stub native", pod: newPod(annotate(AnnotationMode, "stub")), env: nativeEnv, mode: ModeStub, native: true, nameservers: []string{"127.0.0.1", "169.254.20.10"}, fallbackArg: true},
-		{name: "stub regular container", pod: newPod(annotate(AnnotationMode, "stub")), env: Env{KubeDNSIP: testKubeDNS}, mode: ModeStub, nameservers: []string{"127.0.0.1", "169.254.20.10"}, fallbackArg: true},
+		{name: "stub regular container", pod: newPod(annotate(AnnotationMode, "stub")), env: Env{KubeDNSIPs: ips(testKubeDNS)}, mode: ModeStub, nameservers: []string{"127.0.0.1", "169.254.20.10"}, fallbackArg: true},
 		{name: "stub without fallback", pod: newPod(annotate(AnnotationMode, "stub", AnnotationFallback, "false")), env: Env{NativeSidecars: true}, mode: ModeStub, native: true, nameservers: []string{"127.0.0.1", "169.254.20.10"}},
 		{name: "auto alpine image", pod: newPod(image("docker.io/library/alpine:3.20"), annotate(AnnotationMode, "auto")), env: nativeEnv, mode: ModeStub, native: true, nameservers: []string{"127.0.0.1", "169.254.20.10"}, fallbackArg: true},
 		{name: "auto musl tag", pod: newPod(image("registry.example/tool:2-MUSL"), annotate(AnnotationMode, "auto")), env: nativeEnv, mode: ModeStub, native: true, nameservers: []string{"127.0.0.1", "169.254.20.10"}, fallbackArg: true},
@@ -526,6 +536,121 @@ func TestDecideStubSysctl(t *testing.T) {
 			assertWarnings(t, plan.Warnings, tt.warnings)
 			if fmt.Sprint(before) != fmt.Sprint(pod) {
 				t.Errorf("Decide modified its input pod")
+			}
+		})
+	}
+}
+
+// TestDecideIPFamilies covers the addresses of each cluster kind, forced or
+// followed from kube-dns, in both modes, and what gives way under the
+// 3-nameserver limit.
+func TestDecideIPFamilies(t *testing.T) {
+	const (
+		nodeCache4 = "169.254.20.10"
+		nodeCache6 = "fd6c:6f63:616c::10"
+		kubeDNS4   = "10.96.0.10"
+		kubeDNS6   = "fd00:10:96::a"
+	)
+	stub := annotate(AnnotationMode, "stub")
+	noFallback := annotate(AnnotationFallback, "false")
+	ownNameservers := func(ns ...string) podOpt { return ownDNSConfig(corev1.PodDNSConfig{Nameservers: ns}) }
+	// The stub's arguments before --cluster-domain, and its probe's address.
+	const (
+		stubArgs4      = "--listen 127.0.0.1:53 --node-cache 169.254.20.10:53 --fallback 10.96.0.10:53"
+		stubArgs6      = "--listen [::1]:53 --listen 127.0.0.1:53 --node-cache [fd6c:6f63:616c::10]:53 --fallback [fd00:10:96::a]:53"
+		probe4, probe6 = "127.0.0.1:53", "[::1]:53"
+	)
+	tests := []struct {
+		name        string
+		flags       []string
+		kubeDNS     []string // the Service's clusterIPs
+		pod         *corev1.Pod
+		skip        SkipReason
+		nameservers []string
+		stubArgs    string // stub mode only
+		probe       string
+		warnings    []string
+	}{
+		{name: "IPv4 cluster", kubeDNS: []string{kubeDNS4}, pod: newPod(),
+			nameservers: []string{nodeCache4, kubeDNS4}},
+		{name: "IPv4 cluster, stub", kubeDNS: []string{kubeDNS4}, pod: newPod(stub),
+			nameservers: []string{"127.0.0.1", nodeCache4}, stubArgs: stubArgs4, probe: probe4},
+		{name: "IPv6 cluster", kubeDNS: []string{kubeDNS6}, pod: newPod(),
+			nameservers: []string{nodeCache6, kubeDNS6}},
+		{name: "IPv6 cluster, stub", kubeDNS: []string{kubeDNS6}, pod: newPod(stub),
+			nameservers: []string{"::1", nodeCache6}, stubArgs: stubArgs6, probe: probe6},
+		{name: "IPv6 cluster, stub without fallback", kubeDNS: []string{kubeDNS6}, pod: newPod(stub, noFallback),
+			nameservers: []string{"::1", nodeCache6}, probe: probe6,
+			stubArgs: "--listen [::1]:53 --listen 127.0.0.1:53 --node-cache [fd6c:6f63:616c::10]:53"},
+		{name: "IPv6 cluster, own --local-ipv6", flags: []string{"--local-ipv6=FD00:0:0:53::"}, kubeDNS: []string{kubeDNS6}, pod: newPod(),
+			nameservers: []string{"fd00:0:0:53::", kubeDNS6}},
+		{name: "IPv6 cluster, hostNetwork with ClusterFirstWithHostNet", kubeDNS: []string{kubeDNS6},
+			pod:         newPod(hostNetwork, dnsPolicy(corev1.DNSClusterFirstWithHostNet)),
+			nameservers: []string{nodeCache6, kubeDNS6}},
+		{name: "dual-stack, IPv4 primary", kubeDNS: []string{kubeDNS4, kubeDNS6}, pod: newPod(),
+			nameservers: []string{nodeCache4, nodeCache6, kubeDNS4}},
+		{name: "dual-stack, IPv6 primary", kubeDNS: []string{kubeDNS6, kubeDNS4}, pod: newPod(),
+			nameservers: []string{nodeCache6, nodeCache4, kubeDNS6}},
+		{name: "dual-stack, IPv4 primary, stub: IPv4 only", kubeDNS: []string{kubeDNS4, kubeDNS6}, pod: newPod(stub),
+			nameservers: []string{"127.0.0.1", nodeCache4}, stubArgs: stubArgs4, probe: probe4},
+		{name: "dual-stack, IPv6 primary, stub: IPv6 only", kubeDNS: []string{kubeDNS6, kubeDNS4}, pod: newPod(stub),
+			nameservers: []string{"::1", nodeCache6}, stubArgs: stubArgs6, probe: probe6},
+		{name: "dual-stack: the pod's own nameservers give way", kubeDNS: []string{kubeDNS4, kubeDNS6}, pod: newPod(ownNameservers("192.0.2.1", "2001:db8::1")),
+			nameservers: []string{nodeCache4, nodeCache6, kubeDNS4}, warnings: []string{"allows 3 nameservers; dropped 192.0.2.1, 2001:db8::1"}},
+		{name: "dual-stack without fallback: room for one of the pod's own", kubeDNS: []string{kubeDNS4, kubeDNS6},
+			pod:         newPod(noFallback, ownNameservers("192.0.2.1", "2001:db8::1")),
+			nameservers: []string{nodeCache4, nodeCache6, "192.0.2.1"}, warnings: []string{"dropped 2001:db8::1"}},
+		{name: "dual-stack: the pod naming ours in another spelling is deduped", kubeDNS: []string{kubeDNS4, kubeDNS6},
+			pod:         newPod(ownNameservers("FD6C:6F63:616C:0:0::10")),
+			nameservers: []string{nodeCache4, nodeCache6, kubeDNS4}},
+		{name: "dual-stack, stub: room for the pod's own", kubeDNS: []string{kubeDNS6, kubeDNS4}, pod: newPod(stub, ownNameservers("2001:db8::1", "192.0.2.1")),
+			nameservers: []string{"::1", nodeCache6, "2001:db8::1"}, stubArgs: stubArgs6, probe: probe6, warnings: []string{"dropped 192.0.2.1"}},
+		{name: "forced dual on a single-stack IPv4 kube-dns", flags: []string{"--ip-families=dual"}, kubeDNS: []string{kubeDNS4}, pod: newPod(),
+			nameservers: []string{nodeCache4, nodeCache6, kubeDNS4}},
+		{name: "forced dual on a single-stack IPv6 kube-dns", flags: []string{"--ip-families=dual"}, kubeDNS: []string{kubeDNS6}, pod: newPod(),
+			nameservers: []string{nodeCache6, nodeCache4, kubeDNS6}},
+		{name: "forced dual, stub", flags: []string{"--ip-families=dual"}, kubeDNS: []string{kubeDNS6}, pod: newPod(stub),
+			nameservers: []string{"::1", nodeCache6}, stubArgs: stubArgs6, probe: probe6},
+		{name: "forced ipv4 on dual-stack kube-dns", flags: []string{"--ip-families=ipv4"}, kubeDNS: []string{kubeDNS6, kubeDNS4}, pod: newPod(),
+			nameservers: []string{nodeCache4, kubeDNS4}},
+		{name: "forced ipv6 on dual-stack kube-dns", flags: []string{"--ip-families=ipv6"}, kubeDNS: []string{kubeDNS4, kubeDNS6}, pod: newPod(stub),
+			nameservers: []string{"::1", nodeCache6}, stubArgs: stubArgs6, probe: probe6},
+		{name: "forced ipv4 on IPv6 kube-dns: no fallback to give", flags: []string{"--ip-families=ipv4"}, kubeDNS: []string{kubeDNS6}, pod: newPod(),
+			skip: SkipKubeDNSUnknown, warnings: []string{"kube-dns has no IPv4 ClusterIP for the fallback (it has fd00:10:96::a); pod left unchanged"}},
+		{name: "forced ipv4 on IPv6 kube-dns, no fallback wanted", flags: []string{"--ip-families=ipv4"}, kubeDNS: []string{kubeDNS6}, pod: newPod(noFallback),
+			nameservers: []string{nodeCache4}},
+		{name: "auto with kube-dns unknown, no fallback wanted: IPv4", pod: newPod(noFallback),
+			nameservers: []string{nodeCache4}},
+		{name: "forced ipv6 with kube-dns unknown, no fallback wanted", flags: []string{"--ip-families=ipv6"}, pod: newPod(noFallback),
+			nameservers: []string{nodeCache6}},
+		{name: "forced dual with kube-dns unknown, no fallback wanted: IPv4 first", flags: []string{"--ip-families=dual"}, pod: newPod(noFallback),
+			nameservers: []string{nodeCache4, nodeCache6}},
+		{name: "kube-dns unknown", flags: []string{"--ip-families=dual"}, pod: newPod(),
+			skip: SkipKubeDNSUnknown, warnings: []string{"the kube-dns ClusterIP for the fallback is not known"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan := Decide(tt.pod, enabledNS(), testConfig(t, tt.flags...), Env{KubeDNSIPs: ips(tt.kubeDNS...), NativeSidecars: true})
+			assertWarnings(t, plan.Warnings, tt.warnings)
+			if plan.SkipReason != tt.skip || plan.Inject != (tt.skip == "") {
+				t.Fatalf("inject=%v reason=%q, want reason %q", plan.Inject, plan.SkipReason, tt.skip)
+			}
+			if !slices.Equal(plan.Nameservers, tt.nameservers) {
+				t.Errorf("nameservers = %q, want %q", plan.Nameservers, tt.nameservers)
+			}
+			if (plan.Stub != nil) != (tt.stubArgs != "") {
+				t.Fatalf("stub planned = %v, want %v", plan.Stub != nil, tt.stubArgs != "")
+			}
+			if plan.Stub == nil {
+				return
+			}
+			c := plan.Stub.Container
+			args := strings.Join(c.Args, " ")
+			if want := tt.stubArgs + " --cluster-domain cluster.local --cache-size 1000"; args != want {
+				t.Errorf("stub args\n got %s\nwant %s", args, want)
+			}
+			if got, want := c.StartupProbe.Exec.Command, []string{StubBinary, "probe", "--listen", tt.probe}; !slices.Equal(got, want) {
+				t.Errorf("probe %q, want %q", got, want)
 			}
 		})
 	}

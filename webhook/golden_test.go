@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,8 +17,8 @@ import (
 type goldenCase struct {
 	Flags []string `json:"flags"`
 	Env   struct {
-		KubeDNSIP      string `json:"kubeDNSIP"`
-		NativeSidecars bool   `json:"nativeSidecars"`
+		KubeDNSIPs     []netip.Addr `json:"kubeDNSIPs"`
+		NativeSidecars bool         `json:"nativeSidecars"`
 	} `json:"env"`
 	Namespace struct {
 		Name   string            `json:"name"`
@@ -48,7 +49,7 @@ func TestGolden(t *testing.T) {
 			}
 			cfg := testConfig(t, c.Flags...)
 			ns := Namespace{Name: c.Namespace.Name, Labels: c.Namespace.Labels}
-			plan := Decide(&c.Pod, ns, cfg, Env{KubeDNSIP: c.Env.KubeDNSIP, NativeSidecars: c.Env.NativeSidecars})
+			plan := Decide(&c.Pod, ns, cfg, Env{KubeDNSIPs: c.Env.KubeDNSIPs, NativeSidecars: c.Env.NativeSidecars})
 			if plan.SkipReason != c.Skip || plan.Inject != (c.Skip == "") {
 				t.Fatalf("inject=%v reason=%q, want reason %q", plan.Inject, plan.SkipReason, c.Skip)
 			}

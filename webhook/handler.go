@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -79,12 +80,12 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if err != nil {
 		return h.allowOnError(ctx, errNamespace, err)
 	}
-	kubeDNSIP, err := h.kubeDNSIP(ctx)
+	kubeDNSIPs, err := h.kubeDNSIPs(ctx)
 	if err != nil {
 		return h.allowOnError(ctx, errKubeDNS, err)
 	}
 
-	plan := Decide(pod, ns, h.cfg, Env{KubeDNSIP: kubeDNSIP, NativeSidecars: h.nativeSidecars})
+	plan := Decide(pod, ns, h.cfg, Env{KubeDNSIPs: kubeDNSIPs, NativeSidecars: h.nativeSidecars})
 
 	log := logf.FromContext(ctx).WithValues("namespace", req.Namespace, "pod", podName(pod))
 	if !plan.Inject {
@@ -165,24 +166,43 @@ func (h *Handler) namespace(ctx context.Context, name string) (Namespace, error)
 	return Namespace{Name: name, Labels: meta.Labels}, nil
 }
 
-// kubeDNSIP is --kube-dns-ip, else the watched Service's ClusterIP; "" when
-// the Service is absent or headless.
-func (h *Handler) kubeDNSIP(ctx context.Context) (string, error) {
-	if h.cfg.KubeDNSIP != "" {
-		return h.cfg.KubeDNSIP, nil
+// kubeDNSIPs is --kube-dns-ip, else the watched Service's ClusterIPs, one
+// per family, primary first; none when the Service is absent or headless.
+func (h *Handler) kubeDNSIPs(ctx context.Context) ([]netip.Addr, error) {
+	if len(h.cfg.KubeDNSIPs) > 0 {
+		return h.cfg.KubeDNSIPs, nil
 	}
 	var svc corev1.Service
 	err := h.cached.Get(ctx, h.cfg.KubeDNSService, &svc)
 	if apierrors.IsNotFound(err) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("get service %s: %w", h.cfg.KubeDNSService, err)
+		return nil, fmt.Errorf("get service %s: %w", h.cfg.KubeDNSService, err)
 	}
-	if ip := svc.Spec.ClusterIP; ip != corev1.ClusterIPNone {
-		return ip, nil
+	return ServiceClusterIPs(&svc)
+}
+
+// ServiceClusterIPs reads spec.clusterIPs (spec.ipFamilies holds their
+// families in the same order), or spec.clusterIP where an API server left
+// clusterIPs unset; a headless Service has none.
+func ServiceClusterIPs(svc *corev1.Service) ([]netip.Addr, error) {
+	listed := svc.Spec.ClusterIPs
+	if len(listed) == 0 && svc.Spec.ClusterIP != "" {
+		listed = []string{svc.Spec.ClusterIP}
 	}
-	return "", nil
+	var ips []netip.Addr
+	for _, s := range listed {
+		if s == corev1.ClusterIPNone {
+			return nil, nil
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("service %s/%s: clusterIP %q: %w", svc.Namespace, svc.Name, s, err)
+		}
+		ips = append(ips, ip.Unmap())
+	}
+	return ips, nil
 }
 
 func podName(pod *corev1.Pod) string {

@@ -142,6 +142,11 @@ func TestHandler(t *testing.T) {
 			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errKubeDNS,
 		},
 		{
+			name:   "malformed kube-dns ClusterIP is admitted",
+			cached: &fakeReader{namespaces: enabled, services: map[string]string{"kube-dns": "10.0.0.300"}}, live: &fakeReader{},
+			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errKubeDNS,
+		},
+		{
 			name: "panic is admitted", flags: []string{"--kube-dns-ip=10.0.0.10"},
 			cached: &fakeReader{panics: true}, live: &fakeReader{},
 			op: admissionv1.Create, pod: newPod(), result: resultError, reason: errPanic,
@@ -169,6 +174,34 @@ func TestHandler(t *testing.T) {
 			}
 			if tt.wantPatch {
 				assertPatchYields(t, req, resp, tt.pod)
+			}
+		})
+	}
+}
+
+// TestServiceClusterIPs: the kube-dns addresses come from spec.clusterIPs,
+// primary first, or spec.clusterIP alone; a headless Service has none.
+func TestServiceClusterIPs(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    corev1.ServiceSpec
+		want    string // as fmt prints the addresses
+		wantErr bool
+	}{
+		{name: "IPv4", spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}}, want: "[10.96.0.10]"},
+		{name: "IPv6", spec: corev1.ServiceSpec{ClusterIP: "fd00::a", ClusterIPs: []string{"fd00::a"}}, want: "[fd00::a]"},
+		{name: "dual-stack, IPv6 primary", spec: corev1.ServiceSpec{ClusterIP: "fd00::a", ClusterIPs: []string{"fd00::a", "10.96.0.10"}},
+			want: "[fd00::a 10.96.0.10]"},
+		{name: "clusterIPs unset", spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}, want: "[10.96.0.10]"},
+		{name: "headless", spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, ClusterIPs: []string{corev1.ClusterIPNone}}, want: "[]"},
+		{name: "no ClusterIP", want: "[]"},
+		{name: "malformed", spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.10", "fd00::g"}}, want: "[]", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ServiceClusterIPs(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns"}, Spec: tt.spec})
+			if (err != nil) != tt.wantErr || fmt.Sprint(got) != tt.want {
+				t.Errorf("got %v, %v; want %s, error %v", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}

@@ -50,6 +50,7 @@ const (
 )
 
 const (
+	serviceRanges    = "10.0.0.0/24,fd00:10:96::/112"
 	fixedKubeDNS     = "10.0.0.10"
 	discoverService  = "localdns-test-dns"
 	readinessTimeout = 60 * time.Second
@@ -72,6 +73,10 @@ func runTests(m *testing.M) int {
 	klog.SetLogger(quiet)
 
 	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"}}
+	// Service ranges of both families, IPv4 primary (envtest's own range
+	// first): one API server then holds IPv4, IPv6 and dual-stack kube-dns
+	// Services, as IPv4, IPv6 and dual-stack clusters have them.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", serviceRanges)
 	cfg, err := testenv.Boot(env)
 	if errors.Is(err, testenv.ErrNoAssets) && !testenv.Required() {
 		fmt.Fprintln(os.Stderr, "webhook: skipping the API server tests:", err)

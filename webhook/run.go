@@ -92,7 +92,7 @@ func Run(ctx context.Context, cfg Config, restConfig *rest.Config, newCerts NewC
 	}
 	// Start the informers with the manager, so /readyz means "can decide".
 	watched := []client.Object{namespaceMetadata()}
-	if cfg.KubeDNSIP == "" {
+	if len(cfg.KubeDNSIPs) == 0 {
 		watched = append(watched, &corev1.Service{})
 	}
 	for _, obj := range watched {
@@ -111,7 +111,8 @@ func Run(ctx context.Context, cfg Config, restConfig *rest.Config, newCerts NewC
 	readyz.Checks["informers"] = informersSynced(mgr.GetCache())
 
 	mgr.GetLogger().Info("starting localdns-webhook", "port", cfg.Port, "metricsAddr", cfg.MetricsAddr,
-		"clusterWide", cfg.ClusterWide, "nativeSidecars", native, "kubeDNSIP", cfg.KubeDNSIP, "kubeDNSService", cfg.KubeDNSService)
+		"clusterWide", cfg.ClusterWide, "nativeSidecars", native, "kubeDNSIPs", cfg.KubeDNSIPs, "kubeDNSService", cfg.KubeDNSService,
+		"ipFamilies", cfg.IPFamilies, "localIP", cfg.LocalIP, "localIPv6", cfg.LocalIPv6)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

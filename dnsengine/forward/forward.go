@@ -505,7 +505,7 @@ func (f *Forwarder) attempt(ctx context.Context, h hop, wire []byte, q *dns.Ques
 
 // try sends one query to one server within timeout, updates its health and
 // metrics, and returns the reply. Dead signals are counted where they happen
-// (see upstream.exchange); a query not answered in time, or one that waits
+// (see upstream.ask); a query not answered in time, or one that waits
 // SuspectAfter while its server answers nothing, makes the server probed. Any
 // reply counts as the server being reachable; a SERVFAIL/REFUSED reply comes
 // back together with errFailureRcode, so the caller tries the next server.
@@ -514,7 +514,7 @@ func (f *Forwarder) try(ctx context.Context, h hop, timeout time.Duration, wire 
 	defer cancel()
 	start := monotime()
 	suspect := time.AfterFunc(f.cfg.SuspectAfter, func() { f.suspect(h.up, start) })
-	resp, err := h.up.exchange(actx, h.transport, wire, q, start)
+	resp, err := h.up.ask(actx, h.transport, wire, q, start)
 	suspect.Stop()
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) || errors.Is(err, ErrClosed) {

@@ -144,7 +144,7 @@ func (p *tcpPool) dial(ctx context.Context) (*tcpConn, error) {
 	// Age limit less up to half at random, so connections dialed together
 	// do not all close together.
 	age := p.maxAge - time.Duration(rand.Int64N(int64(p.maxAge/2)+1))
-	c := &tcpConn{nc: nc.(*net.TCPConn), lastUsed: now, retireAt: now.Add(age), nextID: uint16(rand.Uint32())}
+	c := &tcpConn{nc: nc, lastUsed: now, retireAt: now.Add(age), nextID: uint16(rand.Uint32())}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()

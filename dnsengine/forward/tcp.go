@@ -16,7 +16,7 @@ import (
 
 // tcpConn is one pooled TCP connection. Only the query holding it uses it.
 type tcpConn struct {
-	nc       *net.TCPConn
+	nc       net.Conn
 	retireAt time.Time // closed once this old, not reused
 	lastUsed time.Time // guarded by the pool's lock while idle
 	nextID   uint16
@@ -37,10 +37,10 @@ func (c *tcpConn) close(m *serverMetrics) {
 	}
 }
 
-// exchange sends one query (under an ID of c's own) and reads frames until
+// roundTrip sends one query (under an ID of c's own) and reads frames until
 // its reply, within ctx. After any error c must not be reused: a reply may
 // still be on its way.
-func (c *tcpConn) exchange(ctx context.Context, wire []byte, q *dns.Question, m *serverMetrics) (*dns.Msg, error) {
+func (c *tcpConn) roundTrip(ctx context.Context, wire []byte, q *dns.Question, m *serverMetrics) (*dns.Msg, error) {
 	deadline, _ := ctx.Deadline() // zero = none
 	if err := c.nc.SetDeadline(deadline); err != nil {
 		return nil, wrapConnErr("tcp deadline", err)

@@ -68,16 +68,16 @@ func (s *udpSockets) close() {
 	}
 }
 
-// exchangeUDP sends the query from a connected UDP socket under a random ID
+// askUDP sends the query from a connected UDP socket under a random ID
 // and reads until a datagram matches ID and question or ctx ends. Mismatched
 // or unparsable datagrams are dropped and counted. ECONNREFUSED (ICMP port
 // unreachable) returns at once.
-func (u *upstream) exchangeUDP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
+func (u *upstream) askUDP(ctx context.Context, wire []byte, q *dns.Question) (*dns.Msg, error) {
 	nc, err := u.udp.get()
 	if err != nil {
 		return nil, err
 	}
-	resp, err := u.exchangeOn(ctx, nc, wire, q)
+	resp, err := u.roundTripUDP(ctx, nc, wire, q)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -86,7 +86,7 @@ func (u *upstream) exchangeUDP(ctx context.Context, wire []byte, q *dns.Question
 	return resp, nil
 }
 
-func (u *upstream) exchangeOn(ctx context.Context, nc *net.UDPConn, wire []byte, q *dns.Question) (*dns.Msg, error) {
+func (u *upstream) roundTripUDP(ctx context.Context, nc *net.UDPConn, wire []byte, q *dns.Question) (*dns.Msg, error) {
 	deadline, _ := ctx.Deadline()
 	if err := nc.SetDeadline(deadline); err != nil {
 		return nil, fmt.Errorf("udp deadline: %w", err)

@@ -45,14 +45,14 @@ func (u *upstream) close() {
 	u.udp.close()
 }
 
-// exchange sends the packed query wire (question q) to u over transport t
+// ask sends the packed query wire (question q) to u over transport t
 // within ctx and returns the matching reply, whatever its RCODE. A truncated
 // UDP reply is retried over TCP within the same ctx. Dead signals met on the
 // way are counted against u's health; start is when the attempt began.
-func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
+func (u *upstream) ask(ctx context.Context, t Transport, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
 	if t == UDP {
 		u.metrics.requestsUDP.Inc()
-		resp, err := u.exchangeUDP(ctx, wire, q)
+		resp, err := u.askUDP(ctx, wire, q)
 		if err != nil {
 			u.deadSignal(err, start)
 			return nil, err
@@ -62,7 +62,7 @@ func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dn
 		}
 	}
 	u.metrics.requestsTCP.Inc()
-	return u.exchangeTCP(ctx, wire, q, start)
+	return u.askTCP(ctx, wire, q, start)
 }
 
 // maxResends bounds how often one attempt sends its query again on another
@@ -72,16 +72,16 @@ func (u *upstream) exchange(ctx context.Context, t Transport, wire []byte, q *dn
 // every connection at once from being dialed in a loop.
 const maxResends = 3
 
-// exchangeTCP sends the query on a pooled connection, and again on another
+// askTCP sends the query on a pooled connection, and again on another
 // one (DNS queries are idempotent) when that one fails in a way another
 // connection may not, up to maxResends times within ctx, and not once the
 // server is marked down (the caller moves on to the next server).
-func (u *upstream) exchangeTCP(ctx context.Context, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
+func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
 	for resends := 0; ; resends++ {
 		c, err := u.pool.get(ctx)
 		if err == nil {
 			var resp *dns.Msg
-			resp, err = c.exchange(ctx, wire, q, u.metrics)
+			resp, err = c.roundTrip(ctx, wire, q, u.metrics)
 			u.pool.put(c, err == nil)
 			if err == nil {
 				return resp, nil

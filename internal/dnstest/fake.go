@@ -40,6 +40,8 @@ type Config struct {
 	// Lameduck is how long the fake keeps serving after Stop, as CoreDNS
 	// does on SIGTERM with `health { lameduck }`; 0 stops at once.
 	Lameduck time.Duration
+	// IPv6 serves on ::1 (ListenBothIPv6) instead of a 127/8 address.
+	IPv6 bool
 }
 
 // Fake is a DNS server on UDP and TCP at one loopback address. Stop it to make
@@ -63,7 +65,11 @@ func Start(t testing.TB, cfg Config) *Fake {
 	if cfg.Name == "" {
 		cfg.Name = "fake"
 	}
-	pc, l := ListenBoth(t)
+	listenBoth := ListenBoth
+	if cfg.IPv6 {
+		listenBoth = ListenBothIPv6
+	}
+	pc, l := listenBoth(t)
 	f := &Fake{t: t, cfg: cfg, addr: netip.MustParseAddrPort(pc.LocalAddr().String())}
 	t.Cleanup(f.stopNow)
 	f.serve(pc, l)
@@ -81,14 +87,30 @@ func (f *Fake) Addr() netip.AddrPort { return f.addr }
 // packets instead.
 func ListenBoth(t testing.TB) (net.PacketConn, net.Listener) {
 	t.Helper()
+	return listenFree(t, "127/8", func() netip.Addr {
+		return netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
+	})
+}
+
+// ListenBothIPv6 is ListenBoth on ::1, the one IPv6 loopback address: only
+// the port varies.
+func ListenBothIPv6(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	return listenFree(t, "::1", netip.IPv6Loopback)
+}
+
+// listenFree tries addresses from ip with ports below the ephemeral range.
+func listenFree(t testing.TB, where string, ip func() netip.Addr) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var err error
 	for range 100 {
-		ip := netip.AddrFrom4([4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))})
-		pc, l, err := listen(netip.AddrPortFrom(ip, uint16(10000+rand.IntN(20000))))
-		if err == nil {
+		var pc net.PacketConn
+		var l net.Listener
+		if pc, l, err = listen(netip.AddrPortFrom(ip(), uint16(10000+rand.IntN(20000)))); err == nil {
 			return pc, l
 		}
 	}
-	t.Fatal("no free address on 127/8 for UDP and TCP")
+	t.Fatalf("no free address on %s for UDP and TCP: %v", where, err)
 	return nil, nil
 }
 

@@ -31,12 +31,20 @@ func exchange(f *Fake, network, name string) (*dns.Msg, error) {
 // once stopped (twice: Stop is idempotent), and answers again on the same
 // address after Restart, with its TCP server tuned at every start.
 func TestStopRestart(t *testing.T) {
-	for _, network := range []string{"udp", "tcp"} {
-		t.Run(network, func(t *testing.T) {
+	for _, tc := range []struct {
+		network string
+		ipv6    bool
+	}{{"udp", false}, {"tcp", false}, {"udp", true}, {"tcp", true}} {
+		name := tc.network
+		if tc.ipv6 {
+			name += "6"
+		}
+		t.Run(name, func(t *testing.T) {
+			network := tc.network
 			tuned := 0
-			f := Start(t, Config{Handler: replyEmpty, TuneTCP: func(*dns.Server) { tuned++ }})
-			if !f.Addr().Addr().IsLoopback() || f.Addr().Port() >= 30000 {
-				t.Fatalf("address %s: want 127/8 and a port below the ephemeral range", f.Addr())
+			f := Start(t, Config{Handler: replyEmpty, TuneTCP: func(*dns.Server) { tuned++ }, IPv6: tc.ipv6})
+			if !f.Addr().Addr().IsLoopback() || f.Addr().Addr().Is6() != tc.ipv6 || f.Addr().Port() >= 30000 {
+				t.Fatalf("address %s: want loopback of the family (IPv6 %v) and a port below the ephemeral range", f.Addr(), tc.ipv6)
 			}
 			addr := f.Addr()
 

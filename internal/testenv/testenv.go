@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
 
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -64,6 +65,26 @@ func Boot(env *envtest.Environment) (*rest.Config, error) {
 		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", dir, err)
 	}
 	return cfg, nil
+}
+
+// Start is Boot for one test: the test is skipped when the binaries are
+// missing (failed under Required), failed on any other error, and the API
+// server is stopped when it ends.
+func Start(t testing.TB, env *envtest.Environment) *rest.Config {
+	t.Helper()
+	cfg, err := Boot(env)
+	if errors.Is(err, ErrNoAssets) && !Required() {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stop kube-apiserver: %v", err)
+		}
+	})
+	return cfg
 }
 
 func isExecutable(path string) bool {

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"errors"
 	"testing"
 
 	"k8s.io/client-go/discovery"
@@ -11,19 +10,7 @@ import (
 // The provisioned API server must report its real version: native sidecar
 // detection in the webhook depends on it, and an unstamped build says v0.0.0.
 func TestBootReportsStampedVersion(t *testing.T) {
-	env := &envtest.Environment{}
-	cfg, err := Boot(env)
-	if errors.Is(err, ErrNoAssets) && !Required() {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop envtest: %v", err)
-		}
-	})
+	cfg := Start(t, &envtest.Environment{})
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

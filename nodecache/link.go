@@ -16,11 +16,11 @@ import (
 // cannot create dummy interfaces.
 const loopbackName = "lo"
 
-// nodeInterface makes the listen IPs local addresses of the node: on a dummy
+// nodeLink makes the listen IPs local addresses of the node: on a dummy
 // interface of its own, or on lo where the kernel has no dummy type. It
 // adopts whatever already exists, so a restarted or second instance changes
 // nothing. Netlink calls act on the network namespace of the calling thread.
-type nodeInterface struct {
+type nodeLink struct {
 	name   string
 	ips    []netip.Addr
 	logger *slog.Logger
@@ -30,14 +30,14 @@ type nodeInterface struct {
 	onLoopback bool
 }
 
-func newNodeInterface(name string, ips []netip.Addr, logger *slog.Logger) *nodeInterface {
-	return &nodeInterface{name: name, ips: ips, logger: logger}
+func newNodeLink(name string, ips []netip.Addr, logger *slog.Logger) *nodeLink {
+	return &nodeLink{name: name, ips: ips, logger: logger}
 }
 
 // ensure creates or adopts the interface, brings it up and adds the missing
 // addresses. It returns a description of every change it made (none when the
 // node was already set up).
-func (n *nodeInterface) ensure() ([]string, error) {
+func (n *nodeLink) ensure() ([]string, error) {
 	var changes []string
 	link, created, err := n.link()
 	if err != nil {
@@ -70,7 +70,7 @@ func (n *nodeInterface) ensure() ([]string, error) {
 
 // link returns the interface to hold the IPs, creating the dummy interface
 // when it is missing, or lo when the kernel cannot.
-func (n *nodeInterface) link() (link netlink.Link, created bool, err error) {
+func (n *nodeLink) link() (link netlink.Link, created bool, err error) {
 	if n.onLoopback {
 		link, err = netlink.LinkByName(loopbackName)
 		if err != nil {
@@ -107,7 +107,7 @@ func (n *nodeInterface) link() (link netlink.Link, created bool, err error) {
 
 // remove deletes the dummy interface and takes the listen IPs' host routes
 // (/32, /128) off lo, where the fallback put them. Missing pieces are fine.
-func (n *nodeInterface) remove() ([]string, error) {
+func (n *nodeLink) remove() ([]string, error) {
 	var changes []string
 	link, err := netlink.LinkByName(n.name)
 	switch {
