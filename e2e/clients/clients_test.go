@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,16 +74,24 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// svc.test and every name under it answer; the A questions are
+	// recorded, to see the unique names.
+	var mu sync.Mutex
+	asked := map[string]bool{}
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
+		name := q.Question[0].Name
 		switch {
-		case q.Question[0].Name != "svc.test.":
+		case name != "svc.test." && !strings.HasSuffix(name, ".svc.test."):
 			m.Rcode = dns.RcodeNameError
 		case q.Question[0].Qtype == dns.TypeA:
+			mu.Lock()
+			asked[name] = true
+			mu.Unlock()
 			m.Answer = append(m.Answer, &dns.A{
-				Hdr: dns.RR_Header{Name: "svc.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+				Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
 				A:   net.IPv4(10, 1, 2, 3),
 			})
 		}
@@ -97,6 +106,16 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+
+	// A host with a verb other than the one mark is refused before any lookup.
+	for _, bin := range []string{bins.Glibc, bins.Musl} {
+		for _, host := range []string{"%s.test", "%d.%d.test", "%d%%.test"} {
+			err := exec.Command(bin, "-h", host, "-d", "1").Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+				t.Errorf("%s -h %s: %v, want exit status 2", filepath.Base(bin), host, err)
+			}
+		}
 	}
 
 	const lookups = 200
@@ -119,6 +138,9 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 		{"glibc", gaiload(bins.Glibc, "missing.test"), "missing.test", lookups},
 		{"musl", gaiload(bins.Musl, "missing.test"), "missing.test", lookups},
 		{"go", dnsload("missing.test"), "missing.test", lookups},
+		{"glibc", gaiload(bins.Glibc, "glibc-%d.svc.test"), "glibc-%d.svc.test", 0},
+		{"musl", gaiload(bins.Musl, "musl-%d.svc.test"), "musl-%d.svc.test", 0},
+		{"go", dnsload("go-%d.svc.test"), "go-%d.svc.test", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"/"+tt.host, func(t *testing.T) {
@@ -141,8 +163,29 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 			if res.Host != tt.host || res.Concurrency != 4 {
 				t.Errorf("result names host %q concurrency %d", res.Host, res.Concurrency)
 			}
+			// Every error of a run here is NXDOMAIN: one kind.
+			if tt.wantErrors > 0 && (len(res.ErrorKinds) != 1 || sum(res.ErrorKinds) != tt.wantErrors) {
+				t.Errorf("errors by kind %v, want one kind counting %d", res.ErrorKinds, tt.wantErrors)
+			}
+			if prefix, suffix, unique := strings.Cut(tt.host, "%d"); unique {
+				mu.Lock()
+				defer mu.Unlock()
+				for i := 1; i <= lookups; i++ {
+					if name := fmt.Sprint(prefix, i, suffix, "."); !asked[name] {
+						t.Errorf("unique names: %s never asked", name)
+					}
+				}
+			}
 		})
 	}
+}
+
+func sum(counts map[string]int64) int64 {
+	var n int64
+	for _, c := range counts {
+		n += c
+	}
+	return n
 }
 
 func exitStderr(err error) string {

@@ -32,6 +32,8 @@ func (b Binaries) Images() []cluster.ImageSpec {
 
 // Load is one load run's shape.
 type Load struct {
+	// Host may hold dnsload.UniqueMark once: every lookup then asks a new
+	// name (both clients number their lookups into it).
 	Host        string
 	Concurrency int
 	// Duration and Slow are rounded to whole seconds and milliseconds for

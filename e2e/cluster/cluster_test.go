@@ -86,10 +86,12 @@ func TestClusterBootsResolvesAndTearsDown(t *testing.T) {
 				e2etest.Fatalf(t, "%v\nlogs in %s", err, c.LogsDir())
 			}
 			for _, want := range []string{
-				"nameserver " + cluster.KubeDNSIP.String(),                      // kubelet's clusterDNS
-				"search default.svc." + cluster.ClusterDomain,                   // kubelet's search path
-				"Address: " + cluster.APIServiceIP.String(),                     // kubernetes.default via the ClusterIP
-				"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded to the fake upstream
+				"nameserver " + cluster.KubeDNSIP.String(),                                      // kubelet's clusterDNS
+				"search default.svc." + cluster.ClusterDomain,                                   // kubelet's search path
+				"Address: " + cluster.APIServiceIP.String(),                                     // kubernetes.default via the ClusterIP
+				"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(),                 // forwarded to the fake upstream
+				"Name:\tcheck." + cluster.SlowZones[0].Name + "\nAddress: " + cluster.SlowZoneA, // a slow external zone
+				"Name:\tcheck." + cluster.NoCacheZone + "\nAddress: " + cluster.NoCacheA,        // kube-dns's TTL 0 zone
 			} {
 				if !strings.Contains(out, want) {
 					e2etest.Errorf(t, "dns check output lacks %q:\n%s", want, out)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"text/template"
+	"time"
 )
 
 //go:embed templates/*.tmpl
@@ -33,6 +34,40 @@ const (
 	LargeAnswerRecords = 100
 )
 
+// External names: kube-dns forwards them to the fake upstream, as it
+// forwards every name outside the cluster domain, and the fake upstream
+// answers them the way the world's resolvers do, slowly (10-300 ms), or
+// never. Each zone answers every name in it (CoreDNS's erratic plugin: A
+// SlowZoneA, AAAA 2001:db8::53), so load clients can ask unique names.
+var SlowZones = []SlowZone{
+	{Name: "slow100.ext.test", Delay: 100 * time.Millisecond},
+	{Name: "slow200.ext.test", Delay: 200 * time.Millisecond},
+	{Name: "slow300.ext.test", Delay: 300 * time.Millisecond},
+}
+
+// SlowZone is a zone of the fake upstream answered after Delay.
+type SlowZone struct {
+	Name  string
+	Delay time.Duration
+}
+
+// SlowZoneA is the address of every name in the slow zones (erratic's).
+const SlowZoneA = "192.0.2.53"
+
+// UnansweredZone's queries are dropped by the fake upstream: kube-dns
+// gives up on its names after its forward timeout.
+const UnansweredZone = "never.ext.test"
+
+// NoCacheZone is answered by kube-dns itself, at once, with TTL 0 (its own
+// server block, without the cache plugin): every name has the A record
+// NoCacheA and no AAAA (an SOA of TTL 0). A node cache does not cache TTL
+// 0, so a load of its names keeps reaching kube-dns, the way cluster-name
+// misses do.
+const (
+	NoCacheZone = "nocache.test"
+	NoCacheA    = "10.100.2.1" // inside the node, never routed anywhere
+)
+
 // templateData is what every template may use.
 type templateData struct {
 	Name, Dir, ContainerdSocket, ProxyMode, ClusterDomain string
@@ -40,6 +75,8 @@ type templateData struct {
 	NodeIP, UpstreamIP, KubeDNSIP, PodCIDR                string
 	LargeAnswerName                                       string
 	LargeAnswerIPs                                        []string
+	SlowZones                                             []SlowZone
+	UnansweredZone, NoCacheZone, NoCacheA                 string
 }
 
 func (c *Cluster) templateData() templateData {
@@ -58,6 +95,10 @@ func (c *Cluster) templateData() templateData {
 		PodCIDR:          PodCIDR.String(),
 		LargeAnswerName:  LargeAnswerName,
 		LargeAnswerIPs:   largeAnswerIPs(),
+		SlowZones:        SlowZones,
+		UnansweredZone:   UnansweredZone,
+		NoCacheZone:      NoCacheZone,
+		NoCacheA:         NoCacheA,
 	}
 }
 

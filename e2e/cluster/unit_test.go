@@ -124,3 +124,40 @@ func TestWaitForStopsWhenADaemonDied(t *testing.T) {
 		t.Errorf("check ran %d times after the daemon died", calls)
 	}
 }
+
+// TestKubeDNSAndUpstreamRender checks the lines the scenarios rely on: the
+// CoreDNS template's own {{ .Name }} survives Go's templating, every slow
+// zone gets its delay, the unanswered zone drops every query, and kube-dns
+// keeps the stock plugins.
+func TestKubeDNSAndUpstreamRender(t *testing.T) {
+	c, err := newCluster(Config{BaseDir: t.TempDir(), RepoDir: "/nonexistent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		tmpl string
+		want []string
+	}{
+		{"coredns.yaml.tmpl", []string{
+			"health {\n            lameduck 5s\n        }", "ready\n", "prometheus :9153\n", "loop\n", "reload\n", "cache 30\n",
+			"forward . " + UpstreamIP.String() + " {\n            max_concurrent 1000\n        }",
+			NoCacheZone + `:53 {`, `answer "{{ .Name }} 0 IN A ` + NoCacheA + `"`,
+		}},
+		{"upstream.Corefile.tmpl", []string{
+			"slow100.ext.test:53 {\n    bind 10.100.0.53\n    erratic {\n        delay 1 100ms\n    }\n}",
+			"slow300.ext.test:53 {\n    bind 10.100.0.53\n    erratic {\n        delay 1 300ms\n    }\n}",
+			UnansweredZone + ":53 {\n    bind 10.100.0.53\n    erratic {\n        drop 1\n    }\n}",
+		}},
+	}
+	for _, tt := range tests {
+		out, err := render(tt.tmpl, c.templateData())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range tt.want {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s lacks %q:\n%s", tt.tmpl, want, out)
+			}
+		}
+	}
+}

@@ -7,16 +7,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
+// UniqueMark in a host name stands for the lookup's number in the run (1,
+// 2, ...): every lookup then asks a name no cache has seen, so each one
+// reaches kube-dns. The C client gaiload takes the same mark.
+const UniqueMark = "%d"
+
 // Config is one load run.
 type Config struct {
 	// Host is the name looked up (resolved with the resolver's search path).
+	// It may hold UniqueMark once.
 	Host string
 	// Concurrency is the number of goroutines looking up at once.
 	Concurrency int
@@ -41,6 +49,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Host == "":
 		return errors.New("host is empty")
+	case strings.Count(c.Host, "%") > 1 || strings.Contains(c.Host, "%") && !strings.Contains(c.Host, UniqueMark):
+		return fmt.Errorf("host %q: the only %% it may hold is one %s", c.Host, UniqueMark)
 	case c.Concurrency < 1:
 		return fmt.Errorf("concurrency %d: want >= 1", c.Concurrency)
 	case c.Duration <= 0:
@@ -66,23 +76,46 @@ type Result struct {
 	Lookups     int64         `json:"lookups"`
 	Errors      int64         `json:"errors"`
 	// FirstError is one error's text, to say what kind they were.
-	FirstError string        `json:"first_error,omitempty"`
-	Min        time.Duration `json:"min_ns"`
-	Mean       time.Duration `json:"mean_ns"`
-	P99        time.Duration `json:"p99_ns"`
-	Max        time.Duration `json:"max_ns"`
-	Slow       time.Duration `json:"slow_threshold_ns"`
-	SlowCount  int64         `json:"slow"`
-	Over1s     int64         `json:"over_1s"`
-	Over5s     int64         `json:"over_5s"`
+	FirstError string `json:"first_error,omitempty"`
+	// ErrorKinds counts the errors by kind: the resolver's reason without
+	// the name ("server misbehaving" is SERVFAIL, "no such host" NXDOMAIN,
+	// "i/o timeout" no answer), or gai_strerror's text for the C client.
+	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
+	Min        time.Duration    `json:"min_ns"`
+	Mean       time.Duration    `json:"mean_ns"`
+	P99        time.Duration    `json:"p99_ns"`
+	Max        time.Duration    `json:"max_ns"`
+	Slow       time.Duration    `json:"slow_threshold_ns"`
+	SlowCount  int64            `json:"slow"`
+	Over1s     int64            `json:"over_1s"`
+	Over5s     int64            `json:"over_5s"`
 }
 
-// String is the one-line summary the seeds' tool printed.
+// String is the one-line summary the seeds' tool printed, and the errors
+// by kind.
 func (r Result) String() string {
-	return fmt.Sprintf("host=%s c=%d elapsed=%s lookups=%d errors=%d min=%s avg=%s p99=%s max=%s >=%s:%d >=1s:%d >=5s:%d",
+	s := fmt.Sprintf("host=%s c=%d elapsed=%s lookups=%d errors=%d min=%s avg=%s p99=%s max=%s >=%s:%d >=1s:%d >=5s:%d",
 		r.Host, r.Concurrency, r.Elapsed.Round(time.Millisecond), r.Lookups, r.Errors,
 		r.Min.Round(time.Microsecond), r.Mean.Round(time.Microsecond), r.P99.Round(time.Microsecond),
 		r.Max.Round(time.Microsecond), r.Slow, r.SlowCount, r.Over1s, r.Over5s)
+	for _, kind := range slices.Sorted(maps.Keys(r.ErrorKinds)) {
+		s += fmt.Sprintf(" [%s]:%d", kind, r.ErrorKinds[kind])
+	}
+	return s
+}
+
+// errorKind is what an error says without the name looked up and the
+// addresses ("read udp 10.244.0.5:33697->10.96.0.10:53: i/o timeout"),
+// which make every message of a unique-name run different.
+func errorKind(err error) string {
+	var dnsErr *net.DNSError
+	if !errors.As(err, &dnsErr) {
+		return err.Error()
+	}
+	if i := strings.LastIndex(dnsErr.Err, ": "); i >= 0 {
+		return dnsErr.Err[i+2:]
+	}
+	return dnsErr.Err
 }
 
 // Run runs the load until cfg.Duration passes, cfg.MaxLookups have started
@@ -102,6 +135,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		wg         sync.WaitGroup
 	)
 	perWorker := make([][]time.Duration, cfg.Concurrency)
+	kindsPerWorker := make([]map[string]int64, cfg.Concurrency)
+	prefix, suffix, unique := strings.Cut(cfg.Host, UniqueMark)
 	begin := time.Now()
 	deadline := begin.Add(cfg.Duration)
 	rctx, stopRate := context.WithDeadline(ctx, deadline)
@@ -109,14 +144,25 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	next := paced(rctx, cfg.Rate)
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
-			for next() && time.Now().Before(deadline) && started.Add(1) <= cfg.MaxLookups {
+			kinds := map[string]int64{}
+			kindsPerWorker[w] = kinds
+			for next() && time.Now().Before(deadline) {
+				n := started.Add(1)
+				if n > cfg.MaxLookups {
+					break
+				}
+				host := cfg.Host
+				if unique {
+					host = fmt.Sprint(prefix, n, suffix)
+				}
 				lctx, cancel := context.WithTimeout(ctx, cfg.LookupTimeout)
 				t0 := time.Now()
-				_, err := resolver.LookupIPAddr(lctx, cfg.Host)
+				_, err := resolver.LookupIPAddr(lctx, host)
 				perWorker[w] = append(perWorker[w], time.Since(t0))
 				cancel()
 				if err != nil {
 					errCount.Add(1)
+					kinds[errorKind(err)]++
 					msg := err.Error()
 					firstError.CompareAndSwap(nil, &msg)
 				}
@@ -129,6 +175,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		Errors: errCount.Load(), Slow: cfg.Slow}
 	if p := firstError.Load(); p != nil {
 		res.FirstError = *p
+	}
+	for _, kinds := range kindsPerWorker {
+		for kind, n := range kinds {
+			if res.ErrorKinds == nil {
+				res.ErrorKinds = map[string]int64{}
+			}
+			res.ErrorKinds[kind] += n
+		}
 	}
 	all := slices.Concat(perWorker...)
 	res.summarise(all)

@@ -2,25 +2,43 @@ package dnsload
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-// startServer serves on 127.0.0.1:0: fast.test answers at once, slow.test
-// after delay, anything else NXDOMAIN. It returns a resolver that sends
+// testServer is a DNS server on 127.0.0.1:0 and a resolver that sends
 // every query there.
-func startServer(t *testing.T, delay time.Duration) *net.Resolver {
+type testServer struct {
+	resolver *net.Resolver
+	mu       sync.Mutex
+	asked    map[string]int // A questions by name
+}
+
+// startServer serves on 127.0.0.1:0: fast.test and every name in
+// unique.test answer at once, slow.test after delay, anything else
+// NXDOMAIN.
+func startServer(t *testing.T, delay time.Duration) *testServer {
 	t.Helper()
+	ts := &testServer{asked: map[string]int{}}
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
-		switch name := q.Question[0].Name; name {
-		case "fast.test.", "slow.test.":
+		name := q.Question[0].Name
+		if q.Question[0].Qtype == dns.TypeA {
+			ts.mu.Lock()
+			ts.asked[name]++
+			ts.mu.Unlock()
+		}
+		switch {
+		case name == "fast.test." || name == "slow.test." || strings.HasSuffix(name, ".unique.test."):
 			if name == "slow.test." {
 				time.Sleep(delay)
 			}
@@ -45,25 +63,27 @@ func startServer(t *testing.T, delay time.Duration) *net.Resolver {
 	<-started
 	t.Cleanup(func() { _ = srv.Shutdown() })
 	addr := pc.LocalAddr().String()
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	ts.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", addr)
 	}}
+	return ts
 }
 
 func TestRunCounts(t *testing.T) {
 	const delay = 30 * time.Millisecond
-	resolver := startServer(t, delay)
+	resolver := startServer(t, delay).resolver
 	tests := []struct {
 		name       string
 		host       string
 		maxLookups int64
-		wantErrors bool
+		wantErrors map[string]int64
 		wantSlow   bool
 	}{
-		{"fast answers", "fast.test.", 40, false, false},
-		{"every lookup at or over the threshold is slow", "slow.test.", 8, false, true},
-		{"NXDOMAIN counts as an error", "missing.test.", 12, true, false},
+		{"fast answers", "fast.test.", 40, nil, false},
+		{"every lookup at or over the threshold is slow", "slow.test.", 8, nil, true},
+		{"NXDOMAIN counts as an error", "missing.test.", 12, map[string]int64{"no such host": 12}, false},
+		{"NXDOMAIN of unique names: one kind", "u%d.missing.test.", 12, map[string]int64{"no such host": 12}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,8 +98,8 @@ func TestRunCounts(t *testing.T) {
 			if res.Lookups != tt.maxLookups {
 				t.Errorf("lookups = %d, want %d", res.Lookups, tt.maxLookups)
 			}
-			if wantErr := map[bool]int64{true: tt.maxLookups}[tt.wantErrors]; res.Errors != wantErr {
-				t.Errorf("errors = %d, want %d (%s)", res.Errors, wantErr, res.FirstError)
+			if wantErr := tt.wantErrors["no such host"]; res.Errors != wantErr || !reflect.DeepEqual(res.ErrorKinds, tt.wantErrors) {
+				t.Errorf("errors = %d by kind %v, want %d by kind %v (%s)", res.Errors, res.ErrorKinds, wantErr, tt.wantErrors, res.FirstError)
 			}
 			if wantSlow := map[bool]int64{true: tt.maxLookups}[tt.wantSlow]; res.SlowCount != wantSlow {
 				t.Errorf("slow = %d, want %d", res.SlowCount, wantSlow)
@@ -103,7 +123,7 @@ func TestSummarise(t *testing.T) {
 	r.summarise(lat)
 	want := Result{Slow: 2 * time.Second, Lookups: 100, Min: 100 * time.Millisecond, Max: 10 * time.Second,
 		Mean: 5050 * time.Millisecond, P99: 9900 * time.Millisecond, SlowCount: 81, Over1s: 91, Over5s: 51}
-	if r != want {
+	if !reflect.DeepEqual(r, want) {
 		t.Errorf("summarise =\n%+v\nwant\n%+v", r, want)
 	}
 }
@@ -121,6 +141,9 @@ func TestValidate(t *testing.T) {
 		"no threshold":   func(c *Config) { c.Slow = 0 },
 		"no timeout":     func(c *Config) { c.LookupTimeout = 0 },
 		"negative rate":  func(c *Config) { c.Rate = -1 },
+		"two marks":      func(c *Config) { c.Host = "%d.%d.test" },
+		"other verb":     func(c *Config) { c.Host = "%s.test" },
+		"mark and verb":  func(c *Config) { c.Host = "%d.%s.test" },
 	} {
 		c := ok
 		mutate(&c)
@@ -134,7 +157,7 @@ func TestValidate(t *testing.T) {
 // allows over its duration, whatever the concurrency; without one the same
 // run starts far more (the cap is what bounds it).
 func TestRunRate(t *testing.T) {
-	resolver := startServer(t, 0)
+	resolver := startServer(t, 0).resolver
 	const d = 300 * time.Millisecond
 	capped, err := Run(context.Background(), Config{Host: "fast.test.", Concurrency: 8, Duration: d,
 		MaxLookups: 100_000, Slow: time.Second, LookupTimeout: time.Second, Rate: 20, Resolver: resolver})
@@ -151,5 +174,46 @@ func TestRunRate(t *testing.T) {
 	}
 	if free.Lookups <= capped.Lookups {
 		t.Errorf("no rate: %d lookups, not more than the capped run's %d", free.Lookups, capped.Lookups)
+	}
+}
+
+// TestRunUniqueNames: a host holding the mark asks one new name per lookup,
+// numbered through the run whatever goroutine asks it.
+func TestRunUniqueNames(t *testing.T) {
+	srv := startServer(t, 0)
+	const lookups = 30
+	res, err := Run(context.Background(), Config{Host: "n%d.unique.test.", Concurrency: 4, Duration: time.Minute,
+		MaxLookups: lookups, Slow: time.Second, LookupTimeout: 5 * time.Second, Resolver: srv.resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Lookups != lookups || res.Errors != 0 || res.Host != "n%d.unique.test." {
+		t.Fatalf("%s", res)
+	}
+	want := map[string]int{}
+	for i := 1; i <= lookups; i++ {
+		want[fmt.Sprintf("n%d.unique.test.", i)] = 1
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if !reflect.DeepEqual(srv.asked, want) {
+		t.Errorf("A questions asked %v, want each of n1..n%d once", srv.asked, lookups)
+	}
+}
+
+func TestErrorKind(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&net.DNSError{Err: "no such host", Name: "a-1.test", IsNotFound: true}, "no such host"},
+		{&net.DNSError{Err: "server misbehaving", Name: "a-2.test", Server: "169.254.20.10:53"}, "server misbehaving"},
+		{&net.DNSError{Err: "read udp 10.244.0.28:33697->10.96.0.10:53: i/o timeout", Name: "a-3.test", IsTimeout: true}, "i/o timeout"},
+		{fmt.Errorf("lookup: %w", &net.DNSError{Err: "dial udp 10.96.0.10:53: connect: connection refused"}), "connection refused"},
+		{context.DeadlineExceeded, "context deadline exceeded"},
+	} {
+		if got := errorKind(tt.err); got != tt.want {
+			t.Errorf("errorKind(%v) = %q, want %q", tt.err, got, tt.want)
+		}
 	}
 }

@@ -34,46 +34,59 @@ type env struct {
 	ctx  context.Context
 	c    *cluster.Cluster
 	repo string
-	// short runs the seeds' test for 10 s per client instead of its shape.
-	short bool
+	// full runs every scenario, the opted-in seeds' test in its own
+	// shape and with external names resolved beside it; otherwise the
+	// seeds' test runs 10 s per client, alone, and the fullOnly
+	// scenarios are left out, to keep make test well under 30 minutes.
+	full bool
 }
 
 // scenario is one named step of a cluster run.
 type scenario struct {
 	name string
 	run  func(e *env, t *testing.T)
+	// fullOnly scenarios run in full runs alone (iptables mode): they
+	// exercise kube-dns and the node cache's path to it, which kube-proxy's
+	// mode does not change (both spread new connections over the endpoints
+	// at random).
+	fullOnly bool
 }
 
 // scenarios are the e2e issue's, in order: correctness through the real
-// path, the seeds' test, node cache SIGKILL and force-deleted pod under
-// load, rolling update under load, kube-dns down, webhook down, uninstall.
+// path, the seeds' test (beside external names in full runs), node cache
+// SIGKILL and force-deleted pod under load, rolling update under load,
+// kube-dns rolled, scaled up, scaled down and a pod of it force-deleted
+// under load, kube-dns down, webhook down, uninstall.
 var scenarios = []scenario{
-	{"correctness", (*env).correctness},
-	{"seeds", (*env).seeds},
-	{"nodecache-sigkill", (*env).nodeCacheKilled},
-	{"rolling-update", (*env).rollingUpdate},
-	{"kube-dns-down", (*env).kubeDNSDown},
-	{"webhook-down", (*env).webhookDown},
-	{"uninstall", (*env).uninstall},
+	{name: "correctness", run: (*env).correctness},
+	{name: "seeds", run: (*env).seeds},
+	{name: "nodecache-sigkill", run: (*env).nodeCacheKilled},
+	{name: "rolling-update", run: (*env).rollingUpdate},
+	{name: "kube-dns-rolled", run: (*env).kubeDNSRolled, fullOnly: true},
+	{name: "kube-dns-scaled-up", run: (*env).kubeDNSScaledUp, fullOnly: true},
+	{name: "kube-dns-scaled-down", run: (*env).kubeDNSScaledDown, fullOnly: true},
+	{name: "kube-dns-pod-force-deleted", run: (*env).kubeDNSPodForceDeleted, fullOnly: true},
+	{name: "kube-dns-down", run: (*env).kubeDNSDown},
+	{name: "webhook-down", run: (*env).webhookDown},
+	{name: "uninstall", run: (*env).uninstall},
 }
 
 // TestLocaldnsOnCluster boots one real node (kube-proxy in iptables mode),
 // installs localdns from its own images and manifests, and runs every
-// scenario on it. It needs root and the provisioned binaries, so it runs
-// only with LOCALDNS_E2E=1.
+// scenario on it in full. It needs root and the provisioned binaries, so
+// it runs only with LOCALDNS_E2E=1.
 func TestLocaldnsOnCluster(t *testing.T) {
-	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", false, scenarios)
+	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", true)
 }
 
-// TestLocaldnsOnClusterNFTables runs every scenario again with kube-proxy
-// in nftables mode (NodeLocal DNSCache does not support it), the opted-in
-// seeds' runs 10 s per client instead of the seeds' shape to keep make
-// test short.
+// TestLocaldnsOnClusterNFTables runs the scenarios again with kube-proxy
+// in nftables mode (NodeLocal DNSCache does not support it), not in full
+// (see env.full), to keep make test well under 30 minutes.
 func TestLocaldnsOnClusterNFTables(t *testing.T) {
-	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", true, scenarios)
+	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", false)
 }
 
-func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scenario) {
+func testOnCluster(t *testing.T, mode, name string, full bool) {
 	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
@@ -109,7 +122,7 @@ func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scen
 	if b.err != nil {
 		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo, short: short}
+	e := &env{ctx: ctx, c: c, repo: repo, full: full}
 
 	start = time.Now()
 	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
@@ -142,6 +155,9 @@ func testOnCluster(t *testing.T, mode, name string, short bool, scenarios []scen
 	}
 
 	for _, sc := range scenarios {
+		if sc.fullOnly && !full {
+			continue
+		}
 		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
 	}
 }
@@ -207,9 +223,19 @@ func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
 }
 
 // waitLoads waits for the loads and asserts none failed and none took
-// maxSlow or more (the count of lookups at or over 1 s and 5 s).
+// 1 s or more (5 s or more when over5sOnly).
 func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
 	t.Helper()
+	for _, bl := range finished(t, loads...) {
+		checkClean(t, bl.name, bl.res, over5sOnly)
+	}
+}
+
+// finished waits for the loads, logs their results and returns the loads
+// that have one (a load whose pod failed is an error).
+func finished(t *testing.T, loads ...*backgroundLoad) []*backgroundLoad {
+	t.Helper()
+	var done []*backgroundLoad
 	for _, bl := range loads {
 		<-bl.done
 		if bl.err != nil {
@@ -217,14 +243,22 @@ func waitLoads(t *testing.T, over5sOnly bool, loads ...*backgroundLoad) {
 			continue
 		}
 		t.Logf("%s (%s, %d x %s of %s): %s", bl.name, bl.kind, bl.load.Concurrency, bl.load.Duration, bl.load.Host, bl.res)
-		slow := bl.res.Over1s
-		if over5sOnly {
-			slow = bl.res.Over5s
-		}
-		if bl.res.Lookups == 0 || bl.res.Errors != 0 || slow != 0 {
-			e2etest.Errorf(t, "%s: %d lookups, %d errors (%s), %d >= 1 s, %d >= 5 s (max %s)", bl.name, bl.res.Lookups, bl.res.Errors,
-				bl.res.FirstError, bl.res.Over1s, bl.res.Over5s, bl.res.Max)
-		}
+		done = append(done, bl)
+	}
+	return done
+}
+
+// checkClean asserts a load had lookups, no error and none that took 1 s
+// or more (5 s or more when over5sOnly).
+func checkClean(t *testing.T, what string, res dnsload.Result, over5sOnly bool) {
+	t.Helper()
+	slow := res.Over1s
+	if over5sOnly {
+		slow = res.Over5s
+	}
+	if res.Lookups == 0 || res.Errors != 0 || slow != 0 {
+		e2etest.Errorf(t, "%s: %d lookups, %d errors (%s), %d >= 1 s, %d >= 5 s (max %s)", what, res.Lookups, res.Errors,
+			res.FirstError, res.Over1s, res.Over5s, res.Max)
 	}
 }
 
@@ -319,7 +353,8 @@ func (e *env) correctness(t *testing.T) {
 
 // seeds: the seeds' test with the conntrack race emulated. Not opted in,
 // every client sees lookups of 1 s or more (the emulation works); opted in
-// (musl in stub mode), none does.
+// (musl in stub mode), none does, in full runs also while other pods
+// resolve external names (see startExternalNames).
 func (e *env) seeds(t *testing.T) {
 	base := seeds.Default()
 	base.Namespace = plainNS
@@ -336,11 +371,15 @@ func (e *env) seeds(t *testing.T) {
 	}
 
 	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
-	if e.short {
+	if !e.full {
 		opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
 	}
 	opted.Namespace = optedNS
 	opted.Annotations = autoMode
+	var external *externalNames
+	if e.full {
+		external = e.startExternalNames(t)
+	}
 	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
@@ -349,17 +388,23 @@ func (e *env) seeds(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
+	if external != nil {
+		e.checkExternalNames(t, external)
+	}
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
 		t.Logf("node during the opted-in run: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
 	}
 	// What the node cache saw, for a post-mortem of any slow lookup.
-	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_duration_seconds_count",
-		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_")
-	logTable(t, "localdns, namespace opted in (glibc, Go: node cache; musl: stub)", rows)
+	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_",
+		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_",
+		"localdns_nodecache_client_limited_total", "localdns_nodecache_coalesced_total")
+	title := "localdns, namespace opted in (glibc, Go: node cache; musl: stub)"
+	if external != nil {
+		title += ", beside external names"
+	}
+	logTable(t, title, rows)
 	for _, r := range rows {
-		if r.Lookups == 0 || r.Errors != 0 || r.Over1s != 0 {
-			e2etest.Errorf(t, "localdns %s: %d lookups, %d errors (%s), %d >= 1 s (max %s)", r.Client, r.Lookups, r.Errors, r.FirstError, r.Over1s, r.Max)
-		}
+		checkClean(t, "localdns "+r.Client, r.Result, false)
 		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, "seeds-"+r.Client, modeOf(r.Client)); err != nil {
 			e2etest.Errorf(t, "%v", err)
 		}
@@ -513,23 +558,10 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	warm := clients.Load{Host: serviceHost, Concurrency: 1, Duration: 10 * time.Second, Slow: time.Second, MaxLookups: 5}
 	e.load(t, optedNS, "warm-glibc", clients.Glibc, warm, autoMode)
 	warmed := time.Now()
-	scale := func(n int) error {
-		return e.c.Step(fmt.Sprintf("scale kube-dns (coredns) to %d", n), func() error {
-			if _, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "scale", "deployment/coredns", fmt.Sprint("--replicas=", n)); err != nil {
-				return err
-			}
-			if n == 0 {
-				_, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "wait", "--for=delete", "pod", "-l", "k8s-app=kube-dns", "--timeout=2m")
-				return err
-			}
-			_, err := e.c.Kubectl(e.ctx, nil, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=2m")
-			return err
-		})
-	}
-	if err := scale(0); err != nil {
+	if err := e.scaleKubeDNS(0); err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	t.Cleanup(func() { _ = scale(2) })
+	t.Cleanup(func() { _ = e.scaleKubeDNS(2) })
 	// kube-dns gives Service records a TTL of 30 s: past it, only a stale
 	// answer can come.
 	if wait := 31*time.Second - time.Since(warmed); wait > 0 {
@@ -610,7 +642,7 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	if err := seeds.Prepare(e.ctx, e.c, e.repo, t.TempDir(), fresh); err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	if err := scale(2); err != nil {
+	if err := e.scaleKubeDNS(2); err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
 	// Ready CoreDNS pods are not yet a way through the ClusterIP: that

@@ -69,9 +69,15 @@ func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
 // node (its metrics listener, hostNetwork :9253) whose names start with one
 // of prefixes, as "name{labels} value" lines.
 func NodeCacheMetrics(ctx context.Context, c *cluster.Cluster, prefixes ...string) ([]string, error) {
-	out, err := c.NodeCommand(ctx, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:9253/metrics").Output()
+	return scrapeMetrics(ctx, c, "http://127.0.0.1:9253/metrics", prefixes...)
+}
+
+// scrapeMetrics fetches a Prometheus endpoint from the node and returns the
+// samples whose names start with one of prefixes.
+func scrapeMetrics(ctx context.Context, c *cluster.Cluster, url string, prefixes ...string) ([]string, error) {
+	out, err := c.NodeCommand(ctx, "curl", "-sf", "--max-time", "5", url).Output()
 	if err != nil {
-		return nil, fmt.Errorf("scrape node cache metrics: %w", err)
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}
 	var lines []string
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
@@ -92,6 +98,11 @@ func NodeCacheRequests(ctx context.Context, c *cluster.Cluster) (float64, error)
 	if err != nil {
 		return 0, err
 	}
+	return sumSamples(lines)
+}
+
+// sumSamples adds up the values of "name{labels} value" lines.
+func sumSamples(lines []string) (float64, error) {
 	var sum float64
 	for _, line := range lines {
 		f := strings.Fields(line)

@@ -7,9 +7,13 @@
  *
  *   gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]
  *
+ * A "%d" in HOST (once, and no other '%') stands for the lookup's number in
+ * the run, so every lookup asks a name no cache has seen.
+ *
  * Prints one JSON object with the keys of e2e/dnsload's Result, so the
- * harness reads both clients the same way. Exit status 0 unless the
- * arguments are bad or the run could not start.
+ * harness reads both clients the same way (errors counted by
+ * gai_strerror's text). Exit status 0 unless the arguments are bad or the
+ * run could not start.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,11 +30,23 @@
 
 struct config {
 	const char *host;
+	/* host split at its "%d": prefix, then the lookup's number, then suffix */
+	char *prefix;
+	const char *suffix;
 	long threads;
 	long seconds;
 	long slow_ms;
 	long max_lookups;
 };
+
+/* error_kind counts one getaddrinfo error code. */
+struct error_kind {
+	int code;
+	long count;
+};
+
+/* More distinct codes than getaddrinfo has. */
+#define MAX_ERROR_KINDS 32
 
 struct worker {
 	const struct config *cfg;
@@ -39,7 +55,22 @@ struct worker {
 	long cap;
 	long errors;
 	int first_error;    /* getaddrinfo's code, 0 if none */
+	struct error_kind kinds[MAX_ERROR_KINDS];
 };
+
+/* count_error adds n errors of code to kinds; false when kinds is full. */
+static int count_error(struct error_kind *kinds, int code, long n)
+{
+	for (int i = 0; i < MAX_ERROR_KINDS; i++) {
+		if (kinds[i].count == 0)
+			kinds[i].code = code;
+		if (kinds[i].code == code) {
+			kinds[i].count += n;
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static struct config cfg = {.threads = 50, .seconds = 15, .slow_ms = 1000, .max_lookups = 10000000};
 static atomic_long started;
@@ -55,11 +86,19 @@ static int64_t now_ns(void)
 static void *run_worker(void *arg)
 {
 	struct worker *w = arg;
+	const struct config *c = w->cfg;
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	while (now_ns() < deadline_ns && atomic_fetch_add(&started, 1) < w->cfg->max_lookups) {
+	char name[1024];
+	long n;
+	while (now_ns() < deadline_ns && (n = atomic_fetch_add(&started, 1)) < c->max_lookups) {
+		const char *host = c->host;
+		if (c->prefix) {
+			snprintf(name, sizeof(name), "%s%ld%s", c->prefix, n + 1, c->suffix);
+			host = name;
+		}
 		struct addrinfo *res = NULL;
 		int64_t t0 = now_ns();
-		int rc = getaddrinfo(w->cfg->host, NULL, &hints, &res);
+		int rc = getaddrinfo(host, NULL, &hints, &res);
 		int64_t took = now_ns() - t0;
 		if (rc == 0)
 			freeaddrinfo(res);
@@ -67,6 +106,10 @@ static void *run_worker(void *arg)
 			w->errors++;
 			if (!w->first_error)
 				w->first_error = rc;
+			if (!count_error(w->kinds, rc, 1)) {
+				fprintf(stderr, "gaiload: more than %d kinds of error\n", MAX_ERROR_KINDS);
+				exit(1);
+			}
 		}
 		if (w->count == w->cap) {
 			long cap = w->cap ? w->cap * 2 : 4096;
@@ -133,6 +176,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]\n");
 		return 2;
 	}
+	const char *mark = strstr(cfg.host, "%d");
+	const char *percent = strchr(cfg.host, '%');
+	if (percent && (percent != mark || strchr(mark + 1, '%') || strlen(cfg.host) > 900)) {
+		fprintf(stderr, "gaiload: -h %s: the only %% it may hold is one %%d (and at most 900 bytes)\n", cfg.host);
+		return 2;
+	}
+	if (mark) {
+		cfg.prefix = strndup(cfg.host, mark - cfg.host);
+		cfg.suffix = mark + 2;
+		if (!cfg.prefix) {
+			fprintf(stderr, "gaiload: out of memory\n");
+			return 1;
+		}
+	}
 
 	struct worker *workers = calloc(cfg.threads, sizeof(*workers));
 	pthread_t *tids = calloc(cfg.threads, sizeof(*tids));
@@ -161,11 +218,18 @@ int main(int argc, char **argv)
 
 	long total = 0, errors = 0;
 	int first_error = 0;
+	struct error_kind kinds[MAX_ERROR_KINDS] = {0};
 	for (long i = 0; i < cfg.threads; i++) {
 		total += workers[i].count;
 		errors += workers[i].errors;
 		if (!first_error)
 			first_error = workers[i].first_error;
+		for (int k = 0; k < MAX_ERROR_KINDS && workers[i].kinds[k].count; k++) {
+			if (!count_error(kinds, workers[i].kinds[k].code, workers[i].kinds[k].count)) {
+				fprintf(stderr, "gaiload: more than %d kinds of error\n", MAX_ERROR_KINDS);
+				return 1;
+			}
+		}
 	}
 	int64_t *all = malloc((total ? total : 1) * sizeof(*all));
 	if (!all) {
@@ -196,6 +260,14 @@ int main(int argc, char **argv)
 	if (first_error) {
 		printf(",\"first_error\":");
 		print_json_string(gai_strerror(first_error));
+		printf(",\"error_kinds\":{");
+		for (int k = 0; k < MAX_ERROR_KINDS && kinds[k].count; k++) {
+			if (k)
+				putchar(',');
+			print_json_string(gai_strerror(kinds[k].code));
+			printf(":%ld", kinds[k].count);
+		}
+		putchar('}');
 	}
 	printf(",\"min_ns\":%lld,\"mean_ns\":%lld,\"p99_ns\":%lld,\"max_ns\":%lld",
 	       (long long)(total ? all[0] : 0), (long long)(total ? sum / total : 0),
