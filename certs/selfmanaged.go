@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/localdns/localdns/internal/contract"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,7 @@ const (
 	DefaultCAValidity    = 5 * 365 * 24 * time.Hour
 	DefaultCertValidity  = 365 * 24 * time.Hour
 	DefaultCheckInterval = time.Minute
-	DefaultClusterDomain = "cluster.local"
+	DefaultClusterDomain = contract.ClusterDomain
 )
 
 // maxWriteAttempts bounds how often one step re-reads the Secret after losing

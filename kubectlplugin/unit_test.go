@@ -364,7 +364,7 @@ func TestPortableImports(t *testing.T) {
 	allowed := []string{
 		"github.com/localdns/localdns/cmd/kubectl-localdns", "github.com/localdns/localdns/kubectlplugin",
 		"github.com/localdns/localdns/webhook", "github.com/localdns/localdns/internal/cli", "github.com/localdns/localdns/internal/version",
-		"github.com/localdns/localdns/internal/flagutil",
+		"github.com/localdns/localdns/internal/flagutil", "github.com/localdns/localdns/internal/contract",
 	}
 	for _, goos := range []string{"darwin", "windows"} {
 		cmd := exec.Command("go", "list", "-deps", "../cmd/kubectl-localdns")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/localdns/localdns/dnsengine"
 	"github.com/localdns/localdns/dnsengine/forward"
+	"github.com/localdns/localdns/internal/contract"
 	"github.com/localdns/localdns/internal/flagutil"
 )
 
@@ -55,14 +56,11 @@ const (
 	IptablesLegacy IptablesMode = "legacy"
 )
 
-// Transport is how the node cache talks to its upstreams.
-type Transport string
-
 // Upstream transports; TCP is the default because it reuses connections and
 // never goes through UDP conntrack.
 const (
-	TransportTCP Transport = "tcp"
-	TransportUDP Transport = "udp"
+	TransportTCP = forward.TCP
+	TransportUDP = forward.UDP
 )
 
 // SetupConfig describes the node setup, shared by serving and cleanup.
@@ -81,7 +79,7 @@ type Config struct {
 	ClusterDomain     string           // FQDN, lower case, e.g. "cluster.local."
 	Upstream          []netip.AddrPort // kube-dns; empty means discover it
 	UpstreamExternal  []netip.AddrPort // optional servers for "."
-	UpstreamTransport Transport
+	UpstreamTransport forward.Transport
 	CacheSize         int
 	CacheMaxBytes     int64
 	MaxCachedAnswer   int
@@ -125,15 +123,12 @@ type Limits struct {
 
 // Defaults.
 const (
-	DefaultListen = "169.254.20.10:53"
+	DefaultListen = contract.NodeCacheIPv4 + ":53"
 	// DefaultListenIPv6 is the node cache's IPv6 address in IPv6 and
-	// dual-stack clusters (passed with --listen; the chart does). It is in a
-	// /48 of the unique-local range fd00::/8 whose 40-bit global ID spells
-	// "loc" and "al" in ASCII (6c 6f 63 61 6c), held as a /128 on each node:
-	// it can only collide with a network that chose the same global ID, which
-	// RFC 4193 has sites draw at random.
-	DefaultListenIPv6      = "[fd6c:6f63:616c::10]:53"
-	DefaultClusterDomain   = "cluster.local"
+	// dual-stack clusters (passed with --listen; the chart does); see
+	// contract.NodeCacheIPv6 for why it cannot collide.
+	DefaultListenIPv6      = "[" + contract.NodeCacheIPv6 + "]:53"
+	DefaultClusterDomain   = contract.ClusterDomain
 	DefaultCacheSize       = dnsengine.DefaultCacheSize
 	DefaultCacheMaxBytes   = dnsengine.DefaultCacheMaxBytes
 	DefaultMaxCachedAnswer = dnsengine.DefaultMaxCachedAnswer
@@ -339,7 +334,7 @@ func parseServe(args []string, output io.Writer, command Command) (Config, error
 	if err != nil {
 		errs = append(errs, err)
 	}
-	transport := Transport(upstreamTransport)
+	transport := forward.Transport(upstreamTransport)
 	if transport != TransportTCP && transport != TransportUDP {
 		errs = append(errs, fmt.Errorf("--upstream-transport: %q is not tcp or udp", upstreamTransport))
 	}

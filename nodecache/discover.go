@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+
+	"github.com/localdns/localdns/dnsengine/forward"
 )
 
 // The Service the node cache forwards to when --upstream is empty.
@@ -32,7 +34,7 @@ var discoveryBackoff = backoff{initial: 500 * time.Millisecond, max: 10 * time.S
 // ClusterIPs of Service kube-system/kube-dns and its DNS port for the
 // transport. It retries with backoff until it succeeds or ctx ends. Outside
 // a cluster it fails at once, telling the user to pass --upstream.
-func DiscoverUpstream(ctx context.Context, transport Transport, logger *slog.Logger) ([]netip.AddrPort, error) {
+func DiscoverUpstream(ctx context.Context, transport forward.Transport, logger *slog.Logger) ([]netip.AddrPort, error) {
 	cfg, err := rest.InClusterConfig()
 	if errors.Is(err, rest.ErrNotInCluster) {
 		return nil, errors.New("no --upstream given and not running in a Kubernetes cluster (KUBERNETES_SERVICE_HOST is unset): pass --upstream ip[:port]")
@@ -51,7 +53,7 @@ func DiscoverUpstream(ctx context.Context, transport Transport, logger *slog.Log
 }
 
 // waitForKubeDNS polls get until the Service yields upstreams.
-func waitForKubeDNS(ctx context.Context, get func(context.Context) (*corev1.Service, error), transport Transport, b backoff, logger *slog.Logger) ([]netip.AddrPort, error) {
+func waitForKubeDNS(ctx context.Context, get func(context.Context) (*corev1.Service, error), transport forward.Transport, b backoff, logger *slog.Logger) ([]netip.AddrPort, error) {
 	delay := b.initial
 	for {
 		svc, err := get(ctx)
@@ -75,7 +77,7 @@ func waitForKubeDNS(ctx context.Context, get func(context.Context) (*corev1.Serv
 // upstreamsOf returns every ClusterIP of the Service with the DNS port for
 // the transport: the port of that protocol named like "dns"/"dns-tcp", else
 // the first port of that protocol, else 53.
-func upstreamsOf(svc *corev1.Service, transport Transport) ([]netip.AddrPort, error) {
+func upstreamsOf(svc *corev1.Service, transport forward.Transport) ([]netip.AddrPort, error) {
 	protocol := corev1.ProtocolTCP
 	if transport == TransportUDP {
 		protocol = corev1.ProtocolUDP

@@ -13,6 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/localdns/localdns/dnsengine/forward"
 )
 
 func kubeDNS(ips []string, ports ...corev1.ServicePort) *corev1.Service {
@@ -31,7 +33,7 @@ func TestUpstreamsOf(t *testing.T) {
 	tests := []struct {
 		name      string
 		svc       *corev1.Service
-		transport Transport
+		transport forward.Transport
 		want      []netip.AddrPort
 		wantErr   bool
 	}{

@@ -213,7 +213,7 @@ func forwardConfig(cfg Config, upstream []netip.AddrPort, reg prometheus.Registe
 	servers := func(aps []netip.AddrPort) []forward.Server {
 		out := make([]forward.Server, len(aps))
 		for i, ap := range aps {
-			out[i] = forward.Server{Addr: ap.String(), Transport: forward.Transport(cfg.UpstreamTransport),
+			out[i] = forward.Server{Addr: ap.String(), Transport: cfg.UpstreamTransport,
 				Timeout: dnsengine.DefaultUpstreamTimeout}
 		}
 		return out

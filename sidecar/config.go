@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/localdns/localdns/dnsengine"
+	"github.com/localdns/localdns/internal/contract"
 	"github.com/localdns/localdns/internal/flagutil"
 )
 
@@ -67,8 +68,8 @@ type ProbeConfig struct {
 const (
 	DefaultListenV4            = "127.0.0.1:53"
 	DefaultListenV6            = "[::1]:53"
-	DefaultNodeCache           = "169.254.20.10:53"
-	DefaultClusterDomain       = "cluster.local"
+	DefaultNodeCache           = contract.NodeCacheIPv4 + ":53"
+	DefaultClusterDomain       = contract.ClusterDomain
 	DefaultCacheSize           = 1000
 	DefaultCacheMaxBytes       = 1 << 20
 	DefaultNodeCacheUDPTimeout = 250 * time.Millisecond

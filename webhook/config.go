@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/localdns/localdns/internal/contract"
 	"github.com/localdns/localdns/internal/flagutil"
 	"github.com/localdns/localdns/internal/version"
 )
@@ -101,7 +102,7 @@ func Parse(name string, args []string, getenv func(string) string, output io.Wri
 	fs.BoolVar(&cfg.ClusterWide, "cluster-wide", false, "mutate pods in every namespace not labelled localdns.io/inject=disabled")
 	fs.StringVar(&kubeDNSIPs, "kube-dns-ip", "", "kube-dns ClusterIP used as fallback, or one per family comma-separated, primary first (as the Service's clusterIPs); empty: read from --kube-dns-service and kept current")
 	fs.StringVar(&kubeDNSService, "kube-dns-service", "kube-system/kube-dns", "namespace/name of the kube-dns Service, watched when --kube-dns-ip is empty")
-	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain")
+	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", contract.ClusterDomain, "cluster DNS domain")
 	fs.StringVar(&cfg.IPFamilies, "ip-families", IPFamiliesAuto, "IP families injected pods get: auto (those of the kube-dns ClusterIPs), ipv4, ipv6 or dual (both, kube-dns's primary family first)")
 	fs.StringVar(&localIP, "local-ip", DefaultLocalIP, "IPv4 address of the node cache")
 	fs.StringVar(&localIPv6, "local-ipv6", DefaultLocalIPv6, "IPv6 address of the node cache")

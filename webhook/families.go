@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"github.com/localdns/localdns/internal/contract"
 	"net/netip"
 	"strings"
 
@@ -27,8 +28,8 @@ const (
 // /128 on each node, so it can only collide with a network that picked the
 // same global ID.
 const (
-	DefaultLocalIP   = "169.254.20.10"
-	DefaultLocalIPv6 = "fd6c:6f63:616c::10"
+	DefaultLocalIP   = contract.NodeCacheIPv4
+	DefaultLocalIPv6 = contract.NodeCacheIPv6
 )
 
 // Loopback addresses the stub serves on.

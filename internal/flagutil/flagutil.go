@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/localdns/localdns/internal/contract"
 	"io"
 	"net"
 	"net/netip"
@@ -18,7 +19,7 @@ import (
 )
 
 // DNSPort is the port of an address given without one.
-const DNSPort = 53
+const DNSPort = contract.DNSPort
 
 // NewFlagSet returns a flag set that returns its errors (ContinueOnError)
 // and whose usage is the text about followed by every flag's default,
