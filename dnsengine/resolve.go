@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/dnsengine/match"
 )
 
 // flight is one upstream resolution that identical misses wait for.
@@ -93,7 +95,7 @@ func (e *Engine) fetch(r *request, c *counters) resolution {
 		e.log.Debug("upstream failed", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
 		return resolution{unreachable: true}
 	}
-	if err := validateReply(q, resp); err != nil {
+	if err := match.Reply(q, resp); err != nil {
 		c.invalid.Add(1)
 		e.log.Debug("upstream reply rejected", "name", name, "qtype", dns.TypeToString[r.qtype], "err", err)
 		return resolution{}
@@ -115,23 +117,6 @@ func (e *Engine) fetch(r *request, c *counters) resolution {
 	en := newEntry(a, ttl, now)
 	e.cache.put(r.key, en, now)
 	return resolution{en: en}
-}
-
-// validateReply checks that resp answers q: same ID, a response, the same single question.
-func validateReply(q, resp *dns.Msg) error {
-	switch {
-	case resp.Id != q.Id:
-		return fmt.Errorf("ID %d, want %d", resp.Id, q.Id)
-	case !resp.Response:
-		return errors.New("not a response")
-	case len(resp.Question) != 1:
-		return fmt.Errorf("%d questions", len(resp.Question))
-	}
-	got, want := resp.Question[0], q.Question[0]
-	if got.Qtype != want.Qtype || got.Qclass != want.Qclass || !strings.EqualFold(got.Name, want.Name) {
-		return fmt.Errorf("question %s, want %s", got.String(), want.String())
-	}
-	return nil
 }
 
 // prepare turns a validated upstream reply into an answer (see answer) and the

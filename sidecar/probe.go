@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/dnsengine/match"
 )
 
 // Probe sends one SOA query for cfg.Name over UDP to cfg.Addr and waits up
@@ -57,25 +58,8 @@ func Probe(ctx context.Context, cfg ProbeConfig) (string, error) {
 	if err := reply.Unpack(buf[:n]); err != nil {
 		return "", fmt.Errorf("malformed reply from %s (%d bytes): %w", addr, n, err)
 	}
-	if err := matchReply(query, reply); err != nil {
+	if err := match.Reply(query, reply); err != nil {
 		return "", fmt.Errorf("reply from %s: %w", addr, err)
 	}
 	return fmt.Sprintf("%s answered %s SOA: %s in %v", addr, cfg.Name, dns.RcodeToString[reply.Rcode], took.Round(time.Microsecond)), nil
-}
-
-// matchReply checks that reply answers query.
-func matchReply(query, reply *dns.Msg) error {
-	switch {
-	case !reply.Response:
-		return errors.New("not a response (QR bit clear)")
-	case reply.Id != query.Id:
-		return fmt.Errorf("ID %d, want %d", reply.Id, query.Id)
-	case len(reply.Question) != 1:
-		return fmt.Errorf("%d questions, want 1", len(reply.Question))
-	}
-	got, want := reply.Question[0], query.Question[0]
-	if !strings.EqualFold(got.Name, want.Name) || got.Qtype != want.Qtype || got.Qclass != want.Qclass {
-		return fmt.Errorf("question %s, want %s", got.String(), want.String())
-	}
-	return nil
 }

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/dnsengine/match"
 )
 
 // upstream is one upstream address: its health, its TCP pool, its UDP
@@ -118,15 +119,9 @@ func resendable(err error) bool {
 	return false
 }
 
-// matches reports whether m is a reply to a query with question q. Names
-// compare case-insensitively, since some servers do not echo the case.
-func matches(q *dns.Question, m *dns.Msg) bool {
-	if !m.Response || len(m.Question) != 1 {
-		return false
-	}
-	r := &m.Question[0]
-	return r.Qtype == q.Qtype && r.Qclass == q.Qclass && strings.EqualFold(r.Name, q.Name)
-}
+// matches reports whether m is a reply to a query with question q (the ID
+// is the transport's to check).
+func matches(q *dns.Question, m *dns.Msg) bool { return match.Question(q, m) == nil }
 
 // epoch anchors monotime.
 var epoch = time.Now()
