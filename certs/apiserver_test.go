@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/localdns/localdns/internal/testenv"
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 // One kube-apiserver and etcd for the package's tests, booted on first use;
@@ -128,19 +129,6 @@ func startSource(t *testing.T, s Source) {
 			t.Errorf("Start: %v", err)
 		}
 	})
-}
-
-// eventually polls cond until it holds, failing the test after a generous
-// deadline; the deadline only bounds a broken test, it measures nothing.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-	}
 }
 
 func servedLeaf(t *testing.T, s Source) *x509.Certificate {
@@ -578,7 +566,7 @@ func TestSelfManagedStartFollowsChanges(t *testing.T) {
 	startSource(t, a)
 
 	createWebhookConfig(t, c, cfg.WebhookConfigName)
-	eventually(t, "the caBundle is written into the new webhook configuration", func() bool {
+	testutil.Eventually(t, "the caBundle is written into the new webhook configuration", func() bool {
 		b, _ := publishedBundle(t, c, cfg.WebhookConfigName)
 		return bytes.Equal(b, a.CABundle())
 	})
@@ -594,7 +582,7 @@ func TestSelfManagedStartFollowsChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the running source serves the renewed certificate", func() bool {
+	testutil.Eventually(t, "the running source serves the renewed certificate", func() bool {
 		return servedLeaf(t, a).Equal(renewed.cert)
 	})
 
@@ -609,7 +597,7 @@ func TestSelfManagedStartFollowsChanges(t *testing.T) {
 	if _, err := whcs.Update(context.Background(), whc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the wiped caBundle is restored", func() bool {
+	testutil.Eventually(t, "the wiped caBundle is restored", func() bool {
 		b, _ := publishedBundle(t, c, cfg.WebhookConfigName)
 		return bytes.Equal(b, a.CABundle())
 	})

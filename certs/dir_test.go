@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 // issuePair makes a serving certificate and key like cert-manager would.
@@ -97,7 +99,7 @@ func TestFromDirReloads(t *testing.T) {
 			}
 			startSource(t, src)
 			publish(t, second)
-			eventually(t, "the rewritten certificate is served", func() bool {
+			testutil.Eventually(t, "the rewritten certificate is served", func() bool {
 				return servedLeaf(t, src).Equal(second.cert)
 			})
 		})

@@ -11,7 +11,8 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 // fakeClock is an injectable clock that moves only when told.
@@ -295,40 +296,11 @@ func keyOf(t testing.TB, name string, qtype uint16, do bool) string {
 	return string(r.key)
 }
 
-// metricValue returns the value of the named metric (with the given labels),
-// 0 when absent.
+// metricValue returns the value of the engine's metric name (without the
+// "test_" namespace) with the given labels, 0 when absent.
 func (te *testEngine) metricValue(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := te.reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "test_"+name {
-			continue
-		}
-		var sum float64
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m, labels) {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-		return sum
-	}
-	return 0
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	got := map[string]string{}
-	for _, l := range m.GetLabel() {
-		got[l.GetName()] = l.GetValue()
-	}
-	for k, v := range want {
-		if got[k] != v {
-			return false
-		}
-	}
-	return true
+	return testutil.MetricValue(t, te.reg, "test_"+name, labels)
 }
 
 // receive waits for a value from ch. The bound only turns a hang into a

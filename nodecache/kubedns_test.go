@@ -17,6 +17,7 @@ import (
 	"github.com/localdns/localdns/internal/dnstest"
 	"github.com/localdns/localdns/internal/kubednsfake"
 	"github.com/localdns/localdns/internal/systest"
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 // realKubeDNS starts the real CoreDNS as kube-dns: cluster.local from a file
@@ -133,7 +134,7 @@ func TestStubDomainRemovedFromKubeDNS(t *testing.T) {
 // staleAnswers reads the engine's count of stale answers.
 func staleAnswers(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
-	return metricSum(t, reg, "localdns_nodecache_cache_stale_total")
+	return testutil.MetricValue(t, reg, "localdns_nodecache_cache_stale_total", nil)
 }
 
 // TestSlowExternalNamesBesideClusterNames is the measurement in small,
@@ -189,7 +190,7 @@ func TestSlowExternalNamesBesideClusterNames(t *testing.T) {
 			t.Errorf("%d external names answered %s, want every one NOERROR (kube-dns answered them)", n, rcode)
 		}
 	}
-	if down := metricSum(t, res, "localdns_nodecache_upstream_healthy"); down != 1 {
+	if down := testutil.MetricValue(t, res, "localdns_nodecache_upstream_healthy", nil); down != 1 {
 		t.Errorf("upstream_healthy %v, want 1: slow names never mark kube-dns down", down)
 	}
 }

@@ -42,24 +42,6 @@ func testResolver(t *testing.T, addr netip.AddrPort, upstream netip.AddrPort, co
 	return res, reg
 }
 
-// metricSum sums the named metric's series in reg (0 when absent).
-func metricSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
 // askUDP asks addr once over UDP and returns the answer's first address, or
 // the error.
 func askUDP(addr netip.AddrPort) string {

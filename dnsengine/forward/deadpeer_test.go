@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/localdns/localdns/internal/systest"
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 // deadPeerChildEnv marks the copy of the test binary that runs inside the
@@ -65,6 +66,6 @@ func TestDeadPeerMarkedDown(t *testing.T) {
 	}
 
 	systest.Run(t, append([]string{"iptables", "-D"}, rule...)...)
-	eventually(t, "a probe to mark the server up again", func() bool { return !u.health.isDown() })
+	testutil.Eventually(t, "a probe to mark the server up again", func() bool { return !u.health.isDown() })
 	mustAnswer(t, f, "back.example.")
 }

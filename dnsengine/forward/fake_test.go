@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/localdns/localdns/internal/dnstest"
+	"github.com/localdns/localdns/internal/testutil"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // probeName is what test forwarders probe, so fakes can tell probes from queries.
@@ -263,66 +263,9 @@ func checkAnswer(t testing.TB, req, resp *dns.Msg) {
 	}
 }
 
-// metricValue returns the value of the counter or gauge name{labels}, or the
-// sample count of the histogram; 0 when absent.
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, fam := range families {
-		if fam.GetName() != name {
-			continue
-		}
-		for _, m := range fam.GetMetric() {
-			if hasLabels(m, labels) {
-				if m.GetCounter() != nil {
-					return m.GetCounter().GetValue()
-				}
-				if m.GetHistogram() != nil {
-					return float64(m.GetHistogram().GetSampleCount())
-				}
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func hasLabels(m *dto.Metric, want map[string]string) bool {
-	matched := 0
-	for _, lp := range m.GetLabel() {
-		if v, ok := want[lp.GetName()]; ok {
-			if v != lp.GetValue() {
-				return false
-			}
-			matched++
-		}
-	}
-	return matched == len(want)
-}
-
 func errorCount(t testing.TB, reg *prometheus.Registry, server string, r reason) float64 {
 	t.Helper()
-	return metricValue(t, reg, "test_upstream_errors_total", map[string]string{"server": server, "reason": r.String()})
-}
-
-// eventually polls cond until it holds or a generous deadline passes; it
-// synchronises with background work without sleeping a guessed time.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(10 * time.Second)
-	defer deadline.Stop()
-	poll := time.NewTicker(time.Millisecond)
-	defer poll.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-poll.C:
-		}
-	}
+	return testutil.MetricValue(t, reg, "test_upstream_errors_total", map[string]string{"server": server, "reason": r.String()})
 }
 
 // upstreamOf returns the forwarder's state for addr.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/localdns/localdns/internal/testutil"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -175,7 +177,7 @@ func TestTCPOneQueryPerConnection(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, "every query to reach the fake", func() bool { return len(up.seenQueries()) == n })
+	testutil.Eventually(t, "every query to reach the fake", func() bool { return len(up.seenQueries()) == n })
 	close(gate)
 	wg.Wait()
 	close(errs)
@@ -213,7 +215,7 @@ func TestTCPSlowQueryDoesNotHoldOthers(t *testing.T) {
 		_, err := f.Exchange(context.Background(), query("slow.example."))
 		slowDone <- err
 	}()
-	eventually(t, "the slow query to reach the fake", func() bool { return len(up.seenQueries()) == 1 })
+	testutil.Eventually(t, "the slow query to reach the fake", func() bool { return len(up.seenQueries()) == 1 })
 	for i := range 5 {
 		mustAnswer(t, f, fmt.Sprintf("fast%d.svc.cluster.local.", i)) // returns while the slow one is held
 	}
@@ -237,13 +239,13 @@ func TestTCPConnectionReuse(t *testing.T) {
 	if got := up.accepted.Load(); got != 1 {
 		t.Errorf("fake accepted %d connections for 10 sequential queries, want 1", got)
 	}
-	if got := metricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}); got != 1 {
+	if got := testutil.MetricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}); got != 1 {
 		t.Errorf("tcp connections gauge %v, want 1", got)
 	}
-	if got := metricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": "tcp"}); got != 10 {
+	if got := testutil.MetricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": "tcp"}); got != 10 {
 		t.Errorf("requests counter %v, want 10", got)
 	}
-	if got := metricValue(t, reg, "test_upstream_request_duration_seconds", map[string]string{"server": up.addr}); got != 10 {
+	if got := testutil.MetricValue(t, reg, "test_upstream_request_duration_seconds", map[string]string{"server": up.addr}); got != 10 {
 		t.Errorf("duration histogram has %v samples, want 10", got)
 	}
 }
@@ -267,9 +269,9 @@ func TestTCPPoolBounded(t *testing.T) {
 		wg.Go(func() { mustAnswer(t, f, fmt.Sprintf("p%d.example.", i)) })
 	}
 	waits := func() float64 {
-		return metricValue(t, reg, "test_upstream_tcp_waits_total", map[string]string{"server": up.addr})
+		return testutil.MetricValue(t, reg, "test_upstream_tcp_waits_total", map[string]string{"server": up.addr})
 	}
-	eventually(t, "the queries beyond the limit to wait", func() bool { return waits() == n-maxConns && len(up.seenQueries()) == maxConns })
+	testutil.Eventually(t, "the queries beyond the limit to wait", func() bool { return waits() == n-maxConns && len(up.seenQueries()) == maxConns })
 	if got := len(up.seenQueries()); got != maxConns {
 		t.Errorf("fake got %d queries while %d connections were busy, want %d", got, maxConns, maxConns)
 	}
@@ -288,8 +290,8 @@ func TestTCPIdleExpiry(t *testing.T) {
 	})
 	pool := upstreamOf(t, f, up.addr).pool
 	mustAnswer(t, f, "first.example.")
-	eventually(t, "the idle connection to close", func() bool {
-		return pool.size() == 0 && metricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}) == 0
+	testutil.Eventually(t, "the idle connection to close", func() bool {
+		return pool.size() == 0 && testutil.MetricValue(t, reg, "test_upstream_tcp_connections", map[string]string{"server": up.addr}) == 0
 	})
 	mustAnswer(t, f, "second.example.")
 	if got := up.accepted.Load(); got != 2 {
@@ -384,9 +386,9 @@ func TestZoneMaxInflight(t *testing.T) {
 		wg.Go(func() { mustAnswer(t, f, fmt.Sprintf("ext%d.example.", i)) })
 	}
 	waits := func() float64 {
-		return metricValue(t, reg, "test_upstream_zone_waits_total", map[string]string{"zone": "."})
+		return testutil.MetricValue(t, reg, "test_upstream_zone_waits_total", map[string]string{"zone": "."})
 	}
-	eventually(t, "the third external query to wait", func() bool { return waits() == 1 && len(up.seenQueries()) == 2 })
+	testutil.Eventually(t, "the third external query to wait", func() bool { return waits() == 1 && len(up.seenQueries()) == 2 })
 	for i := range 5 {
 		mustAnswer(t, f, fmt.Sprintf("svc%d.ns.svc.cluster.local.", i))
 	}
@@ -493,7 +495,7 @@ func TestStubReturnsToNodeCache(t *testing.T) {
 	}
 
 	node.Restart()
-	eventually(t, "the node cache to be probed back up", func() bool { return !nodeUp.health.isDown() })
+	testutil.Eventually(t, "the node cache to be probed back up", func() bool { return !nodeUp.health.isDown() })
 	mustAnswer(t, f, "four.example.")
 	if got, want := node.transports(), []string{"udp", "udp"}; !slices.Equal(got, want) {
 		t.Errorf("node cache saw %v over its two lives, want %v", got, want)
@@ -631,7 +633,7 @@ func TestContextEndsExchange(t *testing.T) {
 				_, err := f.Exchange(ctx, query("wait.example."))
 				done <- err
 			}()
-			eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
+			testutil.Eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
 			cancel()
 			if err := <-done; !errors.Is(err, context.Canceled) {
 				t.Fatalf("Exchange after cancel: %v, want context.Canceled", err)
@@ -670,13 +672,13 @@ func TestHealth(t *testing.T) {
 			})
 			ua := upstreamOf(t, f, a.addr)
 			healthy := func() float64 {
-				return metricValue(t, reg, "test_upstream_healthy", map[string]string{"server": a.addr})
+				return testutil.MetricValue(t, reg, "test_upstream_healthy", map[string]string{"server": a.addr})
 			}
 			mustAnswer(t, f, "before.example.")
 			tt.breakIt(a)
 
 			mustAnswer(t, f, "fail.example.") // a fails, b answers
-			eventually(t, "the broken server to be marked down", func() bool { return ua.health.isDown() && healthy() == 0 })
+			testutil.Eventually(t, "the broken server to be marked down", func() bool { return ua.health.isDown() && healthy() == 0 })
 
 			seenByA := len(a.seenQueries())
 			seenByB := len(b.seenQueries())
@@ -689,7 +691,7 @@ func TestHealth(t *testing.T) {
 			}
 
 			tt.heal(a)
-			eventually(t, "a probe to mark the server up", func() bool { return !ua.health.isDown() })
+			testutil.Eventually(t, "a probe to mark the server up", func() bool { return !ua.health.isDown() })
 			if healthy() != 1 {
 				t.Errorf("healthy gauge %v after recovery, want 1", healthy())
 			}
@@ -725,9 +727,9 @@ func TestSlowNamesNeverMarkDown(t *testing.T) {
 				}
 			}
 			probes := func() float64 {
-				return metricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": string(transport)}) - 5
+				return testutil.MetricValue(t, reg, "test_upstream_requests_total", map[string]string{"server": up.addr, "transport": string(transport)}) - 5
 			}
-			eventually(t, "the timeouts to have the server probed", func() bool { return probes() > 0 && !u.health.probing.Load() })
+			testutil.Eventually(t, "the timeouts to have the server probed", func() bool { return probes() > 0 && !u.health.probing.Load() })
 			if u.health.isDown() || u.health.fails.Load() != 0 {
 				t.Errorf("server down %v with %d dead signals after slow names, want up with 0", u.health.isDown(), u.health.fails.Load())
 			}
@@ -756,7 +758,7 @@ func TestAllDownFailsFast(t *testing.T) {
 		t.Fatalf("all silent: %v, want a timeout", err)
 	}
 	ua, ub := upstreamOf(t, f, a.addr), upstreamOf(t, f, b.addr)
-	eventually(t, "both servers to be marked down by their probes", func() bool { return ua.health.isDown() && ub.health.isDown() })
+	testutil.Eventually(t, "both servers to be marked down by their probes", func() bool { return ua.health.isDown() && ub.health.isDown() })
 
 	seenA, seenB := len(a.seenQueries()), len(b.seenQueries()) // probes not counted
 	_, err := f.Exchange(context.Background(), query("skipped.example."))
@@ -768,7 +770,7 @@ func TestAllDownFailsFast(t *testing.T) {
 	}
 
 	a.setBehaviour(answer)
-	eventually(t, "a probe to mark the first server up", func() bool { return !ua.health.isDown() })
+	testutil.Eventually(t, "a probe to mark the first server up", func() bool { return !ua.health.isDown() })
 	seenA = len(a.seenQueries())
 	mustAnswer(t, f, "back.example.")
 	if got := len(a.seenQueries()) - seenA; got != 1 {
@@ -840,7 +842,7 @@ func TestAnswered(t *testing.T) {
 			ProbeAtStart:  true,
 			ProbeInterval: 5 * time.Millisecond,
 		})
-		eventually(t, "Answered() from the start-up probes", f.Answered)
+		testutil.Eventually(t, "Answered() from the start-up probes", f.Answered)
 		if len(up.seenQueries()) != 0 {
 			t.Errorf("start-up probes sent non-probe queries: %v", up.seenQueries())
 		}
@@ -873,7 +875,7 @@ func TestCloseFailsQueriesInFlight(t *testing.T) {
 		_, err := f.Exchange(context.Background(), query("inflight.example."))
 		done <- err
 	}()
-	eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
+	testutil.Eventually(t, "the query to reach the fake", func() bool { return len(up.seenQueries()) > 0 })
 	if err := f.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
