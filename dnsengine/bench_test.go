@@ -3,6 +3,7 @@ package dnsengine
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func BenchmarkCacheLookup(b *testing.B) {
 
 // BenchmarkServeHit measures the whole hit path: query bytes in, reply bytes out.
 func BenchmarkServeHit(b *testing.B) {
-	e, err := New(Config{Listen: []string{"127.0.0.1:0"}, Upstream: newFakeUpstream()})
+	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: newFakeUpstream()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func BenchmarkServeUDPLoopback(b *testing.B) {
 // TestCacheHitsDoNotAllocate holds the hit path to what BenchmarkServeHit
 // reports: a cached answer is written without a single allocation.
 func TestCacheHitsDoNotAllocate(t *testing.T) {
-	e, err := New(Config{Listen: []string{"127.0.0.1:0"}, Upstream: newFakeUpstream()})
+	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: newFakeUpstream()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,12 @@
 package dnsengine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"net/netip"
 	"runtime"
 	"time"
 
@@ -53,9 +54,9 @@ const (
 
 // Config configures an Engine. Zero values mean the documented default.
 type Config struct {
-	// Listen holds "host:port" addresses; each is served on UDP and TCP.
-	// Port 0 is allowed (tests): UDP is bound first, TCP on the same port.
-	Listen []string
+	// Listen holds the addresses served, each on UDP and TCP. Port 0 is
+	// allowed (tests): UDP is bound first, TCP on the same port.
+	Listen []netip.AddrPort
 	// Upstream resolves cache misses. Required.
 	Upstream Upstream
 	// CacheSize is the maximum number of cached answers, default 10000.
@@ -121,8 +122,8 @@ func (cfg Config) withDefaults() (Config, error) {
 		errs = append(errs, errors.New("no listen address"))
 	}
 	for _, addr := range cfg.Listen {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			errs = append(errs, fmt.Errorf("listen address %q: %w", addr, err))
+		if !addr.IsValid() {
+			errs = append(errs, errors.New("invalid listen address"))
 		}
 	}
 	if cfg.Upstream == nil {
@@ -155,21 +156,21 @@ func (cfg Config) withDefaults() (Config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return cfg, fmt.Errorf("dnsengine config: %w", err)
 	}
-	setDefault(&cfg.CacheSize, DefaultCacheSize)
-	setDefault(&cfg.CacheMaxBytes, DefaultCacheMaxBytes)
-	setDefault(&cfg.MaxCachedAnswer, DefaultMaxCachedAnswer)
-	setDefault(&cfg.MaxInflightMissesPerClient, DefaultMaxInflightMissesPerClient)
-	setDefault(&cfg.MaxTCPConnsPerClient, DefaultMaxTCPConnsPerClient)
-	setDefault(&cfg.MaxTTL, DefaultMaxTTL)
-	setDefault(&cfg.MaxNegativeTTL, DefaultMaxNegativeTTL)
-	setDefault(&cfg.UpstreamTimeout, DefaultUpstreamTimeout)
-	setDefault(&cfg.StaleAnswerTimeout, DefaultStaleAnswerTimeout)
-	setDefault(&cfg.MaxInflightMisses, DefaultMaxInflightMisses)
-	setDefault(&cfg.UDPSockets, runtime.GOMAXPROCS(0))
-	setDefault(&cfg.PrefetchHits, DefaultPrefetchHits)
-	setDefault(&cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)
-	setDefault(&cfg.TCPWriteTimeout, DefaultTCPWriteTimeout)
-	setDefault(&cfg.MaxTCPConns, DefaultMaxTCPConns)
+	cfg.CacheSize = cmp.Or(cfg.CacheSize, DefaultCacheSize)
+	cfg.CacheMaxBytes = cmp.Or(cfg.CacheMaxBytes, DefaultCacheMaxBytes)
+	cfg.MaxCachedAnswer = cmp.Or(cfg.MaxCachedAnswer, DefaultMaxCachedAnswer)
+	cfg.MaxInflightMissesPerClient = cmp.Or(cfg.MaxInflightMissesPerClient, DefaultMaxInflightMissesPerClient)
+	cfg.MaxTCPConnsPerClient = cmp.Or(cfg.MaxTCPConnsPerClient, DefaultMaxTCPConnsPerClient)
+	cfg.MaxTTL = cmp.Or(cfg.MaxTTL, DefaultMaxTTL)
+	cfg.MaxNegativeTTL = cmp.Or(cfg.MaxNegativeTTL, DefaultMaxNegativeTTL)
+	cfg.UpstreamTimeout = cmp.Or(cfg.UpstreamTimeout, DefaultUpstreamTimeout)
+	cfg.StaleAnswerTimeout = cmp.Or(cfg.StaleAnswerTimeout, DefaultStaleAnswerTimeout)
+	cfg.MaxInflightMisses = cmp.Or(cfg.MaxInflightMisses, DefaultMaxInflightMisses)
+	cfg.UDPSockets = cmp.Or(cfg.UDPSockets, runtime.GOMAXPROCS(0))
+	cfg.PrefetchHits = cmp.Or(cfg.PrefetchHits, DefaultPrefetchHits)
+	cfg.TCPIdleTimeout = cmp.Or(cfg.TCPIdleTimeout, DefaultTCPIdleTimeout)
+	cfg.TCPWriteTimeout = cmp.Or(cfg.TCPWriteTimeout, DefaultTCPWriteTimeout)
+	cfg.MaxTCPConns = cmp.Or(cfg.MaxTCPConns, DefaultMaxTCPConns)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -177,10 +178,4 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Now = time.Now
 	}
 	return cfg, nil
-}
-
-func setDefault[T int | int64 | time.Duration](v *T, def T) {
-	if *v == 0 {
-		*v = def
-	}
 }

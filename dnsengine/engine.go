@@ -112,7 +112,7 @@ func (e *Engine) Start() error {
 		e.restartLocked()
 	}
 	for _, addr := range e.cfg.Listen {
-		udp, tcp, err := e.bind(addr)
+		udp, tcp, err := e.bind(addr.String())
 		if err != nil {
 			e.closeListeners()
 			e.udp, e.tcp = nil, nil
@@ -190,9 +190,25 @@ func (e *Engine) tcpAddrsLocked() []net.Addr {
 	return addrs
 }
 
-// Listening reports whether the engine is serving (for /readyz).
+// Listening reports whether the engine is serving.
 func (e *Engine) Listening() bool {
 	return e.listening.Load()
+}
+
+// answerer is an Upstream that can tell whether it has ever been answered
+// (*forward.Forwarder can).
+type answerer interface{ Answered() bool }
+
+// Ready is /readyz: nil once the engine serves and, if its upstream can
+// tell, the upstream has answered.
+func (e *Engine) Ready() error {
+	if !e.Listening() {
+		return errors.New("not listening")
+	}
+	if a, ok := e.cfg.Upstream.(answerer); ok && !a.Answered() {
+		return errors.New("no upstream has answered yet")
+	}
+	return nil
 }
 
 // Shutdown stops the engine gracefully. TCP listeners close at once and TCP

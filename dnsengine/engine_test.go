@@ -3,8 +3,10 @@ package dnsengine
 import (
 	"context"
 	"net"
+	"net/netip"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,11 +20,11 @@ func TestNewValidates(t *testing.T) {
 		cfg     Config
 		wantErr string
 	}{
-		{"ok", Config{Listen: []string{"127.0.0.1:0"}, Upstream: up}, ""},
+		{"ok", Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: up}, ""},
 		{"no listen", Config{Upstream: up}, "no listen address"},
-		{"bad listen", Config{Listen: []string{"127.0.0.1"}, Upstream: up}, "missing port"},
-		{"no upstream", Config{Listen: []string{"127.0.0.1:0"}}, "no upstream"},
-		{"negative TTL", Config{Listen: []string{"127.0.0.1:0"}, Upstream: up, MaxTTL: -time.Second}, "max TTL must not be negative"},
+		{"bad listen", Config{Listen: []netip.AddrPort{{}}, Upstream: up}, "invalid listen address"},
+		{"no upstream", Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}}, "no upstream"},
+		{"negative TTL", Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: up, MaxTTL: -time.Second}, "max TTL must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,7 +129,9 @@ func TestListensOnEveryAddress(t *testing.T) {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
 	probe.Close()
-	te := startEngine(t, func(c *Config) { c.Listen = []string{"127.0.0.1:0", "[::1]:0"} })
+	te := startEngine(t, func(c *Config) {
+		c.Listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0"), netip.MustParseAddrPort("[::1]:0")}
+	})
 	udp, tcp := te.UDPAddrs(), te.TCPAddrs()
 	if len(udp) != 2 || len(tcp) != 2 {
 		t.Fatalf("UDPAddrs %v TCPAddrs %v, want two each", udp, tcp)
@@ -149,7 +153,7 @@ func TestStartReportsBindError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	e, err := New(Config{Listen: []string{taken.Addr().String()}, Upstream: newFakeUpstream()})
+	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort(taken.Addr().String())}, Upstream: newFakeUpstream()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,8 +174,8 @@ func TestSecondInstanceSharesPort(t *testing.T) {
 	}
 	addr := probe.Addr().String() // a port that was free a moment ago
 	probe.Close()
-	first := startEngine(t, func(c *Config) { c.Listen = []string{addr} })
-	second := startEngine(t, func(c *Config) { c.Listen = []string{addr} })
+	first := startEngine(t, func(c *Config) { c.Listen = []netip.AddrPort{netip.MustParseAddrPort(addr)} })
+	second := startEngine(t, func(c *Config) { c.Listen = []netip.AddrPort{netip.MustParseAddrPort(addr)} })
 	if err := first.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +262,7 @@ func TestMetricNames(t *testing.T) {
 // TestRestartAfterShutdown: an engine shut down serves again after Start,
 // on the same addresses, with its cache and metrics (the standby's cycle).
 func TestRestartAfterShutdown(t *testing.T) {
-	te := startEngine(t, func(c *Config) { c.Listen = []string{"127.0.0.1:0"} })
+	te := startEngine(t, func(c *Config) { c.Listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")} })
 	te.query(t, "udp", question("www.example.", dns.TypeA))
 	addr := te.udp
 	for i := range 2 {
@@ -269,7 +273,7 @@ func TestRestartAfterShutdown(t *testing.T) {
 			t.Fatal("listening after Shutdown")
 		}
 		// The port may be bound again: restarting binds the same address.
-		te.cfg.Listen = []string{addr}
+		te.cfg.Listen = []netip.AddrPort{netip.MustParseAddrPort(addr)}
 		if err := te.Start(); err != nil {
 			t.Fatalf("Start %d after Shutdown: %v", i, err)
 		}
@@ -289,5 +293,41 @@ func TestRestartAfterShutdown(t *testing.T) {
 	}
 	if err := te.Start(); err == nil {
 		t.Fatal("Start while serving succeeded")
+	}
+}
+
+// answeringUpstream is a fakeUpstream that says whether it has answered.
+type answeringUpstream struct {
+	*fakeUpstream
+	answered atomic.Bool
+}
+
+func (a *answeringUpstream) Answered() bool { return a.answered.Load() }
+
+// TestReady: /readyz is nil once the engine serves and an upstream that can
+// tell has answered; an upstream that cannot tell is taken as ready.
+func TestReady(t *testing.T) {
+	up := &answeringUpstream{fakeUpstream: newFakeUpstream()}
+	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Ready(); err == nil {
+		t.Fatal("ready before Start")
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown(context.Background())
+	if err := e.Ready(); err == nil || !strings.Contains(err.Error(), "no upstream has answered") {
+		t.Fatalf("serving, upstream silent: %v", err)
+	}
+	up.answered.Store(true)
+	if err := e.Ready(); err != nil {
+		t.Fatalf("serving, upstream answered: %v", err)
+	}
+	plain := startEngine(t, nil) // fakeUpstream cannot tell
+	if err := plain.Ready(); err != nil {
+		t.Fatalf("serving, upstream that cannot tell: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -216,7 +217,7 @@ func startEngine(t testing.TB, edit func(*Config)) *testEngine {
 	t.Helper()
 	te := &testEngine{up: newFakeUpstream(), clock: newFakeClock(), reg: prometheus.NewRegistry()}
 	cfg := Config{
-		Listen:     []string{"127.0.0.1:0"},
+		Listen:     []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
 		Upstream:   te.up,
 		UDPSockets: 2,
 		StaleMax:   DefaultStaleMax,

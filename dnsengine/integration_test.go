@@ -3,6 +3,7 @@ package dnsengine_test
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,7 +61,7 @@ func TestThroughForwarder(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	e, err := dnsengine.New(dnsengine.Config{Listen: []string{"127.0.0.1:0"}, Upstream: fwd, UDPSockets: 1,
+	e, err := dnsengine.New(dnsengine.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: fwd, UDPSockets: 1,
 		StaleMax: dnsengine.DefaultStaleMax, UpstreamTimeout: time.Second, Now: clock})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -100,7 +101,7 @@ func TestRollingUpdateLosesNoQuery(t *testing.T) {
 
 	up := newHeldUpstream()
 	a := startEngine(t, func(c *Config) {
-		c.Listen = []string{addr}
+		c.Listen = []netip.AddrPort{netip.MustParseAddrPort(addr)}
 		c.Upstream = up
 		c.UpstreamTimeout = time.Minute
 	})
@@ -132,7 +133,7 @@ func TestRollingUpdateLosesNoQuery(t *testing.T) {
 		t.Fatalf("upstream asked for %q, want slow.example.", name)
 	}
 
-	b := startEngine(t, func(c *Config) { c.Listen = []string{addr} })
+	b := startEngine(t, func(c *Config) { c.Listen = []netip.AddrPort{netip.MustParseAddrPort(addr)} })
 	stopped := make(chan error, 1)
 	go func() { stopped <- a.Shutdown(context.Background()) }()
 	for a.Listening() { // Shutdown has begun

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -372,7 +373,7 @@ func FuzzServeRequest(f *testing.F) {
 	} {
 		f.Add(seed)
 	}
-	e, err := New(Config{Listen: []string{"127.0.0.1:0"}, Upstream: newFakeUpstream(), StaleMax: time.Hour})
+	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: newFakeUpstream(), StaleMax: time.Hour})
 	if err != nil {
 		f.Fatal(err)
 	}

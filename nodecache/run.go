@@ -58,7 +58,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	defer res.fwd.Close()
-	fwd, engine := res.fwd, res.engine
+	engine := res.engine
 	setup, err := NewSetup(cfg.Setup, cfg.Listen, reg, MetricsNamespace, logger)
 	if err != nil {
 		return err
@@ -70,15 +70,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			return err
 		}
 	}
-	ready := func() error {
-		switch {
-		case !engine.Listening():
-			return errors.New("not listening")
-		case !fwd.Answered():
-			return errors.New("no upstream has answered yet")
-		}
-		return nil
-	}
+	ready := engine.Ready
 	opsServer, err := ops.Start(ops.Config{
 		Addr:      cfg.MetricsAddr,
 		Gatherer:  reg,
@@ -100,7 +92,7 @@ func serve(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		defer cancel()
 		return errors.Join(err, engine.Shutdown(drainCtx), opsServer.Shutdown(drainCtx))
 	}
-	logger.Info("serving DNS", "listen", res.listen, "upstream", fmt.Sprint(res.upstream),
+	logger.Info("serving DNS", "listen", fmt.Sprint(cfg.Listen), "upstream", fmt.Sprint(res.upstream),
 		"upstream_external", fmt.Sprint(cfg.UpstreamExternal), "metrics", opsServer.Addr().String())
 	var standbyLink *standbyLink
 	if cfg.HandoverSocket != "" {
@@ -154,7 +146,6 @@ type resolver struct {
 	fwd      *forward.Forwarder
 	engine   *dnsengine.Engine
 	upstream []netip.AddrPort
-	listen   []string
 }
 
 // newResolver finds kube-dns (unless cfg names it) and builds the forwarder
@@ -176,12 +167,8 @@ func newResolver(ctx context.Context, cfg Config, reg prometheus.Registerer, log
 	if res.fwd, err = forward.New(forwardConfig(cfg, res.upstream, reg, logger)); err != nil {
 		return nil, fmt.Errorf("upstream forwarder: %w", err)
 	}
-	res.listen = make([]string, len(cfg.Listen))
-	for i, ap := range cfg.Listen {
-		res.listen[i] = ap.String()
-	}
 	res.engine, err = dnsengine.New(dnsengine.Config{
-		Listen: res.listen,
+		Listen: cfg.Listen,
 		// The node cache binds before it adds its address; the standby binds
 		// an address the node cache added (or is about to).
 		FreeBind:                   cfg.Setup.Interface || cfg.Command == CommandStandby,

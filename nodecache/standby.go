@@ -57,7 +57,7 @@ func standby(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		defer close(accepting)
 		primaries.accept(ctx)
 	}()
-	logger.Info("standing by", "listen", res.listen, "upstream", fmt.Sprint(res.upstream), "socket", cfg.HandoverSocket)
+	logger.Info("standing by", "listen", fmt.Sprint(cfg.Listen), "upstream", fmt.Sprint(res.upstream), "socket", cfg.HandoverSocket)
 
 	err = followPrimaries(ctx, primaries, res, metrics, standbyStartGrace, cfg.ShutdownTimeout, logger)
 	primaries.close()
@@ -100,7 +100,7 @@ func followPrimaries(ctx context.Context, p *primaries, res *resolver, m *standb
 			m.serving.Set(1)
 			m.takeovers.Inc()
 			p.setServing(true)
-			logger.Warn("no node cache serves: the standby serves the listen IPs", "listen", res.listen)
+			logger.Warn("no node cache serves: the standby serves the listen IPs")
 		case linked > 0 && serving:
 			if err := stop(); err != nil {
 				logger.Warn("standing down: drain cut short", "err", err)

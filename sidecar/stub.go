@@ -51,12 +51,8 @@ func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 		}
 	}()
 
-	listen := make([]string, len(cfg.Listen))
-	for i, ap := range cfg.Listen {
-		listen[i] = ap.String()
-	}
 	s.engine, err = dnsengine.New(dnsengine.Config{
-		Listen:        listen,
+		Listen:        cfg.Listen,
 		Upstream:      fwd,
 		CacheSize:     cfg.CacheSize,
 		CacheMaxBytes: cfg.CacheMaxBytes,
@@ -81,7 +77,7 @@ func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 		s.ops, err = ops.Start(ops.Config{
 			Addr:     cfg.MetricsAddr,
 			Gatherer: registry,
-			Ready:    s.ready,
+			Ready:    s.engine.Ready,
 			Logger:   logger,
 		})
 		if err != nil {
@@ -94,7 +90,7 @@ func Start(cfg Config, logger *slog.Logger) (_ *Stub, err error) {
 	if !cfg.Fallback.IsValid() {
 		logger.Warn("no --fallback: when the node cache fails, queries fail")
 	}
-	logger.Info("serving DNS", "listen", listen, "node_cache", cfg.NodeCache.String(),
+	logger.Info("serving DNS", "listen", fmt.Sprint(cfg.Listen), "node_cache", cfg.NodeCache.String(),
 		"fallback", fallbackString(cfg), "cache_size", cfg.CacheSize, "metrics", cfg.MetricsAddr)
 	return s, nil
 }
@@ -152,17 +148,6 @@ func forwardConfig(cfg Config, reg prometheus.Registerer, logger *slog.Logger) f
 		Namespace:  MetricsNamespace,
 		Logger:     logger,
 	}
-}
-
-// ready is /readyz: serving, and some upstream has answered.
-func (s *Stub) ready() error {
-	switch {
-	case !s.engine.Listening():
-		return errors.New("not listening")
-	case !s.fwd.Answered():
-		return errors.New("no upstream has answered yet")
-	}
-	return nil
 }
 
 // UDPAddrs returns the bound UDP addresses, one per listen address.
