@@ -2,6 +2,7 @@ package certs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -71,17 +72,10 @@ func (c SelfManagedConfig) withDefaults() (SelfManagedConfig, error) {
 			problems = append(problems, fmt.Errorf("%s is required", f.name))
 		}
 	}
-	setDefault := func(d *time.Duration, def time.Duration) {
-		if *d == 0 {
-			*d = def
-		}
-	}
-	setDefault(&c.CAValidity, DefaultCAValidity)
-	setDefault(&c.CertValidity, DefaultCertValidity)
-	setDefault(&c.CheckInterval, DefaultCheckInterval)
-	if c.ClusterDomain == "" {
-		c.ClusterDomain = DefaultClusterDomain
-	}
+	c.CAValidity = cmp.Or(c.CAValidity, DefaultCAValidity)
+	c.CertValidity = cmp.Or(c.CertValidity, DefaultCertValidity)
+	c.CheckInterval = cmp.Or(c.CheckInterval, DefaultCheckInterval)
+	c.ClusterDomain = cmp.Or(c.ClusterDomain, DefaultClusterDomain)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
