@@ -110,7 +110,7 @@ func BenchmarkServeUDPLoopback(b *testing.B) {
 
 // TestCacheHitsDoNotAllocate holds the hit path to what BenchmarkServeHit
 // reports: a cached answer is written without a single allocation.
-func TestCacheHitsDoNotAllocate(t *testing.T) {
+func TestCacheHitsDoNotAllocate(t *testing.T) { // not parallel: AllocsPerRun forbids it
 	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: newFakeUpstream()})
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestTTLCountdown(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.PrefetchHits = -1 })
 	steps := []struct {
 		advance   time.Duration
@@ -36,6 +37,7 @@ func TestTTLCountdown(t *testing.T) {
 }
 
 func TestMaxTTLCaps(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.MaxTTL = 10 * time.Second })
 	resp := te.query(t, "udp", question("v6.example.", dns.TypeAAAA)) // TTL 3600 upstream
 	if got := resp.Answer[0].Header().Ttl; got != 10 {
@@ -44,6 +46,7 @@ func TestMaxTTLCaps(t *testing.T) {
 }
 
 func TestNegativeAndUncacheable(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		qtype     uint16
@@ -99,6 +102,7 @@ func TestNegativeAndUncacheable(t *testing.T) {
 }
 
 func TestCapacityEvicts(t *testing.T) {
+	t.Parallel()
 	const size = 16
 	te := startEngine(t, func(c *Config) { c.CacheSize = size })
 	for i := range 10 * size {
@@ -129,6 +133,7 @@ func TestCapacityEvicts(t *testing.T) {
 // never pass the budget, and replacing or removing an entry gives its bytes
 // back.
 func TestByteBudget(t *testing.T) {
+	t.Parallel()
 	const budget = 64 << 10
 	c := newCache(100000, budget, time.Minute)
 	now := time.Now().UnixNano()
@@ -171,6 +176,7 @@ func TestByteBudget(t *testing.T) {
 }
 
 func TestCaseInsensitiveKeyCasePreservingReply(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	for _, name := range []string{"www.example.", "WWW.Example.", "wWw.eXaMpLe."} {
 		for _, network := range []string{"udp", "tcp"} {
@@ -192,6 +198,7 @@ func TestCaseInsensitiveKeyCasePreservingReply(t *testing.T) {
 }
 
 func TestPrefetch(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil) // PrefetchHits 2
 	called := make(chan string, 4)
 	te.up.Hold(nil, called)

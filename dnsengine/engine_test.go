@@ -14,6 +14,7 @@ import (
 )
 
 func TestNewValidates(t *testing.T) {
+	t.Parallel()
 	up := newFakeUpstream()
 	tests := []struct {
 		name    string
@@ -43,6 +44,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestServesUDPAndTCP(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	if !te.Listening() {
 		t.Fatal("Listening() = false after Start")
@@ -73,6 +75,7 @@ func TestServesUDPAndTCP(t *testing.T) {
 // TestShutdownDrainsInflight: a miss in flight is answered, and the UDP socket
 // keeps answering (it still receives its SO_REUSEPORT share) until then.
 func TestShutdownDrainsInflight(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.UpstreamTimeout = time.Minute })
 	te.query(t, "udp", question("www.example.", dns.TypeA)) // cached
 	gate, called := make(chan struct{}), make(chan string, 1)
@@ -108,6 +111,7 @@ func TestShutdownDrainsInflight(t *testing.T) {
 }
 
 func TestShutdownForcedWhenContextEnds(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	called := make(chan string, 1)
 	te.up.Hold(make(chan struct{}), called) // never opened: the upstream hangs until its ctx ends
@@ -124,6 +128,7 @@ func TestShutdownForcedWhenContextEnds(t *testing.T) {
 }
 
 func TestListensOnEveryAddress(t *testing.T) {
+	t.Parallel()
 	probe, err := net.ListenPacket("udp", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback here: %v", err)
@@ -148,6 +153,7 @@ func TestListensOnEveryAddress(t *testing.T) {
 }
 
 func TestStartReportsBindError(t *testing.T) {
+	t.Parallel()
 	taken, err := net.Listen("tcp", "127.0.0.1:0") // no SO_REUSEPORT: nobody can share it
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +174,7 @@ func TestStartReportsBindError(t *testing.T) {
 // TestSecondInstanceSharesPort is the rolling update: a second engine binds the
 // address of a running one (SO_REUSEPORT), and serves alone once the first stops.
 func TestSecondInstanceSharesPort(t *testing.T) {
+	t.Parallel()
 	probe, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +197,7 @@ func TestSecondInstanceSharesPort(t *testing.T) {
 }
 
 func TestTCPConnectionHandling(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) {
 		c.TCPIdleTimeout = 50 * time.Millisecond
 		c.MaxTCPConns = 1
@@ -240,6 +248,7 @@ func TestTCPConnectionHandling(t *testing.T) {
 // TestMetricNames pins the exported metric names (the nodecache and stub
 // documentation lists them under their own namespaces).
 func TestMetricNames(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	te.query(t, "udp", question("www.example.", dns.TypeA))
 	mfs, err := te.reg.Gather()
@@ -262,6 +271,7 @@ func TestMetricNames(t *testing.T) {
 // TestRestartAfterShutdown: an engine shut down serves again after Start,
 // on the same addresses, with its cache and metrics (the standby's cycle).
 func TestRestartAfterShutdown(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.Listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")} })
 	te.query(t, "udp", question("www.example.", dns.TypeA))
 	addr := te.udp
@@ -307,6 +317,7 @@ func (a *answeringUpstream) Answered() bool { return a.answered.Load() }
 // TestReady: /readyz is nil once the engine serves and an upstream that can
 // tell has answered; an upstream that cannot tell is taken as ready.
 func TestReady(t *testing.T) {
+	t.Parallel()
 	up := &answeringUpstream{fakeUpstream: newFakeUpstream()}
 	e, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Upstream: up})
 	if err != nil {

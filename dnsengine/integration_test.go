@@ -51,6 +51,7 @@ func startUpstreamServer(t *testing.T) (addr string, queries *atomic.Int64, stop
 // real DNS server: a miss, hits over UDP and TCP, then serve-stale once the
 // server is gone.
 func TestThroughForwarder(t *testing.T) {
+	t.Parallel()
 	upstream, queries, stopUpstream := startUpstreamServer(t)
 	fwd, err := forward.New(forward.Config{Zones: []forward.Zone{{Name: ".", Servers: []forward.Server{
 		{Addr: upstream, Transport: forward.TCP, Timeout: 500 * time.Millisecond}}}}})

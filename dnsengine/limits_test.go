@@ -13,6 +13,7 @@ import (
 // SERVFAIL for its next one (its resolver moves on), while another client's
 // misses are still resolved.
 func TestMissesLimitedPerClient(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.MaxInflightMissesPerClient = 1 })
 	gate, called := make(chan struct{}), make(chan string, 4)
 	te.up.Hold(gate, called)
@@ -61,6 +62,7 @@ func queryFrom(t testing.TB, ip, addr string, m *dns.Msg) *dns.Msg {
 // TestTCPConnectionsLimitedPerClient: a client's connections beyond its share
 // are closed at once; another client still connects and is answered.
 func TestTCPConnectionsLimitedPerClient(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.MaxTCPConnsPerClient = 2 })
 	te.query(t, "udp", question("www.example.", dns.TypeA))
 	for range 2 {
@@ -115,6 +117,7 @@ func exchangeOn(t testing.TB, c net.Conn, m *dns.Msg) *dns.Msg {
 // TestTCPBufferGrowsWithWhatArrives: a length prefix promising 64 KiB
 // followed by a few bytes reserves room for those bytes, not for 64 KiB.
 func TestTCPBufferGrowsWithWhatArrives(t *testing.T) {
+	t.Parallel()
 	client, server := net.Pipe()
 	defer client.Close()
 	go func() {
@@ -150,6 +153,7 @@ func TestTCPBufferGrowsWithWhatArrives(t *testing.T) {
 // client but is not kept; one that packs to over 64 KiB is neither cached nor
 // corrupted (TTL offsets are 16-bit), and over TCP comes truncated.
 func TestLargeAnswersServedNotCached(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.MaxCachedAnswer = 1000 })
 	for range 2 {
 		resp := te.query(t, "tcp", question("big.example.", dns.TypeTXT))
@@ -187,6 +191,7 @@ func TestLargeAnswersServedNotCached(t *testing.T) {
 // the message must follow within tcpMessageTimeout, or the connection is
 // closed: a client cannot hold one with a partial query.
 func TestTCPPartialMessageTimesOut(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.TCPIdleTimeout = time.Hour })
 	c, err := net.Dial("tcp", te.tcp)
 	if err != nil {

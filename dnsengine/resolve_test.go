@@ -9,6 +9,7 @@ import (
 )
 
 func TestCoalescing(t *testing.T) {
+	t.Parallel()
 	const clients = 10
 	te := startEngine(t, nil)
 	gate, called := make(chan struct{}), make(chan string, clients)
@@ -56,6 +57,7 @@ func TestCoalescing(t *testing.T) {
 }
 
 func TestServeStale(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		staleMax  time.Duration
@@ -97,6 +99,7 @@ func TestServeStale(t *testing.T) {
 }
 
 func TestUpstreamFailureWithoutCacheIsServfail(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	te.up.SetFail(true)
 	for _, network := range []string{"udp", "tcp"} {
@@ -111,6 +114,7 @@ func TestUpstreamFailureWithoutCacheIsServfail(t *testing.T) {
 }
 
 func TestStaleAnswerTimerAndRefreshWindow(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) {
 		c.StaleAnswerTimeout = 10 * time.Millisecond
 		c.UpstreamTimeout = 100 * time.Millisecond
@@ -143,6 +147,7 @@ func TestStaleAnswerTimerAndRefreshWindow(t *testing.T) {
 }
 
 func TestMissOverflowIsServfail(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, func(c *Config) { c.MaxInflightMisses = 1 })
 	gate, called := make(chan struct{}), make(chan string, 1)
 	te.up.Hold(gate, called)
@@ -176,6 +181,7 @@ func TestMissOverflowIsServfail(t *testing.T) {
 // stale answer is only for an upstream that cannot be reached. (A stub domain
 // removed from kube-dns's configuration must stop resolving.)
 func TestReachableUpstreamReplacesStale(t *testing.T) {
+	t.Parallel()
 	for _, rcode := range []int{dns.RcodeServerFailure, dns.RcodeRefused, dns.RcodeNameError} {
 		t.Run(dns.RcodeToString[rcode], func(t *testing.T) {
 			te := startEngine(t, nil)
@@ -205,6 +211,7 @@ func TestReachableUpstreamReplacesStale(t *testing.T) {
 // negative answer (RFC 2308): cached by the SOA, not as positive for the
 // CNAME's TTL.
 func TestCNAMEToNODATANegative(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	resp := te.query(t, "udp", question("cname-nodata.example.", dns.TypeA))
 	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
@@ -221,6 +228,7 @@ func TestCNAMEToNODATANegative(t *testing.T) {
 // key: an answer fetched with checking disabled never answers a query
 // without it (RFC 4035 3.2.2).
 func TestCheckingDisabled(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	cd := question("www.example.", dns.TypeA)
 	cd.CheckingDisabled = true

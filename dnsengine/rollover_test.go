@@ -91,6 +91,7 @@ func unansweredQueries(addr, name string, n int) []string {
 // waits for background work (a held prefetch). A drained socket left open
 // would receive its share of the queries and drop them.
 func TestRollingUpdateLosesNoQuery(t *testing.T) {
+	t.Parallel()
 	const clients = 64
 	probe, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -208,6 +209,7 @@ func queued(t *testing.T, u *udpListener) int {
 // that reply is sent; a new query meanwhile is refused, as the socket left
 // its SO_REUSEPORT group when the drain began.
 func TestShutdownAnswersMissReadWhileDraining(t *testing.T) {
+	t.Parallel()
 	up := newHeldUpstream()
 	var stallNext atomic.Bool
 	stalled, resume := make(chan struct{}), make(chan struct{})

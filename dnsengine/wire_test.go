@@ -13,6 +13,7 @@ import (
 )
 
 func TestEDNS(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	withEDNS := func(m *dns.Msg, do bool, opts ...dns.EDNS0) *dns.Msg {
 		m.SetEdns0(1232, do)
@@ -94,6 +95,7 @@ func packQuery(t testing.TB, id uint16, name string, qtype uint16) []byte {
 }
 
 func TestIDPreservedPerQuery(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	te.query(t, "udp", question("www.example.", dns.TypeA)) // cache it
 	c := rawUDP(t, te.udp)
@@ -123,6 +125,7 @@ func TestIDPreservedPerQuery(t *testing.T) {
 // whole answer records as fit, with TC set (as miekg/dns Msg.Truncate and
 // CoreDNS do): clients without TCP fallback still get usable addresses.
 func TestTruncation(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	full := zoneAnswer(question("big.example.", dns.TypeTXT)).Answer
 	steps := []struct {
@@ -215,6 +218,7 @@ func exchangeRawUDP(t *testing.T, addr string, m *dns.Msg) (*dns.Msg, int) {
 }
 
 func TestTCPPipelining(t *testing.T) {
+	t.Parallel()
 	te := startEngine(t, nil)
 	te.query(t, "tcp", question("www.example.", dns.TypeA)) // cached
 	conn, err := net.Dial("tcp", te.tcp)
@@ -265,6 +269,7 @@ func TestTCPPipelining(t *testing.T) {
 }
 
 func TestMalformedAndUnusualQueries(t *testing.T) {
+	t.Parallel()
 	header := func(id, flags, qd, an, ns, ar uint16) []byte {
 		var h []byte
 		for _, v := range []uint16{id, flags, qd, an, ns, ar} {

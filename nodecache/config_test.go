@@ -41,6 +41,7 @@ func defaultConfig() Config {
 }
 
 func TestParseGood(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		args []string
@@ -134,6 +135,7 @@ func TestParseGood(t *testing.T) {
 }
 
 func TestParseBad(t *testing.T) {
+	t.Parallel()
 	noSetup := []string{"--setup-interface=false", "--setup-rules=false"}
 	tests := []struct {
 		name    string
@@ -192,6 +194,7 @@ func TestParseBad(t *testing.T) {
 }
 
 func TestParseReportsEveryError(t *testing.T) {
+	t.Parallel()
 	_, err := Parse([]string{"--cache-size", "-1", "--upstream-transport", "quic"}, io.Discard)
 	for _, want := range []string{"--cache-size", "--upstream-transport"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -201,6 +204,7 @@ func TestParseReportsEveryError(t *testing.T) {
 }
 
 func TestHelpListsEveryFlag(t *testing.T) {
+	t.Parallel()
 	var out strings.Builder
 	if _, err := Parse([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v, want flag.ErrHelp", err)

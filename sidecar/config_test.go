@@ -13,6 +13,7 @@ import (
 )
 
 func TestParse(t *testing.T) {
+	t.Parallel()
 	ap := netip.MustParseAddrPort
 	defaults := Config{
 		Command:             CommandServe,
@@ -140,6 +141,7 @@ func TestParse(t *testing.T) {
 // TestHelpListsEveryFlag keeps --help and the flag set in step: every flag
 // shows up, and -h is flag.ErrHelp (exit 0), not a failure.
 func TestHelpListsEveryFlag(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		args  []string
 		flags []string
@@ -164,6 +166,7 @@ func TestHelpListsEveryFlag(t *testing.T) {
 // TestIPv6LoopbackDetection checks the detector against the addresses the
 // kernel lists, so the default is right here whether IPv6 is up or not.
 func TestIPv6LoopbackDetection(t *testing.T) {
+	t.Parallel()
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 )
 
 func TestParseFlagsDefaults(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	if cfg.Port != 9443 || cfg.MetricsAddr != ":9254" || cfg.LocalIP != "169.254.20.10" || cfg.ClusterDomain != "cluster.local" ||
 		cfg.Namespace != "localdns-system" || cfg.NativeSidecars != NativeSidecarsAuto || cfg.ClusterWide || cfg.KubeDNSIPs != nil ||
@@ -35,6 +36,7 @@ func TestParseFlagsDefaults(t *testing.T) {
 }
 
 func TestParseFlagsNamespaceFromEnv(t *testing.T) {
+	t.Parallel()
 	getenv := func(k string) string {
 		if k == "POD_NAMESPACE" {
 			return "dns-system"
@@ -49,6 +51,7 @@ func TestParseFlagsNamespaceFromEnv(t *testing.T) {
 
 // TestParseFlagsInvalid: every bad flag is reported, all at once.
 func TestParseFlagsInvalid(t *testing.T) {
+	t.Parallel()
 	_, err := Parse("test", []string{
 		"--port=0", "--local-ip=node", "--kube-dns-ip=10.0.0", "--kube-dns-service=kube-dns",
 		"--cluster-domain=Bad_Domain", "--ndots=0", "--timeout=31", "--attempts=6", "--options=ok,BAD",
@@ -73,6 +76,7 @@ func TestParseFlagsInvalid(t *testing.T) {
 // TestParseFlagsSearches: --searches must leave room for the cluster's own
 // three domains under the API server's limits.
 func TestParseFlagsSearches(t *testing.T) {
+	t.Parallel()
 	domains := func(n, size int) string {
 		var out []string
 		for i := range n {
@@ -114,6 +118,7 @@ func TestParseFlagsSearches(t *testing.T) {
 // TestParseFlagsIPFamilies: the node cache's address of each family, the
 // fixed kube-dns addresses and the forced families.
 func TestParseFlagsIPFamilies(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		flags      []string
 		localIP    string
@@ -162,6 +167,7 @@ func TestParseFlagsIPFamilies(t *testing.T) {
 }
 
 func TestParseFlagsHelpAndArgs(t *testing.T) {
+	t.Parallel()
 	if _, err := Parse("test", []string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
 	}
@@ -180,6 +186,7 @@ func (f fakeVersion) ServerVersion() (*version.Info, error) {
 }
 
 func TestResolveNativeSidecars(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		flag    string
 		server  fakeVersion

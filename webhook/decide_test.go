@@ -115,6 +115,7 @@ func optionString(opts []corev1.PodDNSConfigOption) string {
 
 // TestDecideOptIn covers every opt-in combination and every skip reason.
 func TestDecideOptIn(t *testing.T) {
+	t.Parallel()
 	stubContainer := func(p *corev1.Pod) {
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: StubContainerName, Image: "x"})
 	}
@@ -205,6 +206,7 @@ func assertWarnings(t *testing.T, got, want []string) {
 // TestDecideDNSConfig covers the merge: precedence flags < pod dnsConfig <
 // annotations, dedupe, every annotation and every bad value, and the limits.
 func TestDecideDNSConfig(t *testing.T) {
+	t.Parallel()
 	many := func(n int, format string) string {
 		var out []string
 		for i := range n {
@@ -427,6 +429,7 @@ func TestDecideDNSConfig(t *testing.T) {
 
 // TestDecideMode covers nodecache, stub and auto, and the stub plan.
 func TestDecideMode(t *testing.T) {
+	t.Parallel()
 	initImage := func(img string) podOpt {
 		return func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: img}} }
 	}
@@ -496,6 +499,7 @@ func TestDecideMode(t *testing.T) {
 
 // TestDecideStubSysctl covers the merge with the pod's own sysctls.
 func TestDecideStubSysctl(t *testing.T) {
+	t.Parallel()
 	sysctls := func(kv ...string) podOpt {
 		return func(p *corev1.Pod) {
 			p.Spec.SecurityContext = &corev1.PodSecurityContext{}
@@ -545,6 +549,7 @@ func TestDecideStubSysctl(t *testing.T) {
 // followed from kube-dns, in both modes, and what gives way under the
 // 3-nameserver limit.
 func TestDecideIPFamilies(t *testing.T) {
+	t.Parallel()
 	const (
 		nodeCache4 = "169.254.20.10"
 		nodeCache6 = "fd6c:6f63:616c::10"

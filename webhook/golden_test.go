@@ -33,6 +33,7 @@ type goldenCase struct {
 // TestGolden walks testdata/golden/*.yaml: Decide then Apply on the input pod
 // must give exactly the expected pod, reason and warnings.
 func TestGolden(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob(filepath.Join("testdata", "golden", "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no golden files: %v", err)

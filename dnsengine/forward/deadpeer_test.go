@@ -26,6 +26,7 @@ const deadPeerChildEnv = "LOCALDNS_FORWARD_DEADPEER_NETNS"
 // in a network namespace of its own, where an iptables rule drops what is sent
 // to the server.
 func TestDeadPeerMarkedDown(t *testing.T) {
+	t.Parallel()
 	if os.Getenv(deadPeerChildEnv) == "" {
 		systest.RequireRoot(t)
 		ns := systest.NewNetns(t, "deadpeer")

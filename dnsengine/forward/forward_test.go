@@ -18,6 +18,7 @@ import (
 )
 
 func TestConfigValidation(t *testing.T) {
+	t.Parallel()
 	ok := []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53"}}}}
 	tests := []struct {
 		name    string
@@ -65,6 +66,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
+	t.Parallel()
 	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: "Cluster.Local", Servers: []Server{{Addr: "127.0.0.1:53"}}}}})
 	z := f.zones["cluster.local."]
 	if z == nil {
@@ -83,6 +85,7 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestMetricsRegisteredTwiceFails(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	cfg := Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: "127.0.0.1:53"}}}}, Registerer: reg, Namespace: "x"}
 	f, err := New(cfg)
@@ -97,6 +100,7 @@ func TestMetricsRegisteredTwiceFails(t *testing.T) {
 }
 
 func TestZoneRouting(t *testing.T) {
+	t.Parallel()
 	cluster, reverse, rest := startFake(t), startFake(t), startFake(t)
 	f, _ := newTestForwarder(t, Config{Zones: []Zone{
 		{Name: "cluster.local.", Servers: []Server{{Addr: cluster.addr}}},
@@ -139,6 +143,7 @@ func TestZoneRouting(t *testing.T) {
 }
 
 func TestNoMatchingZone(t *testing.T) {
+	t.Parallel()
 	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: "cluster.local.", Servers: []Server{{Addr: "127.0.0.1:53"}}}}})
 	_, err := f.Exchange(context.Background(), query("example.com."))
 	if !errors.Is(err, ErrNoZone) {
@@ -153,6 +158,7 @@ func TestNoMatchingZone(t *testing.T) {
 // of their own (a CoreDNS server answers a connection's queries one after
 // another), and come back with the caller's ID.
 func TestTCPOneQueryPerConnection(t *testing.T) {
+	t.Parallel()
 	const n = 16
 	up := startFake(t)
 	gate := make(chan struct{})
@@ -201,6 +207,7 @@ func TestTCPOneQueryPerConnection(t *testing.T) {
 // TestTCPSlowQueryDoesNotHoldOthers: a query the server holds does not delay
 // the next ones: they go out on other connections and come back first.
 func TestTCPSlowQueryDoesNotHoldOthers(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	gate := make(chan struct{})
 	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -231,6 +238,7 @@ func TestTCPSlowQueryDoesNotHoldOthers(t *testing.T) {
 }
 
 func TestTCPConnectionReuse(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
 	for i := range 10 {
@@ -253,6 +261,7 @@ func TestTCPConnectionReuse(t *testing.T) {
 // TestTCPPoolBounded: at MaxConnsPerServer busy connections, further queries
 // wait for one to come back (counted), and are all answered.
 func TestTCPPoolBounded(t *testing.T) {
+	t.Parallel()
 	const n, maxConns = 12, 3
 	up := startFake(t)
 	gate := make(chan struct{})
@@ -283,6 +292,7 @@ func TestTCPPoolBounded(t *testing.T) {
 }
 
 func TestTCPIdleExpiry(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	f, reg := newTestForwarder(t, Config{
 		Zones:       []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}},
@@ -302,6 +312,7 @@ func TestTCPIdleExpiry(t *testing.T) {
 // TestTCPMaxConnAge: a connection past its age is not reused: the next query
 // dials anew (and so may reach another replica behind a Service address).
 func TestTCPMaxConnAge(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	f, _ := newTestForwarder(t, Config{
 		Zones:      []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}},
@@ -322,6 +333,7 @@ func TestTCPMaxConnAge(t *testing.T) {
 // without answering; the query goes again on a new connection, and the
 // server is not charged.
 func TestTCPClosedConnectionResent(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	var queries atomic.Int64
 	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -349,6 +361,7 @@ func TestTCPClosedConnectionResent(t *testing.T) {
 // TestTCPTimedOutConnectionClosed: a connection whose query timed out is not
 // reused (its late reply would answer the next query).
 func TestTCPTimedOutConnectionClosed(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	up.setBehaviour(silentExceptProbes)
 	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: 50 * time.Millisecond}}}}})
@@ -369,6 +382,7 @@ func TestTCPTimedOutConnectionClosed(t *testing.T) {
 // TestZoneMaxInflight: a zone at its limit of queries in flight makes its
 // next query wait, while another zone's queries to the same server go on.
 func TestZoneMaxInflight(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	gate := make(chan struct{})
 	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -402,6 +416,7 @@ func TestZoneMaxInflight(t *testing.T) {
 // TestStubFailoverOrder is the stub's chain: the node cache over UDP, the node
 // cache over TCP, then kube-dns over TCP only.
 func TestStubFailoverOrder(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name       string
 		nodeCache  behaviour // nil = not running (port closed)
@@ -471,6 +486,7 @@ func TestStubFailoverOrder(t *testing.T) {
 // queries go straight to kube-dns over TCP; when it comes back, a probe over
 // UDP (its first entry) marks it up and queries return to it over UDP.
 func TestStubReturnsToNodeCache(t *testing.T) {
+	t.Parallel()
 	node, kube := startFake(t), startFake(t)
 	f, _ := newTestForwarder(t, Config{
 		Zones: []Zone{{Name: ".", Servers: []Server{
@@ -517,6 +533,7 @@ func TestStubReturnsToNodeCache(t *testing.T) {
 }
 
 func TestMismatchedRepliesDropped(t *testing.T) {
+	t.Parallel()
 	for _, transport := range []Transport{UDP, TCP} {
 		t.Run(string(transport), func(t *testing.T) {
 			up := startFake(t)
@@ -537,6 +554,7 @@ func TestMismatchedRepliesDropped(t *testing.T) {
 // forged) and the real reply awaited; over TCP, where the ID is ours, it fails
 // the attempt at once and the next server answers.
 func TestMalformedReplies(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		transport      Transport
 		wantSecondSeen int // queries the second server gets
@@ -564,6 +582,7 @@ func TestMalformedReplies(t *testing.T) {
 }
 
 func TestFailureRcodes(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		first     behaviour
@@ -602,6 +621,7 @@ func TestFailureRcodes(t *testing.T) {
 }
 
 func TestAllServersUnreachable(t *testing.T) {
+	t.Parallel()
 	viaUDP, viaTCP := closedPort(t), closedPort(t)
 	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{
 		{Addr: viaUDP, Transport: UDP, Timeout: time.Minute},
@@ -622,6 +642,7 @@ func TestAllServersUnreachable(t *testing.T) {
 }
 
 func TestContextEndsExchange(t *testing.T) {
+	t.Parallel()
 	for _, transport := range []Transport{TCP, UDP} {
 		t.Run(string(transport), func(t *testing.T) {
 			up := startFake(t)
@@ -653,6 +674,7 @@ func TestContextEndsExchange(t *testing.T) {
 // without further queries (its probes fail), skipped, and used again once a
 // probe succeeds; one that refuses is marked down by its first query.
 func TestHealth(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		breakIt func(*fake)
@@ -710,6 +732,7 @@ func TestHealth(t *testing.T) {
 // next query it can answer is answered. Over UDP (the stub to the node cache)
 // as over TCP.
 func TestSlowNamesNeverMarkDown(t *testing.T) {
+	t.Parallel()
 	for _, transport := range []Transport{TCP, UDP} {
 		t.Run(string(transport), func(t *testing.T) {
 			up := startFake(t)
@@ -742,6 +765,7 @@ func TestSlowNamesNeverMarkDown(t *testing.T) {
 // TestAllDownFailsFast: when every server is marked down a query fails at
 // once with ErrAllDown and reaches no server; the probes bring them back.
 func TestAllDownFailsFast(t *testing.T) {
+	t.Parallel()
 	a, b := startFake(t), startFake(t)
 	a.setBehaviour(silent)
 	b.setBehaviour(silent)
@@ -781,6 +805,7 @@ func TestAllDownFailsFast(t *testing.T) {
 // TestDownServerIsLastResort: a server marked down is tried after the healthy
 // ones failed.
 func TestDownServerIsLastResort(t *testing.T) {
+	t.Parallel()
 	a, b := startFake(t), startFake(t)
 	a.Stop()
 	f, _ := newTestForwarder(t, Config{
@@ -803,6 +828,7 @@ func TestDownServerIsLastResort(t *testing.T) {
 // TestFailureRcodesKeepServerUp: SERVFAIL and REFUSED replies make the query
 // fail over but prove the server reachable, so it is never marked down.
 func TestFailureRcodesKeepServerUp(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}, MaxFails: 1})
 	for _, code := range []int{dns.RcodeServerFailure, dns.RcodeRefused, dns.RcodeServerFailure} {
@@ -821,6 +847,7 @@ func TestFailureRcodesKeepServerUp(t *testing.T) {
 }
 
 func TestAnswered(t *testing.T) {
+	t.Parallel()
 	t.Run("after a reply", func(t *testing.T) {
 		up := startFake(t)
 		up.setBehaviour(rcode(dns.RcodeServerFailure))
@@ -850,6 +877,7 @@ func TestAnswered(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr}}}}})
 	mustAnswer(t, f, "open.example.")
@@ -867,6 +895,7 @@ func TestClose(t *testing.T) {
 // TestCloseFailsQueriesInFlight: Close ends a query waiting on a TCP
 // connection at once, however long its timeout.
 func TestCloseFailsQueriesInFlight(t *testing.T) {
+	t.Parallel()
 	up := startFake(t)
 	up.setBehaviour(silent)
 	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Hour}}}}})
@@ -888,6 +917,7 @@ func TestCloseFailsQueriesInFlight(t *testing.T) {
 // one server keeps closing connections; every query must still be answered.
 // Run with -race.
 func TestConcurrentMixedLoad(t *testing.T) {
+	t.Parallel()
 	flaky, good, viaUDP := startFake(t), startFake(t), startFake(t)
 	var served sync.Mutex
 	count := 0

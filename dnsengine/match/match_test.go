@@ -8,6 +8,7 @@ import (
 )
 
 func TestReply(t *testing.T) {
+	t.Parallel()
 	query := new(dns.Msg)
 	query.SetQuestion("www.Example.", dns.TypeA)
 	reply := func(edit func(*dns.Msg)) *dns.Msg {

@@ -10,6 +10,7 @@ import (
 )
 
 func TestList(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		initial   []string
@@ -42,6 +43,7 @@ func TestList(t *testing.T) {
 }
 
 func TestParseAddrPorts(t *testing.T) {
+	t.Parallel()
 	ap := netip.MustParseAddrPort
 	tests := []struct {
 		name    string
@@ -91,6 +93,7 @@ func TestParseAddrPorts(t *testing.T) {
 }
 
 func TestParseDomain(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, want, wantErr string
 	}{
@@ -109,6 +112,7 @@ func TestParseDomain(t *testing.T) {
 }
 
 func TestValidHostPort(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, wantErr string
 	}{
@@ -130,6 +134,7 @@ func TestValidHostPort(t *testing.T) {
 }
 
 func TestNewFlagSet(t *testing.T) {
+	t.Parallel()
 	fs := NewFlagSet("cmd", "Usage: cmd [flags]\n\nFlags:\n")
 	var out strings.Builder
 	fs.SetOutput(&out)
@@ -147,6 +152,7 @@ func TestNewFlagSet(t *testing.T) {
 }
 
 func TestBytes(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in      string
 		want    int64
