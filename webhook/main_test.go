@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -68,6 +69,13 @@ type apiSuite struct {
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing (the coordinator and every worker run TestMain): the fuzz
+		// targets are pure functions, and an API server per process would
+		// only slow them down.
+		return m.Run()
+	}
 	quiet := logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	ctrllog.SetLogger(quiet)
 	klog.SetLogger(quiet)
