@@ -30,10 +30,12 @@ func Apply(pod *corev1.Pod, plan Plan) *corev1.Pod {
 		} else {
 			out.Spec.Containers = slices.Insert(out.Spec.Containers, 0, c)
 		}
-		if out.Spec.SecurityContext == nil {
-			out.Spec.SecurityContext = &corev1.PodSecurityContext{}
+		if !slices.Equal(podSysctls(out), stub.Sysctls) {
+			if out.Spec.SecurityContext == nil {
+				out.Spec.SecurityContext = &corev1.PodSecurityContext{}
+			}
+			out.Spec.SecurityContext.Sysctls = slices.Clone(stub.Sysctls)
 		}
-		out.Spec.SecurityContext.Sysctls = slices.Clone(stub.Sysctls)
 	}
 	return out
 }

@@ -64,11 +64,22 @@ type Config struct {
 	LogFormat string // text or json
 
 	// Stub injection.
-	StubImage         string
+	StubImage string
+	// StubPortBinding is how the non-root stub may bind port 53: sysctl (the
+	// pod sysctl net.ipv4.ip_unprivileged_port_start=53, pod-wide) or
+	// file-capability (the stub image's own cap_net_bind_service, nothing
+	// pod-wide; --stub-image must then name the stub-filecap image).
+	StubPortBinding   string
 	StubResources     corev1.ResourceRequirements
 	MuslImagePatterns []string
 	NativeSidecars    string // auto, true or false
 }
+
+// How the stub binds port 53 (--stub-port-binding).
+const (
+	StubPortBindingSysctl         = "sysctl"
+	StubPortBindingFileCapability = "file-capability"
+)
 
 // Parse parses the command line into a validated Config. getenv supplies
 // POD_NAMESPACE (the downward API) as the default of --namespace. Usage goes to
@@ -113,6 +124,7 @@ func Parse(name string, args []string, getenv func(string) string, output io.Wri
 	fs.StringVar(&searches, "searches", "", "extra search domains for every injected pod, a.b,c.d, after the cluster's own (under dnsPolicy None kubelet no longer appends the node's)")
 	fs.StringVar(&cfg.StubImage, "stub-image", "localdns/stub:"+version.Version, "image of the injected localdns-stub container")
 	fs.StringVar(&muslPatterns, "musl-image-patterns", "alpine,musl", "comma-separated substrings of image references that make mode auto inject the stub")
+	fs.StringVar(&cfg.StubPortBinding, "stub-port-binding", StubPortBindingSysctl, "how the non-root stub binds port 53: sysctl (pod sysctl net.ipv4.ip_unprivileged_port_start=53, which lets every container of the pod bind 53-1023) or file-capability (the stub-filecap image's own cap_net_bind_service: set --stub-image to it; needs a runtime that puts NET_BIND_SERVICE in the container's bounding set, as containerd and CRI-O do)")
 	fs.StringVar(&cfg.NativeSidecars, "native-sidecars", NativeSidecarsAuto, "inject the stub as a native sidecar (init container, restartPolicy Always): auto (API server >= 1.29), true or false")
 	fs.StringVar(&cpuRequest, "stub-cpu-request", "10m", "CPU request of the stub container")
 	fs.StringVar(&memRequest, "stub-memory-request", "16Mi", "memory request of the stub container")
@@ -172,6 +184,9 @@ func Parse(name string, args []string, getenv func(string) string, output io.Wri
 		if msgs := validation.IsDNS1123Subdomain(v.value); len(msgs) > 0 {
 			check(fmt.Errorf("%s %q: %s", v.flag, v.value, strings.Join(msgs, "; ")))
 		}
+	}
+	if cfg.StubPortBinding != StubPortBindingSysctl && cfg.StubPortBinding != StubPortBindingFileCapability {
+		check(fmt.Errorf("--stub-port-binding %q: want %s or %s", cfg.StubPortBinding, StubPortBindingSysctl, StubPortBindingFileCapability))
 	}
 	if cfg.StubImage == "" {
 		check(errors.New("--stub-image must not be empty"))

@@ -404,19 +404,27 @@ func stubPlan(pod *corev1.Pod, cfg Config, dst targets, native bool) (*StubPlan,
 	if native {
 		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
 	}
+	if cfg.StubPortBinding == StubPortBindingFileCapability {
+		// The image's file capability binds port 53; nothing pod-wide changes.
+		return &StubPlan{Container: c, Native: native, Sysctls: podSysctls(pod)}, nil
+	}
 	sysctls, warnings := unprivilegedPortSysctl(pod)
 	return &StubPlan{Container: c, Native: native, Sysctls: sysctls}, warnings
+}
+
+// podSysctls is a copy of the pod's own sysctls.
+func podSysctls(pod *corev1.Pod) []corev1.Sysctl {
+	if pod.Spec.SecurityContext == nil {
+		return nil
+	}
+	return slices.Clone(pod.Spec.SecurityContext.Sysctls)
 }
 
 // unprivilegedPortSysctl returns the pod's sysctls with
 // ip_unprivileged_port_start at most 53: NET_BIND_SERVICE alone does not reach
 // a non-root process's effective set, this namespaced safe sysctl does.
 func unprivilegedPortSysctl(pod *corev1.Pod) ([]corev1.Sysctl, []string) {
-	var existing []corev1.Sysctl
-	if pod.Spec.SecurityContext != nil {
-		existing = pod.Spec.SecurityContext.Sysctls
-	}
-	out := slices.Clone(existing)
+	out := podSysctls(pod)
 	want := strconv.Itoa(unprivPortStub)
 	for i, s := range out {
 		if s.Name != unprivPortName {
