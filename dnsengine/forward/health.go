@@ -40,11 +40,11 @@ func (h *health) success() (markedUp bool) {
 	return h.down.Load() && h.down.CompareAndSwap(true, false)
 }
 
-// failed records a dead signal of reason r from an attempt that began at
-// start; a server marked down by it is logged, exported and probed.
-func (f *Forwarder) failed(u *upstream, r reason, start int64) {
-	u.metrics.errors[r].Inc()
-	if f.countDead(u, r.String(), start) {
+// strike records a dead signal (why) from an attempt that began at start; a
+// server it counts against is probed, and one it marks down is logged and
+// exported.
+func (f *Forwarder) strike(u *upstream, why string, start int64) {
+	if f.countDead(u, why, start) {
 		f.probeSoon(u)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -135,7 +136,9 @@ func (p *tcpPool) dial(ctx context.Context) (*tcpConn, error) {
 	cancel()
 	if err != nil {
 		p.release()
-		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		// The dial's deadline is dctx's; the socket may report it a moment
+		// before dctx does.
+		if ctx.Err() == nil && (errors.Is(dctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)) {
 			return nil, fmt.Errorf("dial tcp %s: %w", p.addr, errDialTimeout)
 		}
 		return nil, fmt.Errorf("dial tcp: %w", err)

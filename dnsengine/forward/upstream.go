@@ -55,7 +55,9 @@ func (u *upstream) ask(ctx context.Context, t Transport, wire []byte, q *dns.Que
 		u.metrics.requestsUDP.Inc()
 		resp, err := u.askUDP(ctx, wire, q)
 		if err != nil {
-			u.deadSignal(err, start)
+			if u.countError(err) {
+				u.f.strike(u, classify(err).String(), start)
+			}
 			return nil, err
 		}
 		if !resp.Truncated {
@@ -73,12 +75,23 @@ func (u *upstream) ask(ctx context.Context, t Transport, wire []byte, q *dns.Que
 // every connection at once from being dialed in a loop.
 const maxResends = 3
 
+// maxRefusedDials bounds the dials one attempt makes that are refused at
+// once: they cost nothing but a round trip, and behind a Service address with
+// a replica just gone, each new dial may reach the one that answers.
+const maxRefusedDials = 8
+
 // askTCP sends the query on a pooled connection, and again on another
 // one (DNS queries are idempotent) when that one fails in a way another
-// connection may not, up to maxResends times within ctx, and not once the
-// server is marked down (the caller moves on to the next server).
+// connection may not: up to maxResends times, or maxRefusedDials refused
+// dials, within ctx, and not once the server is marked down (the caller moves
+// on to the next server). An attempt strikes the server once at most: for a
+// refused dial only if the attempt fails (behind a Service address, a dial
+// refused by a replica just gone and resent to one that answers is no sign
+// against the server), for a silent one at once.
 func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, start int64) (*dns.Msg, error) {
-	for resends := 0; ; resends++ {
+	var dead error // the last dead signal of this attempt
+	struck := false
+	for resends, refused := 0, 0; ; {
 		c, err := u.pool.get(ctx)
 		if err == nil {
 			var resp *dns.Msg
@@ -88,25 +101,44 @@ func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, sta
 				return resp, nil
 			}
 		}
-		u.deadSignal(err, start)
-		if resends == maxResends || ctx.Err() != nil || !resendable(err) || u.health.isDown() {
+		if u.countError(err) {
+			dead = err
+		}
+		if classify(err) == reasonRefused {
+			refused++
+		} else {
+			resends++
+		}
+		if classify(err) == reasonUnreachable && !struck {
+			// A dial or a query left unanswered by the kernel has already
+			// cost its 400 ms: strike now, so that a server gone silent is
+			// marked down within a second, not after every resend.
+			u.f.strike(u, reasonUnreachable.String(), start)
+			struck = true
+		}
+		if resends > maxResends || refused > maxRefusedDials || ctx.Err() != nil || !resendable(err) || u.health.isDown() {
+			if dead != nil && !struck {
+				u.f.strike(u, classify(dead).String(), start)
+			}
 			return nil, err
 		}
 	}
 }
 
-// deadSignal counts err against u's health if it says the server (or the
-// replica a connection reached) is gone, and counts it in the metrics unless
-// try does (timeouts, which are ambiguous).
-func (u *upstream) deadSignal(err error, start int64) {
+// countError counts err in the metrics unless try does (timeouts, which are
+// ambiguous), and reports whether it is a dead signal: the server (or the
+// replica a connection reached) is gone.
+func (u *upstream) countError(err error) (dead bool) {
 	switch r := classify(err); r {
 	case reasonRefused, reasonUnreachable:
-		u.f.failed(u, r, start)
+		u.metrics.errors[r].Inc()
+		return true
 	case reasonClosed, reasonOther:
 		if !errors.Is(err, ErrClosed) {
 			u.metrics.errors[r].Inc()
 		}
 	}
+	return false
 }
 
 // resendable reports whether a query that failed with err may succeed on
