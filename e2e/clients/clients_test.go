@@ -7,12 +7,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/e2e/dnsload"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,6 +86,9 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := q.Question[0].Name
+		if strings.HasPrefix(name, "slow.") {
+			time.Sleep(slowAnswer)
+		}
 		switch {
 		case name != "svc.test." && !strings.HasSuffix(name, ".svc.test."):
 			m.Rcode = dns.RcodeNameError
@@ -123,7 +129,7 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 	gaiload := func(bin, host string) []string {
 		return []string{bin, "-h", host, "-c", "4", "-d", "60", "-m", fmt.Sprint(lookups), "-l", "1000"}
 	}
-	dnsload := func(host string) []string {
+	goClient := func(host string) []string {
 		return []string{bins.Go, "-host", host, "-c", "4", "-d", "60s", "-max-lookups", fmt.Sprint(lookups), "-slow", "1s", "-json"}
 	}
 	tests := []struct {
@@ -134,31 +140,43 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 	}{
 		{"glibc", gaiload(bins.Glibc, "svc.test"), "svc.test", 0},
 		{"musl", gaiload(bins.Musl, "svc.test"), "svc.test", 0},
-		{"go", dnsload("svc.test"), "svc.test", 0},
+		{"go", goClient("svc.test"), "svc.test", 0},
 		{"glibc", gaiload(bins.Glibc, "missing.test"), "missing.test", lookups},
 		{"musl", gaiload(bins.Musl, "missing.test"), "missing.test", lookups},
-		{"go", dnsload("missing.test"), "missing.test", lookups},
+		{"go", goClient("missing.test"), "missing.test", lookups},
 		{"glibc", gaiload(bins.Glibc, "glibc-%d.svc.test"), "glibc-%d.svc.test", 0},
 		{"musl", gaiload(bins.Musl, "musl-%d.svc.test"), "musl-%d.svc.test", 0},
-		{"go", dnsload("go-%d.svc.test"), "go-%d.svc.test", 0},
+		{"go", goClient("go-%d.svc.test"), "go-%d.svc.test", 0},
+	}
+	// run runs a client in the namespace, with the resolv.conf above.
+	run := func(t *testing.T, clientArgv []string) dnsload.Result {
+		t.Helper()
+		argv := append([]string{"--net=" + nsPath, "--", "unshare", "--mount", "--",
+			"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}, clientArgv...)
+		out, err := exec.Command("nsenter", argv...).Output()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", filepath.Base(clientArgv[0]), err, exitStderr(err))
+		}
+		res, err := ParseResult(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"/"+tt.host, func(t *testing.T) {
-			argv := append([]string{"--net=" + nsPath, "--", "unshare", "--mount", "--",
-				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}, tt.argv...)
-			out, err := exec.Command("nsenter", argv...).Output()
-			if err != nil {
-				t.Fatalf("%s: %v: %s", tt.name, err, exitStderr(err))
-			}
-			res, err := ParseResult(out)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res := run(t, tt.argv)
 			if res.Lookups != lookups || res.Errors != tt.wantErrors {
 				t.Errorf("lookups=%d errors=%d (%s), want %d and %d", res.Lookups, res.Errors, res.FirstError, lookups, tt.wantErrors)
 			}
 			if res.Min > res.Mean || res.Mean > res.Max || res.P99 > res.Max {
 				t.Errorf("latencies out of order: %s", res)
+			}
+			if since := time.Since(time.Unix(0, res.StartUnixNano)); since < res.Elapsed || since > time.Minute {
+				t.Errorf("the run started %s ago by its start_unix_ns, want within the test and before its %s", since, res.Elapsed)
+			}
+			if res.First < res.Min || res.First > res.Elapsed {
+				t.Errorf("first answers after %s, want within [min %s, elapsed %s]", res.First, res.Min, res.Elapsed)
 			}
 			if res.Host != tt.host || res.Concurrency != 4 {
 				t.Errorf("result names host %q concurrency %d", res.Host, res.Concurrency)
@@ -175,6 +193,30 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 						t.Errorf("unique names: %s never asked", name)
 					}
 				}
+			}
+		})
+	}
+	checkRateAndSlow(t, run, bins)
+}
+
+// slowAnswer delays the local server's answers for names starting "slow.".
+const slowAnswer = 20 * time.Millisecond
+
+// checkRateAndSlow: the C client's -r paces its lookups over all threads,
+// as the Go client's -rate does, and it reports when its slow lookups
+// started, as the Go client does.
+func checkRateAndSlow(t *testing.T, run func(*testing.T, []string) dnsload.Result, bins Binaries) {
+	for _, bin := range []string{bins.Glibc, bins.Musl} {
+		t.Run(filepath.Base(bin)+"/rate", func(t *testing.T) {
+			res := run(t, []string{bin, "-h", "svc.test", "-c", "4", "-d", "1", "-m", "100000", "-r", "20"})
+			if res.Lookups < 1 || res.Lookups > 21 || res.Errors != 0 {
+				t.Errorf("-r 20 for 1 s: %d lookups, %d errors; want 1..21 lookups, none failing", res.Lookups, res.Errors)
+			}
+		})
+		t.Run(filepath.Base(bin)+"/slow", func(t *testing.T) {
+			res := run(t, []string{bin, "-h", "slow.svc.test", "-c", "2", "-d", "60", "-m", "10", "-l", fmt.Sprint(slowAnswer.Milliseconds())})
+			if res.SlowCount != 10 || len(res.SlowAt) != 10 || !slices.IsSorted(res.SlowAt) || res.SlowAt[9] > res.Elapsed {
+				t.Errorf("10 slow lookups: slow %d, started at %v (elapsed %s); want 10 start times, sorted, within the run", res.SlowCount, res.SlowAt, res.Elapsed)
 			}
 		})
 	}
@@ -204,8 +246,16 @@ func TestLoadArgs(t *testing.T) {
 	if got, want := strings.Join(goArgs, " "), "-host svc.ns -c 3 -d 2s -slow 1s -max-lookups 10 -rate 500 -json"; got != want {
 		t.Errorf("Go args %q, want %q", got, want)
 	}
+	glibcArgs, err := l.args(Glibc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(glibcArgs, " "), "-h svc.ns -c 3 -d 2 -l 1000 -m 10 -r 500"; got != want {
+		t.Errorf("glibc args %q, want %q", got, want)
+	}
+	l.Rate = 2.5
 	if _, err := l.args(Glibc); err == nil {
-		t.Error("glibc client with a rate cap: no error")
+		t.Error("glibc client with a fractional rate: no error")
 	}
 	l.Rate = 0
 	cArgs, err := l.args(Musl)

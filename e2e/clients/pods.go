@@ -3,6 +3,7 @@ package clients
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/localdns/localdns/e2e/cluster"
@@ -41,7 +42,8 @@ type Load struct {
 	Duration   time.Duration
 	Slow       time.Duration
 	MaxLookups int64
-	// Rate caps lookups per second (the Go client only); 0 for none.
+	// Rate caps lookups started per second over all threads; 0 for none.
+	// gaiload takes whole lookups per second.
 	Rate float64
 }
 
@@ -49,11 +51,15 @@ type Load struct {
 func (l Load) args(kind string) ([]string, error) {
 	switch kind {
 	case Glibc, Musl:
+		args := []string{"-h", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", fmt.Sprint(int64(l.Duration.Seconds())),
+			"-l", fmt.Sprint(l.Slow.Milliseconds()), "-m", fmt.Sprint(l.MaxLookups)}
 		if l.Rate != 0 {
-			return nil, fmt.Errorf("%s client: no rate cap (only the Go client has one)", kind)
+			if l.Rate != math.Trunc(l.Rate) || l.Rate < 1 {
+				return nil, fmt.Errorf("%s client: rate %g, want whole lookups per second", kind, l.Rate)
+			}
+			args = append(args, "-r", fmt.Sprint(int64(l.Rate)))
 		}
-		return []string{"-h", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", fmt.Sprint(int64(l.Duration.Seconds())),
-			"-l", fmt.Sprint(l.Slow.Milliseconds()), "-m", fmt.Sprint(l.MaxLookups)}, nil
+		return args, nil
 	case Go:
 		return []string{"-host", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", l.Duration.String(),
 			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-rate", fmt.Sprint(l.Rate), "-json"}, nil

@@ -304,6 +304,7 @@ func (c *Cluster) writeConfig() error {
 		"kubelet.yaml.tmpl":      c.dir("kubelet.yaml"),
 		"kube-proxy.yaml.tmpl":   c.dir("kube-proxy.yaml"),
 		"upstream.Corefile.tmpl": c.dir("upstream.Corefile"),
+		"big.zone.tmpl":          c.dir("big.zone"),
 	} {
 		if err := renderFile(tmpl, out, data); err != nil {
 			return err

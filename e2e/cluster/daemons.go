@@ -97,9 +97,12 @@ func (c *Cluster) buildImages() error {
 	}
 	busybox := map[string]string{"/bin/busybox": c.cfg.BusyboxBinary}
 	specs := []ImageSpec{
-		// The pod sandbox only holds the namespaces; the runtime stops it
-		// with SIGKILL, so a sleeping busybox does.
-		{Ref: PauseImage, Entrypoint: []string{"/bin/busybox", "sleep", "2147483647"}, Files: busybox},
+		// The pod sandbox only holds the namespaces, and a container that
+		// only idles (the uninstall's cleanup DaemonSet) runs it too: as the
+		// real pause does, it sleeps and exits at once on SIGTERM. A process
+		// that is PID 1 of its namespace ignores what it does not handle:
+		// a bare sleep would wait out the pod's 30 s grace period.
+		{Ref: PauseImage, Entrypoint: []string{"/bin/busybox", "sh", "-c", pauseScript}, Files: busybox},
 		{Ref: BusyboxImage, Entrypoint: []string{"/bin/sh"}, Files: busybox, Symlinks: links},
 		{Ref: CoreDNSImage, Entrypoint: []string{"/coredns"}, Files: map[string]string{"/coredns": c.cfg.CoreDNSBinary}},
 	}
@@ -118,6 +121,9 @@ func (c *Cluster) buildImages() error {
 	}
 	return b.prune()
 }
+
+// pauseScript idles until SIGTERM or SIGINT, then exits 0.
+const pauseScript = "trap 'exit 0' TERM INT; /bin/busybox sleep 2147483647 & wait"
 
 // imageBuilder compiles hack/imagebuild once per cluster.
 func (c *Cluster) imageBuilder() (*imageBuilder, error) {

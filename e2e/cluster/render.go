@@ -68,6 +68,17 @@ const (
 	NoCacheA    = "10.100.2.1" // inside the node, never routed anywhere
 )
 
+// BigZone's every name has BigZoneRecords A and as many AAAA records at the
+// fake upstream (a wildcard of its zone file, TTL 30): about 4 kB and 7 kB
+// answers, under a node cache's largest cached answer (16 KiB), so a load
+// of unique names in it grows a node cache's memory by ~11 kB a name, the
+// working set that OOM-kills one whose memory limit is below its cache
+// budget.
+const (
+	BigZone        = "big.test"
+	BigZoneRecords = 250
+)
+
 // templateData is what every template may use.
 type templateData struct {
 	Name, Dir, ContainerdSocket, ProxyMode, ClusterDomain string
@@ -77,6 +88,8 @@ type templateData struct {
 	LargeAnswerIPs                                        []string
 	SlowZones                                             []SlowZone
 	UnansweredZone, NoCacheZone, NoCacheA                 string
+	BigZone                                               string
+	BigZoneA, BigZoneAAAA                                 []string
 }
 
 func (c *Cluster) templateData() templateData {
@@ -99,7 +112,28 @@ func (c *Cluster) templateData() templateData {
 		UnansweredZone:   UnansweredZone,
 		NoCacheZone:      NoCacheZone,
 		NoCacheA:         NoCacheA,
+		BigZone:          BigZone,
+		BigZoneA:         bigZoneA(),
+		BigZoneAAAA:      bigZoneAAAA(),
 	}
+}
+
+// bigZoneA and bigZoneAAAA are BigZone's addresses, in 10.101.0.0/16 and
+// 2001:db8:b16::/64 (never routed anywhere).
+func bigZoneA() []string {
+	ips := make([]string, BigZoneRecords)
+	for i := range ips {
+		ips[i] = fmt.Sprintf("10.101.%d.%d", i/250, i%250+1)
+	}
+	return ips
+}
+
+func bigZoneAAAA() []string {
+	ips := make([]string, BigZoneRecords)
+	for i := range ips {
+		ips[i] = fmt.Sprintf("2001:db8:b16::%x", i+1)
+	}
+	return ips
 }
 
 // largeAnswerIPs are the addresses of LargeAnswerName, in 10.100.1.0/24

@@ -127,8 +127,8 @@ func TestWaitForStopsWhenADaemonDied(t *testing.T) {
 
 // TestKubeDNSAndUpstreamRender checks the lines the scenarios rely on: the
 // CoreDNS template's own {{ .Name }} survives Go's templating, every slow
-// zone gets its delay, the unanswered zone drops every query, and kube-dns
-// keeps the stock plugins.
+// zone gets its delay, the unanswered zone drops every query, the big zone
+// answers every name with its records, and kube-dns keeps the stock plugins.
 func TestKubeDNSAndUpstreamRender(t *testing.T) {
 	c, err := newCluster(Config{BaseDir: t.TempDir(), RepoDir: "/nonexistent"})
 	if err != nil {
@@ -147,6 +147,11 @@ func TestKubeDNSAndUpstreamRender(t *testing.T) {
 			"slow100.ext.test:53 {\n    bind 10.100.0.53\n    erratic {\n        delay 1 100ms\n    }\n}",
 			"slow300.ext.test:53 {\n    bind 10.100.0.53\n    erratic {\n        delay 1 300ms\n    }\n}",
 			UnansweredZone + ":53 {\n    bind 10.100.0.53\n    erratic {\n        drop 1\n    }\n}",
+			BigZone + ":53 {\n    bind 10.100.0.53\n    file " + c.runDir + "/big.zone\n}",
+		}},
+		{"big.zone.tmpl", []string{
+			"$ORIGIN " + BigZone + ".\n$TTL 30\n", "* IN A 10.101.0.1\n", "* IN A 10.101.0.250\n",
+			"* IN AAAA 2001:db8:b16::1\n", fmt.Sprintf("* IN AAAA 2001:db8:b16::%x", BigZoneRecords),
 		}},
 	}
 	for _, tt := range tests {

@@ -89,15 +89,28 @@ type Result struct {
 	SlowCount  int64            `json:"slow"`
 	Over1s     int64            `json:"over_1s"`
 	Over5s     int64            `json:"over_5s"`
+	// First is the time from the run's start until every goroutine's first
+	// lookup had finished: what an application that resolves names the
+	// moment it starts waits at most for its first answers.
+	First time.Duration `json:"first_ns"`
+	// SlowAt are the start times of the slow lookups, from the run's start
+	// (the earliest MaxSlowAt): when, in a drill, the slow ones began.
+	SlowAt []time.Duration `json:"slow_at_ns,omitempty"`
+	// StartUnixNano is the run's start on the wall clock, which a pod
+	// shares with its node: SlowAt's origin.
+	StartUnixNano int64 `json:"start_unix_ns"`
 }
+
+// MaxSlowAt bounds Result.SlowAt.
+const MaxSlowAt = 100
 
 // String is the one-line summary the seeds' tool printed, and the errors
 // by kind.
 func (r Result) String() string {
-	s := fmt.Sprintf("host=%s c=%d elapsed=%s lookups=%d errors=%d min=%s avg=%s p99=%s max=%s >=%s:%d >=1s:%d >=5s:%d",
+	s := fmt.Sprintf("host=%s c=%d elapsed=%s lookups=%d errors=%d min=%s avg=%s p99=%s max=%s >=%s:%d >=1s:%d >=5s:%d first=%s",
 		r.Host, r.Concurrency, r.Elapsed.Round(time.Millisecond), r.Lookups, r.Errors,
 		r.Min.Round(time.Microsecond), r.Mean.Round(time.Microsecond), r.P99.Round(time.Microsecond),
-		r.Max.Round(time.Microsecond), r.Slow, r.SlowCount, r.Over1s, r.Over5s)
+		r.Max.Round(time.Microsecond), r.Slow, r.SlowCount, r.Over1s, r.Over5s, r.First.Round(time.Microsecond))
 	for _, kind := range slices.Sorted(maps.Keys(r.ErrorKinds)) {
 		s += fmt.Sprintf(" [%s]:%d", kind, r.ErrorKinds[kind])
 	}
@@ -135,6 +148,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		wg         sync.WaitGroup
 	)
 	perWorker := make([][]time.Duration, cfg.Concurrency)
+	firstPerWorker := make([]time.Duration, cfg.Concurrency)
+	slowAtPerWorker := make([][]time.Duration, cfg.Concurrency)
 	kindsPerWorker := make([]map[string]int64, cfg.Concurrency)
 	prefix, suffix, unique := strings.Cut(cfg.Host, UniqueMark)
 	begin := time.Now()
@@ -158,7 +173,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				lctx, cancel := context.WithTimeout(ctx, cfg.LookupTimeout)
 				t0 := time.Now()
 				_, err := resolver.LookupIPAddr(lctx, host)
-				perWorker[w] = append(perWorker[w], time.Since(t0))
+				took := time.Since(t0)
+				perWorker[w] = append(perWorker[w], took)
+				if len(perWorker[w]) == 1 {
+					firstPerWorker[w] = time.Since(begin)
+				}
+				if took >= cfg.Slow && len(slowAtPerWorker[w]) < MaxSlowAt {
+					slowAtPerWorker[w] = append(slowAtPerWorker[w], t0.Sub(begin))
+				}
 				cancel()
 				if err != nil {
 					errCount.Add(1)
@@ -172,7 +194,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	wg.Wait()
 
 	res := Result{Host: cfg.Host, Concurrency: cfg.Concurrency, Elapsed: time.Since(begin),
-		Errors: errCount.Load(), Slow: cfg.Slow}
+		Errors: errCount.Load(), Slow: cfg.Slow, StartUnixNano: begin.UnixNano()}
 	if p := firstError.Load(); p != nil {
 		res.FirstError = *p
 	}
@@ -183,6 +205,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			}
 			res.ErrorKinds[kind] += n
 		}
+	}
+	res.First = slices.Max(firstPerWorker)
+	if slowAt := slices.Sorted(slices.Values(slices.Concat(slowAtPerWorker...))); len(slowAt) > 0 {
+		res.SlowAt = slowAt[:min(len(slowAt), MaxSlowAt)]
 	}
 	all := slices.Concat(perWorker...)
 	res.summarise(all)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -104,8 +105,16 @@ func TestRunCounts(t *testing.T) {
 			if wantSlow := map[bool]int64{true: tt.maxLookups}[tt.wantSlow]; res.SlowCount != wantSlow {
 				t.Errorf("slow = %d, want %d", res.SlowCount, wantSlow)
 			}
+			if int64(len(res.SlowAt)) != min(res.SlowCount, MaxSlowAt) || !slices.IsSorted(res.SlowAt) {
+				t.Errorf("slow lookups started at %v, want %d start times, sorted", res.SlowAt, min(res.SlowCount, MaxSlowAt))
+			}
 			if res.Min > res.Mean || res.Mean > res.Max || res.P99 > res.Max || res.P99 < res.Min {
 				t.Errorf("latencies out of order: %s", res)
+			}
+			// Every goroutine's first answer came after a lookup's latency
+			// and within the run.
+			if res.First < res.Min || res.First > res.Elapsed {
+				t.Errorf("first answers after %s, want within [min %s, elapsed %s]", res.First, res.Min, res.Elapsed)
 			}
 			if !strings.Contains(res.String(), "lookups=") {
 				t.Errorf("summary %q", res)

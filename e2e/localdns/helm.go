@@ -95,8 +95,7 @@ func InstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, im
 
 // importImages imports the product images into the node's containerd and
 // tags the harness's pause image as the one the cleanup DaemonSet names: the
-// first step of every install (Install does the same inline; it can call
-// this instead).
+// first step of every install.
 func importImages(ctx context.Context, c *cluster.Cluster, imgs Images) error {
 	return c.Step("import localdns images (nodecache, webhook, stub)", func() error {
 		if err := c.ImportImages(ctx, imgs...); err != nil {
@@ -107,21 +106,17 @@ func importImages(ctx context.Context, c *cluster.Cluster, imgs Images) error {
 }
 
 // UninstallWithHelm is Uninstall for a release installed by InstallWithHelm
-// with the same values: stop injecting, remove the node cache and wait for
-// its pods, run the chart's cleanup DaemonSet (rendered with the release's
-// values, so it removes what that node cache set up) on every node, delete
-// it, then `helm uninstall`.
+// with the same values: stop injecting, remove the standby and then the node
+// cache and wait for their pods, run the chart's cleanup DaemonSet (rendered
+// with the release's values, so it removes what that node cache set up) on
+// every node, delete it, then `helm uninstall`, and wait until no pod of
+// localdns is left.
 func UninstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, values ...string) error {
-	for _, args := range [][]string{
-		{"delete", "mutatingwebhookconfiguration", WebhookConfig, "--ignore-not-found"},
-		{"-n", Namespace, "delete", "daemonset", NodeCacheDS, "--cascade=foreground", "--wait", "--ignore-not-found"},
-	} {
-		if err := c.Step("kubectl "+strings.Join(args, " "), func() error {
-			_, err := c.Kubectl(ctx, nil, args...)
-			return err
-		}); err != nil {
-			return err
-		}
+	if err := kubectlSteps(ctx, c, repoDir, []string{"delete", "mutatingwebhookconfiguration", WebhookConfig, "--ignore-not-found"}); err != nil {
+		return err
+	}
+	if err := DeleteNodeCacheDaemonSets(ctx, c); err != nil {
+		return err
 	}
 	var cleanup string
 	if err := c.Step("helm template the cleanup DaemonSet and apply it", func() error {
@@ -149,7 +144,7 @@ func UninstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, 
 			return err
 		}},
 		{"helm uninstall " + Release, func() error {
-			_, err := helmRun(ctx, c, "uninstall", Release, "--namespace", Namespace, "--wait")
+			_, err := helmRun(ctx, c, "uninstall", Release, "--namespace", Namespace)
 			return err
 		}},
 	}
@@ -158,5 +153,5 @@ func UninstallWithHelm(ctx context.Context, c *cluster.Cluster, repoDir string, 
 			return err
 		}
 	}
-	return nil
+	return waitPodsGone(ctx, c)
 }

@@ -24,6 +24,7 @@ import (
 const (
 	Namespace     = "localdns-system"
 	NodeCacheDS   = "localdns-nodecache"
+	StandbyDS     = "localdns-nodecache-standby"
 	WebhookDeploy = "localdns-webhook"
 	WebhookConfig = "localdns-webhook"
 	CleanupDS     = "localdns-cleanup"
@@ -33,6 +34,10 @@ const (
 	RuleComment = "localdns:"
 	// Overlay is the kustomization the e2e installs, relative to the repository.
 	Overlay = "manifests/overlays/default"
+	// StartupTaintOverlay is Overlay with the opt-in startup taint.
+	StartupTaintOverlay = "manifests/overlays/startup-taint"
+	// StartupTaint is the taint key that overlay's node cache removes.
+	StartupTaint = "node.localdns.io/nodecache-not-ready"
 	// UninstallKustomization removes the interface and rules from every node.
 	UninstallKustomization = "manifests/uninstall"
 	// imageTag is the overlays' images: tag.
@@ -82,18 +87,20 @@ func BuildImages(ctx context.Context, repoDir, workDir string) (Images, error) {
 
 // Install imports the images, tags the harness's pause image as the one
 // the uninstall DaemonSet names, applies the real overlay and waits until
-// the node cache and the webhook are ready and the webhook mutates.
+// the node cache, its standby and the webhook are ready and the webhook
+// mutates.
 func Install(ctx context.Context, c *cluster.Cluster, repoDir string, imgs Images) error {
-	if err := c.Step("import localdns images (nodecache, webhook, stub)", func() error {
-		if err := c.ImportImages(ctx, imgs...); err != nil {
-			return err
-		}
-		return c.TagImage(ctx, cluster.PauseImage, cleanupPauseImage)
-	}); err != nil {
+	if err := importImages(ctx, c, imgs); err != nil {
 		return err
 	}
-	if err := c.Step("kubectl apply -k "+Overlay, func() error {
-		_, err := c.Kubectl(ctx, nil, "apply", "-k", filepath.Join(repoDir, Overlay))
+	return ApplyOverlay(ctx, c, repoDir, Overlay)
+}
+
+// ApplyOverlay applies a kustomization of the repository (`kubectl apply
+// -k`) and waits as Install does.
+func ApplyOverlay(ctx context.Context, c *cluster.Cluster, repoDir, overlay string) error {
+	if err := c.Step("kubectl apply -k "+overlay, func() error {
+		_, err := c.Kubectl(ctx, nil, "apply", "-k", filepath.Join(repoDir, overlay))
 		return err
 	}); err != nil {
 		return err
@@ -101,17 +108,19 @@ func Install(ctx context.Context, c *cluster.Cluster, repoDir string, imgs Image
 	return WaitReady(ctx, c)
 }
 
-// WaitReady waits for the node cache DaemonSet and the webhook Deployment
-// to be rolled out, and for the webhook to mutate a pod (a server-side dry
-// run in a scratch opted-in namespace): with failurePolicy Ignore a webhook
-// that is not serving yet lets pods through unchanged, silently.
+// WaitReady waits for the node cache's and its standby's DaemonSets and the
+// webhook Deployment to be rolled out, and for the webhook to mutate a pod (a
+// server-side dry run in a scratch opted-in namespace): with failurePolicy
+// Ignore a webhook that is not serving yet lets pods through unchanged,
+// silently.
 func WaitReady(ctx context.Context, c *cluster.Cluster) error {
-	if err := c.Step("node cache DaemonSet and webhook Deployment rolled out", func() error {
-		if _, err := c.Kubectl(ctx, nil, "-n", Namespace, "rollout", "status", "daemonset/"+NodeCacheDS, "--timeout=3m"); err != nil {
-			return err
+	if err := c.Step("node cache and standby DaemonSets and webhook Deployment rolled out", func() error {
+		for _, workload := range []string{"daemonset/" + NodeCacheDS, "daemonset/" + StandbyDS, "deployment/" + WebhookDeploy} {
+			if _, err := c.Kubectl(ctx, nil, "-n", Namespace, "rollout", "status", workload, "--timeout=3m"); err != nil {
+				return err
+			}
 		}
-		_, err := c.Kubectl(ctx, nil, "-n", Namespace, "rollout", "status", "deployment/"+WebhookDeploy, "--timeout=3m")
-		return err
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -206,18 +215,71 @@ func ReadNodeState(ctx context.Context, c *cluster.Cluster) (NodeState, error) {
 }
 
 // Uninstall runs the sequence of docs/deploy.md "Uninstalling safely"
-// (what `make undeploy` runs): stop injecting, remove the node cache and
-// wait for its pods, run the cleanup DaemonSet on every node, delete it,
-// delete the overlay.
-func Uninstall(ctx context.Context, c *cluster.Cluster, repoDir string) error {
-	steps := [][]string{
-		{"delete", "mutatingwebhookconfiguration", WebhookConfig, "--ignore-not-found"},
-		{"-n", Namespace, "delete", "daemonset", NodeCacheDS, "--cascade=foreground", "--wait", "--ignore-not-found"},
-		{"apply", "-k", filepath.Join(repoDir, UninstallKustomization)},
-		{"-n", Namespace, "rollout", "status", "daemonset", CleanupDS, "--timeout=3m"},
-		{"delete", "-k", filepath.Join(repoDir, UninstallKustomization), "--ignore-not-found"},
-		{"delete", "-k", filepath.Join(repoDir, Overlay), "--ignore-not-found", "--wait"},
+// (what `make undeploy` runs) for a kustomization of the repository: stop
+// injecting, remove the node cache with its standby and clean the node
+// (RemoveNodeCache), delete the overlay, and wait until no pod of localdns
+// is left.
+func Uninstall(ctx context.Context, c *cluster.Cluster, repoDir, overlay string) error {
+	if err := kubectlSteps(ctx, c, repoDir, []string{"delete", "mutatingwebhookconfiguration", WebhookConfig, "--ignore-not-found"}); err != nil {
+		return err
 	}
+	if err := RemoveNodeCache(ctx, c, repoDir); err != nil {
+		return err
+	}
+	if err := kubectlSteps(ctx, c, repoDir, []string{"delete", "-k", filepath.Join(repoDir, overlay), "--ignore-not-found", "--wait=false"}); err != nil {
+		return err
+	}
+	return waitPodsGone(ctx, c)
+}
+
+// waitPodsGone waits until the namespace has no pod left. The namespace
+// itself goes later: its controller checks again only after the pods' grace
+// period (30 s), however soon they stopped, which would add half a minute
+// to every uninstall here and prove nothing of localdns.
+func waitPodsGone(ctx context.Context, c *cluster.Cluster) error {
+	return c.Step("no pod left in "+Namespace, func() error {
+		return poll(ctx, 2*time.Minute, func() error {
+			out, err := c.Kubectl(ctx, nil, "-n", Namespace, "get", "pods", "-o", "name")
+			if err != nil {
+				return err
+			}
+			if pods := strings.Fields(out); len(pods) > 0 {
+				return fmt.Errorf("pods left: %v", pods)
+			}
+			return nil
+		})
+	})
+}
+
+// RemoveNodeCache removes the node cache from the node the way the uninstall
+// does: the standby's DaemonSet, then the node cache's (each waiting until its
+// pods are gone: the node cache serves until the standby has left, so nothing
+// takes the address over), then the cleanup DaemonSet of manifests/uninstall
+// on every node, until it ran, and deleted. The node has no LocalIP and no
+// rules afterwards; the webhook and the rest stay.
+func RemoveNodeCache(ctx context.Context, c *cluster.Cluster, repoDir string) error {
+	if err := DeleteNodeCacheDaemonSets(ctx, c); err != nil {
+		return err
+	}
+	return kubectlSteps(ctx, c, repoDir,
+		[]string{"apply", "-k", filepath.Join(repoDir, UninstallKustomization)},
+		[]string{"-n", Namespace, "rollout", "status", "daemonset", CleanupDS, "--timeout=3m"},
+		[]string{"delete", "-k", filepath.Join(repoDir, UninstallKustomization), "--ignore-not-found", "--wait"},
+	)
+}
+
+// DeleteNodeCacheDaemonSets deletes the standby's DaemonSet, then the node
+// cache's, each until its pods are gone (step 3 of the uninstall).
+func DeleteNodeCacheDaemonSets(ctx context.Context, c *cluster.Cluster) error {
+	return kubectlSteps(ctx, c, "",
+		[]string{"-n", Namespace, "delete", "daemonset", StandbyDS, "--cascade=foreground", "--wait", "--ignore-not-found"},
+		[]string{"-n", Namespace, "delete", "daemonset", NodeCacheDS, "--cascade=foreground", "--wait", "--ignore-not-found"},
+	)
+}
+
+// kubectlSteps runs kubectl commands one after the other, each a progress
+// step, and stops at the first failure.
+func kubectlSteps(ctx context.Context, c *cluster.Cluster, repoDir string, steps ...[]string) error {
 	for _, args := range steps {
 		if err := c.Step("kubectl "+strings.Join(shortPaths(args, repoDir), " "), func() error {
 			_, err := c.Kubectl(ctx, nil, args...)

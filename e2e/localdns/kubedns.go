@@ -2,7 +2,6 @@ package localdns
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -33,31 +32,17 @@ type KubeDNSPod struct {
 
 // KubeDNSPods lists kube-dns's pods, terminating ones included.
 func KubeDNSPods(ctx context.Context, c *cluster.Cluster) ([]KubeDNSPod, error) {
-	out, err := c.Kubectl(ctx, nil, "-n", kubeDNSNamespace, "get", "pods", "-l", kubeDNSSelector, "-o", "json")
+	out, err := listPods(ctx, c, kubeDNSNamespace, kubeDNSSelector)
 	if err != nil {
 		return nil, err
 	}
-	return parseKubeDNSPods([]byte(out))
+	return parseKubeDNSPods(out)
 }
 
 func parseKubeDNSPods(list []byte) ([]KubeDNSPod, error) {
-	var pods struct {
-		Items []struct {
-			Metadata struct {
-				Name              string  `json:"name"`
-				DeletionTimestamp *string `json:"deletionTimestamp"`
-			} `json:"metadata"`
-			Status struct {
-				PodIP      string `json:"podIP"`
-				Conditions []struct {
-					Type   string `json:"type"`
-					Status string `json:"status"`
-				} `json:"conditions"`
-			} `json:"status"`
-		} `json:"items"`
-	}
-	if err := json.Unmarshal(list, &pods); err != nil {
-		return nil, fmt.Errorf("decode kube-dns pods: %w", err)
+	pods, err := decodePods(list, "kube-dns")
+	if err != nil {
+		return nil, err
 	}
 	out := make([]KubeDNSPod, 0, len(pods.Items))
 	for _, it := range pods.Items {

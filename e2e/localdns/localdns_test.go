@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +38,11 @@ type env struct {
 	// seeds' test runs 10 s per client, alone, and the fullOnly
 	// scenarios are left out, to keep make test well under 30 minutes.
 	full bool
+	// helm installs (and uninstalls) localdns through the chart with its
+	// defaults; otherwise with kubectl apply -k of overlay, which a
+	// scenario may change (the startup taint's).
+	helm    bool
+	overlay string
 }
 
 // scenario is one named step of a cluster run.
@@ -48,45 +52,56 @@ type scenario struct {
 	// fullOnly scenarios run in full runs alone (iptables mode): they
 	// exercise kube-dns and the node cache's path to it, which kube-proxy's
 	// mode does not change (both spread new connections over the endpoints
-	// at random).
+	// at random), or a node's start, which kube-proxy's mode does not
+	// change either.
 	fullOnly bool
+	// helmOnly scenarios run once, on the run that installs with Helm.
+	helmOnly bool
 }
 
 // scenarios are the e2e issue's, in order: correctness through the real
-// path, the seeds' test (beside external names in full runs), node cache
-// SIGKILL and force-deleted pod under load, rolling update under load,
-// kube-dns rolled, scaled up, scaled down and a pod of it force-deleted
-// under load, kube-dns down, webhook down, uninstall.
+// path, the kubectl plugin on the healthy install, a pod's first lookups,
+// the seeds' test (beside external names in full runs), the node cache
+// SIGKILLed and held down, then its pod force-deleted, and OOM-killed, all
+// under load; rolling update under load, kube-dns rolled, scaled up, scaled
+// down and a pod of it force-deleted under load, a node whose pods start
+// before its node cache (without and with the startup taint), kube-dns
+// down, webhook down, uninstall.
 var scenarios = []scenario{
 	{name: "correctness", run: (*env).correctness},
+	{name: "kubectl-plugin", run: (*env).kubectlPlugin, helmOnly: true},
+	{name: "first-lookups", run: (*env).firstLookups},
 	{name: "seeds", run: (*env).seeds},
-	{name: "nodecache-sigkill", run: (*env).nodeCacheKilled},
+	{name: "nodecache-killed", run: (*env).nodeCacheKilled},
+	{name: "nodecache-oom-killed", run: (*env).nodeCacheOOMKilled},
 	{name: "rolling-update", run: (*env).rollingUpdate},
 	{name: "kube-dns-rolled", run: (*env).kubeDNSRolled, fullOnly: true},
 	{name: "kube-dns-scaled-up", run: (*env).kubeDNSScaledUp, fullOnly: true},
 	{name: "kube-dns-scaled-down", run: (*env).kubeDNSScaledDown, fullOnly: true},
 	{name: "kube-dns-pod-force-deleted", run: (*env).kubeDNSPodForceDeleted, fullOnly: true},
+	{name: "fresh-node", run: (*env).freshNode, fullOnly: true},
 	{name: "kube-dns-down", run: (*env).kubeDNSDown},
 	{name: "webhook-down", run: (*env).webhookDown},
 	{name: "uninstall", run: (*env).uninstall},
 }
 
 // TestLocaldnsOnCluster boots one real node (kube-proxy in iptables mode),
-// installs localdns from its own images and manifests, and runs every
-// scenario on it in full. It needs root and the provisioned binaries, so
-// it runs only with LOCALDNS_E2E=1.
+// installs localdns from its own images and manifests (kubectl apply -k),
+// and runs every scenario on it in full. It needs root and the provisioned
+// binaries, so it runs only with LOCALDNS_E2E=1.
 func TestLocaldnsOnCluster(t *testing.T) {
-	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", true)
+	testOnCluster(t, cluster.ProxyIPTables, "localdns-e2e-ld", true, false)
 }
 
 // TestLocaldnsOnClusterNFTables runs the scenarios again with kube-proxy
-// in nftables mode (NodeLocal DNSCache does not support it), not in full
-// (see env.full), to keep make test well under 30 minutes.
+// in nftables mode (NodeLocal DNSCache does not support it), localdns
+// installed with its Helm chart, not in full (see env.full), to keep make
+// test well under 30 minutes.
 func TestLocaldnsOnClusterNFTables(t *testing.T) {
-	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", false)
+	testOnCluster(t, cluster.ProxyNFTables, "localdns-e2e-ldnft", false, true)
 }
 
-func testOnCluster(t *testing.T, mode, name string, full bool) {
+func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
 	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
@@ -113,6 +128,13 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 	t.Logf("boot took %s", time.Since(start).Round(100*time.Millisecond))
 	t.Cleanup(func() {
 		start := time.Now()
+		// As the uninstall does, the standby goes before the node cache,
+		// which then stops without a hand-over to wait for.
+		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := localdns.DeleteNodeCacheDaemonSets(dctx, c); err != nil {
+			t.Logf("before teardown: %v", err)
+		}
 		if err := c.Down(); err != nil {
 			e2etest.Errorf(t, "teardown: %v", err)
 		}
@@ -122,13 +144,21 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 	if b.err != nil {
 		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo, full: full}
+	e := &env{ctx: ctx, c: c, repo: repo, full: full, helm: helm}
 
 	start = time.Now()
-	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
+	how := "kubectl apply -k " + localdns.Overlay
+	if helm {
+		how = "helm upgrade --install " + localdns.Release + " " + localdns.Chart
+		err = localdns.InstallWithHelm(ctx, c, repo, b.imgs)
+	} else {
+		e.overlay = localdns.Overlay
+		err = localdns.Install(ctx, c, repo, b.imgs)
+	}
+	if err != nil {
 		e2etest.Fatalf(t, "install: %v\nlogs in %s", err, c.LogsDir())
 	}
-	t.Logf("install took %s", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("install (%s) took %s", how, time.Since(start).Round(100*time.Millisecond))
 	st, err := localdns.ReadNodeState(ctx, c)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
@@ -155,7 +185,7 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 	}
 
 	for _, sc := range scenarios {
-		if sc.fullOnly && !full {
+		if sc.fullOnly && !full || sc.helmOnly && !helm {
 			continue
 		}
 		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
@@ -196,25 +226,38 @@ func (e *env) runLoad(ns, name, kind string, l clients.Load, annotations map[str
 	return clients.ParseResult([]byte(logs))
 }
 
-// backgroundLoad starts client pods and returns a function that waits for
-// their results, once each pod runs (the load is on).
+// backgroundLoad is a client pod in the opted-in namespace, run to
+// completion in the background; done closes when its result (or error) is in.
 type backgroundLoad struct {
 	name, kind string
 	load       clients.Load
-	done       chan struct{}
-	res        dnsload.Result
-	err        error
+	// annotations are the pod's; nil means autoMode.
+	annotations map[string]string
+	done        chan struct{}
+	res         dnsload.Result
+	err         error
 }
 
-func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
-	t.Helper()
+// launchLoads creates the loads' pods and returns at once.
+func (e *env) launchLoads(loads ...*backgroundLoad) {
 	for _, bl := range loads {
 		bl.done = make(chan struct{})
+		annotations := bl.annotations
+		if annotations == nil {
+			annotations = autoMode
+		}
 		go func() {
 			defer close(bl.done)
-			bl.res, bl.err = e.runLoad(optedNS, bl.name, bl.kind, bl.load, autoMode)
+			bl.res, bl.err = e.runLoad(optedNS, bl.name, bl.kind, bl.load, annotations)
 		}()
 	}
+}
+
+// startLoads launches the loads and returns once each pod runs (its load
+// is on).
+func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
+	t.Helper()
+	e.launchLoads(loads...)
 	for _, bl := range loads {
 		if err := e.waitRunning(bl.name); err != nil {
 			e2etest.Fatalf(t, "%v", err)
@@ -281,6 +324,19 @@ func (e *env) waitRunning(pod string) error {
 	}
 }
 
+// waitUntil calls check every 250 ms until it succeeds or d has passed,
+// then returns its last error.
+func waitUntil(d time.Duration, check func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := check()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // serviceHost is the seeds' Service, looked up through the search path.
 var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespace
 
@@ -290,23 +346,71 @@ var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespa
 // and Go's resolver find a Service through the search path, a large answer
 // over TCP, and get NXDOMAIN as an error.
 func (e *env) correctness(t *testing.T) {
-	for _, mode := range []string{localdns.ModeNodeCache, localdns.ModeStub} {
-		// busybox's nslookup asks the first nameserver: the node cache, or
-		// the stub. It ignores the search path, so names are given in full.
-		api := "kubernetes.default.svc." + cluster.ClusterDomain
-		script := strings.Join([]string{
-			"nslookup " + api,
-			"nslookup -type=SRV _https._tcp." + api,
-			"nslookup " + cluster.APIServiceIP.String(),
-			"nslookup upstream.test",
-			"nslookup nosuch.default.svc." + cluster.ClusterDomain + " 2>&1 || true",
-		}, " && ")
-		name := "nslookup-" + mode
-		out, err := localdns.ShellPod(e.ctx, e.c, optedNS, name, mode, script)
-		if err != nil {
-			e2etest.Fatalf(t, "%s mode: %v", mode, err)
+	// Three clients' pods at a time, with the two nslookup pods in the first
+	// round: one after the other they took 45 s; all eleven at once, on the
+	// 2 shared cores, once gave a glibc lookup of 1.3 s.
+	type lookupCase struct {
+		bl        *backgroundLoad
+		wantFound bool
+	}
+	var rounds [][]lookupCase
+	for _, tt := range []struct {
+		host      string
+		wantFound bool
+	}{
+		{serviceHost, true},              // search path, ndots:5
+		{cluster.LargeAnswerName, true},  // truncated over UDP: retried over TCP, or (musl < 1.2.4) the records that fit
+		{"nosuch-e2e." + optedNS, false}, // NXDOMAIN after every search suffix
+	} {
+		var round []lookupCase
+		for _, kind := range clients.Kinds {
+			round = append(round, lookupCase{&backgroundLoad{
+				name: fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", "")),
+				kind: kind,
+				load: clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20},
+			}, tt.wantFound})
 		}
-		resolv, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, mode)
+		rounds = append(rounds, round)
+	}
+	loadsOf := func(round []lookupCase) []*backgroundLoad {
+		var loads []*backgroundLoad
+		for _, c := range round {
+			loads = append(loads, c.bl)
+		}
+		return loads
+	}
+	e.launchLoads(loadsOf(rounds[0])...)
+
+	// busybox's nslookup asks the first nameserver: the node cache, or the
+	// stub. It ignores the search path, so names are given in full.
+	api := "kubernetes.default.svc." + cluster.ClusterDomain
+	script := strings.Join([]string{
+		"nslookup " + api,
+		"nslookup -type=SRV _https._tcp." + api,
+		"nslookup " + cluster.APIServiceIP.String(),
+		"nslookup upstream.test",
+		"nslookup nosuch.default.svc." + cluster.ClusterDomain + " 2>&1 || true",
+	}, " && ")
+	type shellResult struct {
+		out string
+		err error
+	}
+	modes := []string{localdns.ModeNodeCache, localdns.ModeStub}
+	shells := make([]chan shellResult, len(modes))
+	for i, mode := range modes {
+		shells[i] = make(chan shellResult, 1)
+		go func() {
+			out, err := localdns.ShellPod(e.ctx, e.c, optedNS, "nslookup-"+mode, mode, script)
+			shells[i] <- shellResult{out, err}
+		}()
+	}
+	for i, mode := range modes {
+		r := <-shells[i]
+		if r.err != nil {
+			e2etest.Errorf(t, "%s mode: %v", mode, r.err)
+			continue
+		}
+		resolv, err := localdns.CheckPod(e.ctx, e.c, optedNS, "nslookup-"+mode, mode)
 		if err != nil {
 			e2etest.Errorf(t, "%v", err)
 		}
@@ -318,35 +422,35 @@ func (e *env) correctness(t *testing.T) {
 			"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded
 			"NXDOMAIN",
 		} {
-			if !strings.Contains(out, want) {
-				e2etest.Errorf(t, "%s mode: nslookup output lacks %q:\n%s", mode, want, out)
+			if !strings.Contains(r.out, want) {
+				e2etest.Errorf(t, "%s mode: nslookup output lacks %q:\n%s", mode, want, r.out)
 			}
 		}
 	}
 
-	for _, kind := range clients.Kinds {
-		for _, tt := range []struct {
-			host      string
-			wantFound bool
-		}{
-			{serviceHost, true},              // search path, ndots:5
-			{cluster.LargeAnswerName, true},  // truncated over UDP: retried over TCP, or (musl < 1.2.4) the records that fit
-			{"nosuch-e2e." + optedNS, false}, // NXDOMAIN after every search suffix
-		} {
-			l := clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
-			name := fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", ""))
-			res := e.load(t, optedNS, name, kind, l, autoMode)
-			wantErrors := int64(0)
-			if !tt.wantFound {
-				wantErrors = res.Lookups
-			}
-			if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
-				e2etest.Errorf(t, "%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
-					kind, tt.host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
-			}
-			if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, modeOf(kind)); err != nil {
-				e2etest.Errorf(t, "%v", err)
-			}
+	var cases []lookupCase
+	for i, round := range rounds {
+		if i > 0 {
+			e.launchLoads(loadsOf(round)...)
+		}
+		finished(t, loadsOf(round)...)
+		cases = append(cases, round...)
+	}
+	for _, c := range cases {
+		res, l := c.bl.res, c.bl.load
+		if c.bl.err != nil {
+			continue // reported by finished
+		}
+		wantErrors := int64(0)
+		if !c.wantFound {
+			wantErrors = res.Lookups
+		}
+		if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
+			e2etest.Errorf(t, "%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
+				c.bl.kind, l.Host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
+		}
+		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, c.bl.name, modeOf(c.bl.kind)); err != nil {
+			e2etest.Errorf(t, "%v", err)
 		}
 	}
 }
@@ -423,67 +527,6 @@ func logTable(t *testing.T, title string, rows []seeds.Row) {
 	t.Logf("%s:\n%s", title, b.String())
 }
 
-// glibcAndGoLoad is the load the failure drills run through: glibc and Go
-// clients in node cache mode, for d.
-func glibcAndGoLoad(prefix string, d time.Duration) []*backgroundLoad {
-	return []*backgroundLoad{
-		{name: prefix + "-glibc", kind: clients.Glibc, load: clients.Load{Host: serviceHost, Concurrency: 10, Duration: d, Slow: time.Second, MaxLookups: 10_000_000}},
-		{name: prefix + "-go", kind: clients.Go, load: clients.Load{Host: serviceHost, Concurrency: 20, Duration: d, Slow: time.Second, MaxLookups: 10_000_000}},
-	}
-}
-
-// nodeCacheKilled: the node cache process SIGKILLed, then its pod
-// force-deleted, under load: no lookup fails, none takes 5 s (glibc falls
-// back to the ClusterIP at once, the address answering port-unreachable),
-// and the restarted node cache serves again.
-func (e *env) nodeCacheKilled(t *testing.T) {
-	loads := glibcAndGoLoad("kill", 30*time.Second)
-	e.startLoads(t, loads...)
-
-	time.Sleep(3 * time.Second) // mid-load
-	pids, err := localdns.NodeCachePIDs(e.c)
-	if err != nil || len(pids) == 0 {
-		e2etest.Fatalf(t, "node cache processes: %v %v", pids, err)
-	}
-	for _, pid := range pids {
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			e2etest.Fatalf(t, "kill -9 %d: %v", pid, err)
-		}
-	}
-	t.Logf("SIGKILLed node cache pid %v", pids)
-	if err := e.waitNodeCacheReady(); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "delete", "pod", "-l", "app.kubernetes.io/name="+localdns.NodeCacheDS,
-		"--force", "--grace-period=0"); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	t.Log("force-deleted the node cache pod")
-	if err := e.waitNodeCacheReady(); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	waitLoads(t, true, loads...)
-	e.checkServing(t)
-}
-
-// waitNodeCacheReady waits until the DaemonSet's pod is ready again.
-func (e *env) waitNodeCacheReady() error {
-	start := time.Now()
-	return e.c.Step("node cache pod ready", func() error {
-		for {
-			out, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "get", "pod", "-l", "app.kubernetes.io/name="+localdns.NodeCacheDS,
-				"-o", `jsonpath={range .items[*]}{.metadata.deletionTimestamp}/{.status.containerStatuses[0].ready}{"\n"}{end}`)
-			if err == nil && strings.TrimSpace(out) == "/true" {
-				return nil
-			}
-			if time.Since(start) > 2*time.Minute {
-				return fmt.Errorf("node cache pods not ready after 2m: %q %v", out, err)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	})
-}
-
 // checkServing proves the node cache answers pods again: its request
 // counter grows while a short glibc load runs.
 func (e *env) checkServing(t *testing.T) {
@@ -504,7 +547,9 @@ func (e *env) checkServing(t *testing.T) {
 }
 
 // rollingUpdate: `kubectl rollout restart` of the node cache under load:
-// no failed and no slow lookups (surge pod, SO_REUSEPORT, setup adopted).
+// every query answered, no failed and no slow lookup (surge pod,
+// SO_REUSEPORT, setup adopted, the old pod draining), the standby never
+// needed.
 func (e *env) rollingUpdate(t *testing.T) {
 	// The replaced pod's log, for a post-mortem of any lost query.
 	var oldLog strings.Builder
@@ -520,26 +565,17 @@ func (e *env) rollingUpdate(t *testing.T) {
 			t.Logf("the replaced node cache pod's log:\n%s", oldLog.String())
 		}
 	}()
-	snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
-	if err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	loads := glibcAndGoLoad("roll", 25*time.Second)
-	e.startLoads(t, loads...)
-	time.Sleep(3 * time.Second) // mid-load
-	if err := e.c.Step("kubectl rollout restart daemonset "+localdns.NodeCacheDS, func() error {
-		if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "restart", "daemonset/"+localdns.NodeCacheDS); err != nil {
+	e.nodeCacheDrill(t, "roll", 25*time.Second, false, func(*timeline) {
+		if err := e.c.Step("kubectl rollout restart daemonset "+localdns.NodeCacheDS, func() error {
+			if _, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "restart", "daemonset/"+localdns.NodeCacheDS); err != nil {
+				return err
+			}
+			_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "status", "daemonset/"+localdns.NodeCacheDS, "--timeout=2m")
 			return err
+		}); err != nil {
+			e2etest.Fatalf(t, "%v", err)
 		}
-		_, err := e.c.Kubectl(e.ctx, nil, "-n", localdns.Namespace, "rollout", "status", "daemonset/"+localdns.NodeCacheDS, "--timeout=2m")
-		return err
-	}); err != nil {
-		e2etest.Fatalf(t, "%v", err)
-	}
-	waitLoads(t, false, loads...)
-	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
-		t.Logf("node during the rolling update: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.NoPorts", "Udp.InErrors", "Udp.RcvbufErrors", "Icmp.OutDestUnreachs"))
-	}
+	})
 	e.logNodeCacheMetrics(t, "of the new node cache", "localdns_nodecache_setup_", "localdns_nodecache_malformed")
 	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
@@ -569,10 +605,9 @@ func (e *env) kubeDNSDown(t *testing.T) {
 		time.Sleep(wait)
 	}
 	cached := clients.Load{Host: serviceHost, Concurrency: 5, Duration: 5 * time.Second, Slow: time.Second, MaxLookups: 10_000_000}
-	for _, kind := range []string{clients.Glibc, clients.Go} {
-		res := e.load(t, optedNS, "stale-"+kind, kind, cached, autoMode)
-		if res.Lookups == 0 || res.Errors != 0 || res.Over1s != 0 {
-			e2etest.Errorf(t, "%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s (max %s)", kind, res.Lookups, res.Errors, res.FirstError, res.Over1s, res.Max)
+	for _, bl := range e.loadsTogether(t, "stale-", cached, autoMode) {
+		if res := bl.res; res.Lookups == 0 || res.Errors != 0 || res.Over1s != 0 {
+			e2etest.Errorf(t, "%s, cached name with kube-dns down: %d lookups, %d errors (%s), %d >= 1 s (max %s)", bl.kind, res.Lookups, res.Errors, res.FirstError, res.Over1s, res.Max)
 			e.logNodeCacheMetrics(t, "serving stale", downMetrics...)
 		}
 	}
@@ -591,15 +626,14 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	// Without the fallback nameserver the pod sees the node cache alone:
 	// its SERVFAIL, at once (every server down: nothing sent, see forward).
 	noFallback := map[string]string{localdns.ModeAnnotation: "auto", "localdns.io/fallback": "false"}
-	for _, kind := range []string{clients.Glibc, clients.Go} {
-		res := e.load(t, optedNS, "nofallback-"+kind, kind, uncached, noFallback)
-		if res.Errors != res.Lookups || res.Over1s != 0 {
+	for _, bl := range e.loadsTogether(t, "nofallback-", uncached, noFallback) {
+		if res := bl.res; res.Errors != res.Lookups || res.Over1s != 0 {
 			e2etest.Errorf(t, "%s, fallback off, uncached name with kube-dns down: %d lookups, %d errors, %d >= 1 s (max %s); want all failing fast",
-				kind, res.Lookups, res.Errors, res.Over1s, res.Max)
+				bl.kind, res.Lookups, res.Errors, res.Over1s, res.Max)
 		}
 		// Go names the rcode: SERVFAIL is "server misbehaving".
-		if kind == clients.Go && !strings.Contains(res.FirstError, "server misbehaving") {
-			e2etest.Errorf(t, "Go, fallback off, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", res.FirstError)
+		if bl.kind == clients.Go && !strings.Contains(bl.res.FirstError, "server misbehaving") {
+			e2etest.Errorf(t, "Go, fallback off, uncached name with kube-dns down: error %q, want SERVFAIL (server misbehaving)", bl.res.FirstError)
 		}
 	}
 	// With the fallback (the default), a SERVFAIL from the node cache sends
@@ -614,25 +648,26 @@ func (e *env) kubeDNSDown(t *testing.T) {
 		if tuned {
 			e.setNodeSysctl(t, "net.ipv4.icmp_ratelimit", "0")
 		}
-		for _, kind := range []string{clients.Glibc, clients.Go} {
-			snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
-			if err != nil {
-				e2etest.Fatalf(t, "%v", err)
-			}
-			res := e.load(t, optedNS, fmt.Sprintf("uncached-tuned-%v-%s", tuned, kind), kind, uncached, autoMode)
-			snmp1, err := localdns.NodeSNMP(e.ctx, e.c)
-			if err != nil {
-				e2etest.Fatalf(t, "%v", err)
-			}
-			rateLimited := snmp1["Icmp.OutRateLimitHost"] - snmp0["Icmp.OutRateLimitHost"] + snmp1["Icmp.OutRateLimitGlobal"] - snmp0["Icmp.OutRateLimitGlobal"]
-			t.Logf("kube-dns down, fallback on, node tuned %v, %s: node %s", tuned, kind, localdns.SNMPDelta(snmp0, snmp1, icmp...))
-			switch {
+		snmp0, err := localdns.NodeSNMP(e.ctx, e.c)
+		if err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+		loads := e.loadsTogether(t, fmt.Sprintf("uncached-tuned-%v-", tuned), uncached, autoMode)
+		snmp1, err := localdns.NodeSNMP(e.ctx, e.c)
+		if err != nil {
+			e2etest.Fatalf(t, "%v", err)
+		}
+		// Of both clients' pods at once: each pod is rate-limited on its own.
+		rateLimited := snmp1["Icmp.OutRateLimitHost"] - snmp0["Icmp.OutRateLimitHost"] + snmp1["Icmp.OutRateLimitGlobal"] - snmp0["Icmp.OutRateLimitGlobal"]
+		t.Logf("kube-dns down, fallback on, node tuned %v: node %s", tuned, localdns.SNMPDelta(snmp0, snmp1, icmp...))
+		for _, bl := range loads {
+			switch res := bl.res; {
 			case res.Errors != res.Lookups:
-				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d of %d lookups answered, want all failing", kind, res.Lookups-res.Errors, res.Lookups)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d of %d lookups answered, want all failing", bl.kind, res.Lookups-res.Errors, res.Lookups)
 			case res.Over1s > 0 && rateLimited == 0:
-				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d lookups >= 1 s (max %s) with no ICMP rate-limited: not the kernel's limit", kind, res.Over1s, res.Max)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down: %d lookups >= 1 s (max %s) with no ICMP rate-limited: not the kernel's limit", bl.kind, res.Over1s, res.Max)
 			case tuned && res.Over5s != 0:
-				e2etest.Errorf(t, "%s, uncached name with kube-dns down, node tuned: %d lookups >= 5 s (max %s), want none", kind, res.Over5s, res.Max)
+				e2etest.Errorf(t, "%s, uncached name with kube-dns down, node tuned: %d lookups >= 5 s (max %s), want none", bl.kind, res.Over5s, res.Max)
 			}
 		}
 	}
@@ -654,13 +689,28 @@ func (e *env) kubeDNSDown(t *testing.T) {
 	}
 	t.Logf("node cache counts kube-dns healthy %s after its rollout", time.Since(back).Round(10*time.Millisecond))
 	l := clients.Load{Host: "fresh-svc.default", Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
-	for _, kind := range []string{clients.Glibc, clients.Go} {
-		res := e.load(t, optedNS, "fresh-"+kind, kind, l, autoMode)
-		if res.Lookups != l.MaxLookups || res.Errors != 0 {
-			e2etest.Errorf(t, "%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", kind, res.Lookups, res.Errors, res.FirstError)
+	for _, bl := range e.loadsTogether(t, "fresh-", l, autoMode) {
+		if res := bl.res; res.Lookups != l.MaxLookups || res.Errors != 0 {
+			e2etest.Errorf(t, "%s, new Service after kube-dns returned: %d lookups, %d errors (%s)", bl.kind, res.Lookups, res.Errors, res.FirstError)
 			e.logNodeCacheMetrics(t, "after kube-dns returned", downMetrics...)
 		}
 	}
+}
+
+// loadsTogether runs l in a glibc and a Go pod (named prefix+kind) at once
+// and returns their results; a pod that fails fails the test.
+func (e *env) loadsTogether(t *testing.T, prefix string, l clients.Load, annotations map[string]string) []*backgroundLoad {
+	t.Helper()
+	loads := []*backgroundLoad{
+		{name: prefix + clients.Glibc, kind: clients.Glibc, load: l, annotations: annotations},
+		{name: prefix + clients.Go, kind: clients.Go, load: l, annotations: annotations},
+	}
+	e.launchLoads(loads...)
+	done := finished(t, loads...)
+	if len(done) != len(loads) {
+		e2etest.Fatalf(t, "%s loads failed (logs in %s)", prefix, e.c.LogsDir())
+	}
+	return done
 }
 
 // downMetrics are the node cache's samples that tell what it did while
@@ -745,24 +795,38 @@ func (e *env) plainPodResolves(t *testing.T, name string) {
 	}
 }
 
-// uninstall: the documented sequence removes the address and the rules
-// from the node; new pods get the plain ClusterIP and resolve.
+// uninstall: the documented sequence (for the chart, or the overlay last
+// applied) removes the address and the rules from the node; new pods get
+// the plain ClusterIP and resolve.
 func (e *env) uninstall(t *testing.T) {
-	if err := localdns.Uninstall(e.ctx, e.c, e.repo); err != nil {
-		e2etest.Fatalf(t, "%v", err)
+	var err error
+	if e.helm {
+		err = localdns.UninstallWithHelm(e.ctx, e.c, e.repo)
+	} else {
+		err = localdns.Uninstall(e.ctx, e.c, e.repo, e.overlay)
 	}
-	st, err := localdns.ReadNodeState(e.ctx, e.c)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	if !st.IsClean() {
-		e2etest.Errorf(t, "after uninstall the node keeps %q and rules %v", st.Addresses, st.Rules)
-	}
+	e.checkNodeClean(t, "after uninstall")
 	e.plainPodResolves(t, "after-uninstall")
 	l := clients.Load{Host: serviceHost, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 50}
 	res := e.load(t, optedNS, "after-uninstall-glibc", clients.Glibc, l, autoMode)
 	if res.Lookups != l.MaxLookups || res.Errors != 0 {
 		e2etest.Errorf(t, "glibc after uninstall: %d lookups, %d errors (%s)", res.Lookups, res.Errors, res.FirstError)
+	}
+}
+
+// checkNodeClean fails the test unless the node has neither LocalIP nor a
+// localdns rule.
+func (e *env) checkNodeClean(t *testing.T, when string) {
+	t.Helper()
+	st, err := localdns.ReadNodeState(e.ctx, e.c)
+	if err != nil {
+		e2etest.Fatalf(t, "%v", err)
+	}
+	if !st.IsClean() {
+		e2etest.Fatalf(t, "%s, the node keeps %q and rules %v", when, st.Addresses, st.Rules)
 	}
 }
 

@@ -58,6 +58,54 @@ func (d DNSConfig) OptionStrings() []string {
 	return out
 }
 
+// podList is what the e2e reads of `kubectl get pods -o json`.
+type podList struct {
+	Items []struct {
+		Metadata struct {
+			Name              string  `json:"name"`
+			DeletionTimestamp *string `json:"deletionTimestamp"`
+		} `json:"metadata"`
+		Spec struct {
+			Containers []struct {
+				Resources struct {
+					Limits map[string]string `json:"limits"`
+				} `json:"resources"`
+			} `json:"containers"`
+		} `json:"spec"`
+		Status struct {
+			PodIP      string `json:"podIP"`
+			Conditions []struct {
+				Type   string `json:"type"`
+				Status string `json:"status"`
+			} `json:"conditions"`
+			ContainerStatuses []struct {
+				Ready        bool `json:"ready"`
+				RestartCount int  `json:"restartCount"`
+				LastState    struct {
+					Terminated *struct {
+						Reason string `json:"reason"`
+					} `json:"terminated"`
+				} `json:"lastState"`
+			} `json:"containerStatuses"`
+		} `json:"status"`
+	} `json:"items"`
+}
+
+// listPods is the JSON list of ns's pods matching selector.
+func listPods(ctx context.Context, c *cluster.Cluster, ns, selector string) ([]byte, error) {
+	out, err := c.Kubectl(ctx, nil, "-n", ns, "get", "pods", "-l", selector, "-o", "json")
+	return []byte(out), err
+}
+
+// decodePods decodes a list of what's pods.
+func decodePods(list []byte, what string) (podList, error) {
+	var pods podList
+	if err := json.Unmarshal(list, &pods); err != nil {
+		return podList{}, fmt.Errorf("decode %s pods: %w", what, err)
+	}
+	return pods, nil
+}
+
 // GetPod reads a stored pod.
 func GetPod(ctx context.Context, c *cluster.Cluster, ns, name string) (Pod, error) {
 	out, err := c.Kubectl(ctx, nil, "-n", ns, "get", "pod", name, "-o", "json")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,9 +45,35 @@ func ShellPod(ctx context.Context, c *cluster.Cluster, ns, name, mode, script st
 // nodeCacheComm is localdns-nodecache's command name: the kernel keeps 15 bytes.
 const nodeCacheComm = "localdns-nodeca"
 
-// NodeCachePIDs are the localdns-nodecache processes in the node's network
-// namespace (the DaemonSet's, on hostNetwork).
-func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
+// What a localdns-nodecache process runs, by its first argument: the node
+// cache serves with flags only; its standby, the cleanup and the ready
+// probe (exec'd in the node cache's container every 2 s) are subcommands.
+const (
+	RoleNodeCache = "serve"
+	RoleStandby   = "standby"
+)
+
+// processRole is the command a localdns-nodecache process runs, from its
+// NUL-separated /proc/PID/cmdline.
+func processRole(cmdline []byte) string {
+	argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(argv) < 2 || strings.HasPrefix(argv[1], "-") {
+		return RoleNodeCache
+	}
+	return argv[1]
+}
+
+// NodeCachePIDs are the node cache's processes in the node's network
+// namespace (the DaemonSet's, on hostNetwork): not its standby's, cleanup's
+// or ready probe's.
+func NodeCachePIDs(c *cluster.Cluster) ([]int, error) { return nodeCachePIDs(c, RoleNodeCache) }
+
+// StandbyPIDs are the standby's processes in the node's network namespace.
+func StandbyPIDs(c *cluster.Cluster) ([]int, error) { return nodeCachePIDs(c, RoleStandby) }
+
+// nodeCachePIDs are the localdns-nodecache processes of role in the node's
+// network namespace.
+func nodeCachePIDs(c *cluster.Cluster, role string) ([]int, error) {
 	var node syscall.Stat_t
 	if err := syscall.Stat(c.NetnsPath(), &node); err != nil {
 		return nil, fmt.Errorf("stat node namespace: %w", err)
@@ -58,7 +85,11 @@ func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
 	var pids []int
 	for _, pid := range all {
 		var ns syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &ns) == nil && ns.Ino == node.Ino && ns.Dev == node.Dev {
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &ns) != nil || ns.Ino != node.Ino || ns.Dev != node.Dev {
+			continue
+		}
+		// A process gone meanwhile has an empty cmdline: not of any role.
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && len(cmdline) > 0 && processRole(cmdline) == role {
 			pids = append(pids, pid)
 		}
 	}
@@ -70,6 +101,44 @@ func NodeCachePIDs(c *cluster.Cluster) ([]int, error) {
 // of prefixes, as "name{labels} value" lines.
 func NodeCacheMetrics(ctx context.Context, c *cluster.Cluster, prefixes ...string) ([]string, error) {
 	return scrapeMetrics(ctx, c, "http://127.0.0.1:9253/metrics", prefixes...)
+}
+
+// StandbyMetrics is NodeCacheMetrics of the standby (hostNetwork :9254).
+func StandbyMetrics(ctx context.Context, c *cluster.Cluster, prefixes ...string) ([]string, error) {
+	return scrapeMetrics(ctx, c, "http://127.0.0.1:9254/metrics", prefixes...)
+}
+
+// StandbyState is what the standby's metrics say about its turns.
+type StandbyState struct {
+	// Takeovers counts the times it began serving the address.
+	Takeovers float64
+	// Serving is whether it serves the address now.
+	Serving bool
+	// Requests are the queries it has answered (UDP and TCP).
+	Requests float64
+}
+
+// ReadStandby scrapes the standby's takeovers, serving state and requests.
+func ReadStandby(ctx context.Context, c *cluster.Cluster) (StandbyState, error) {
+	const takeovers, serving, requests = "localdns_nodecache_standby_takeovers_total", "localdns_nodecache_standby_serving", "localdns_nodecache_requests_total"
+	lines, err := StandbyMetrics(ctx, c, takeovers, serving, requests)
+	if err != nil {
+		return StandbyState{}, err
+	}
+	sums := map[string]float64{}
+	for _, line := range lines {
+		name := line[:strings.IndexAny(line, "{ ")]
+		v, err := sumSamples([]string{line})
+		if err != nil {
+			return StandbyState{}, err
+		}
+		sums[name] += v
+	}
+	return StandbyState{Takeovers: sums[takeovers], Serving: sums[serving] == 1, Requests: sums[requests]}, nil
+}
+
+func (s StandbyState) String() string {
+	return fmt.Sprintf("%.0f takeovers, serving %v, %.0f requests answered", s.Takeovers, s.Serving, s.Requests)
 }
 
 // scrapeMetrics fetches a Prometheus endpoint from the node and returns the

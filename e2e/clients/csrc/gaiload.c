@@ -5,7 +5,11 @@
  * (parallel A/AAAA from one socket, timeouts, retries) through the same
  * network path as real workloads.
  *
- *   gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]
+ *   gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS] [-r RATE]
+ *
+ * RATE caps the lookups started per second over all threads (none by
+ * default), as the Go client's -rate does: a steady load rather than one
+ * that keeps the machine's cores busy.
  *
  * A "%d" in HOST (once, and no other '%') stands for the lookup's number in
  * the run, so every lookup asks a name no cache has seen.
@@ -37,6 +41,7 @@ struct config {
 	long seconds;
 	long slow_ms;
 	long max_lookups;
+	long rate; /* lookups started per second over all threads; 0: no cap */
 };
 
 /* error_kind counts one getaddrinfo error code. */
@@ -48,6 +53,9 @@ struct error_kind {
 /* More distinct codes than getaddrinfo has. */
 #define MAX_ERROR_KINDS 32
 
+/* The slow lookups whose start times are kept (e2e/dnsload's MaxSlowAt). */
+#define MAX_SLOW_AT 100
+
 struct worker {
 	const struct config *cfg;
 	int64_t *latencies; /* ns, one per lookup */
@@ -55,6 +63,9 @@ struct worker {
 	long cap;
 	long errors;
 	int first_error;    /* getaddrinfo's code, 0 if none */
+	int64_t first_end;  /* ns from the run's start to the end of its first lookup */
+	int64_t slow_at[MAX_SLOW_AT]; /* ns from the run's start to each slow lookup's start */
+	long slow_at_count;
 	struct error_kind kinds[MAX_ERROR_KINDS];
 };
 
@@ -74,13 +85,35 @@ static int count_error(struct error_kind *kinds, int code, long n)
 
 static struct config cfg = {.threads = 50, .seconds = 15, .slow_ms = 1000, .max_lookups = 10000000};
 static atomic_long started;
-static int64_t deadline_ns;
+static int64_t begin_ns, deadline_ns;
+
+/* The rate cap: each lookup takes the next start slot, 1/rate after the
+ * previous one (never one in the past: a stalled run does not burst). */
+static pthread_mutex_t pace_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t next_slot_ns;
 
 static int64_t now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* pace waits for the next start slot, if the run has a rate. */
+static void pace(const struct config *c)
+{
+	if (!c->rate)
+		return;
+	pthread_mutex_lock(&pace_mu);
+	int64_t now = now_ns();
+	if (next_slot_ns < now)
+		next_slot_ns = now;
+	int64_t at = next_slot_ns;
+	next_slot_ns += 1000000000 / c->rate;
+	pthread_mutex_unlock(&pace_mu);
+	struct timespec ts = {.tv_sec = at / 1000000000, .tv_nsec = at % 1000000000};
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
 }
 
 static void *run_worker(void *arg)
@@ -90,7 +123,10 @@ static void *run_worker(void *arg)
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 	char name[1024];
 	long n;
-	while (now_ns() < deadline_ns && (n = atomic_fetch_add(&started, 1)) < c->max_lookups) {
+	for (;;) {
+		pace(c);
+		if (now_ns() >= deadline_ns || (n = atomic_fetch_add(&started, 1)) >= c->max_lookups)
+			break;
 		const char *host = c->host;
 		if (c->prefix) {
 			snprintf(name, sizeof(name), "%s%ld%s", c->prefix, n + 1, c->suffix);
@@ -99,7 +135,11 @@ static void *run_worker(void *arg)
 		struct addrinfo *res = NULL;
 		int64_t t0 = now_ns();
 		int rc = getaddrinfo(host, NULL, &hints, &res);
-		int64_t took = now_ns() - t0;
+		int64_t end = now_ns(), took = end - t0;
+		if (w->count == 0)
+			w->first_end = end - begin_ns;
+		if (took >= (int64_t)c->slow_ms * 1000000 && w->slow_at_count < MAX_SLOW_AT)
+			w->slow_at[w->slow_at_count++] = t0 - begin_ns;
 		if (rc == 0)
 			freeaddrinfo(res);
 		else {
@@ -160,20 +200,21 @@ static void print_json_string(const char *s)
 int main(int argc, char **argv)
 {
 	int opt;
-	while ((opt = getopt(argc, argv, "h:c:d:l:m:")) != -1) {
+	while ((opt = getopt(argc, argv, "h:c:d:l:m:r:")) != -1) {
 		switch (opt) {
 		case 'h': cfg.host = optarg; break;
 		case 'c': cfg.threads = parse_positive(optarg, 'c'); break;
 		case 'd': cfg.seconds = parse_positive(optarg, 'd'); break;
 		case 'l': cfg.slow_ms = parse_positive(optarg, 'l'); break;
 		case 'm': cfg.max_lookups = parse_positive(optarg, 'm'); break;
+		case 'r': cfg.rate = parse_positive(optarg, 'r'); break;
 		default:
-			fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]\n");
+			fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS] [-r RATE]\n");
 			return 2;
 		}
 	}
 	if (!cfg.host || optind != argc) {
-		fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS]\n");
+		fprintf(stderr, "usage: gaiload -h HOST [-c THREADS] [-d SECONDS] [-l SLOW_MS] [-m MAX_LOOKUPS] [-r RATE]\n");
 		return 2;
 	}
 	const char *mark = strstr(cfg.host, "%d");
@@ -197,7 +238,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gaiload: out of memory\n");
 		return 1;
 	}
+	struct timespec wall;
+	clock_gettime(CLOCK_REALTIME, &wall);
 	int64_t begin = now_ns();
+	begin_ns = begin;
 	deadline_ns = begin + (int64_t)cfg.seconds * 1000000000;
 	long running = 0;
 	for (long i = 0; i < cfg.threads; i++) {
@@ -217,11 +261,14 @@ int main(int argc, char **argv)
 		return 1;
 
 	long total = 0, errors = 0;
+	int64_t first = 0;
 	int first_error = 0;
 	struct error_kind kinds[MAX_ERROR_KINDS] = {0};
 	for (long i = 0; i < cfg.threads; i++) {
 		total += workers[i].count;
 		errors += workers[i].errors;
+		if (workers[i].first_end > first)
+			first = workers[i].first_end;
 		if (!first_error)
 			first_error = workers[i].first_error;
 		for (int k = 0; k < MAX_ERROR_KINDS && workers[i].kinds[k].count; k++) {
@@ -272,7 +319,30 @@ int main(int argc, char **argv)
 	printf(",\"min_ns\":%lld,\"mean_ns\":%lld,\"p99_ns\":%lld,\"max_ns\":%lld",
 	       (long long)(total ? all[0] : 0), (long long)(total ? sum / total : 0),
 	       (long long)(total ? all[rank - 1] : 0), (long long)(total ? all[total - 1] : 0));
-	printf(",\"slow_threshold_ns\":%lld,\"slow\":%ld,\"over_1s\":%ld,\"over_5s\":%ld}\n",
-	       (long long)slow_ns, slow, over1, over5);
+	printf(",\"slow_threshold_ns\":%lld,\"slow\":%ld,\"over_1s\":%ld,\"over_5s\":%ld,\"first_ns\":%lld",
+	       (long long)slow_ns, slow, over1, over5, (long long)first);
+	printf(",\"start_unix_ns\":%lld", (long long)wall.tv_sec * 1000000000 + wall.tv_nsec);
+	/* The earliest MAX_SLOW_AT slow lookups' start times, as e2e/dnsload keeps them. */
+	int64_t slow_at[MAX_SLOW_AT * 2];
+	long slow_at_n = 0;
+	for (long i = 0; i < cfg.threads; i++) {
+		for (long k = 0; k < workers[i].slow_at_count; k++) {
+			slow_at[slow_at_n++] = workers[i].slow_at[k];
+			if (slow_at_n == MAX_SLOW_AT * 2) {
+				qsort(slow_at, slow_at_n, sizeof(*slow_at), cmp_i64);
+				slow_at_n = MAX_SLOW_AT;
+			}
+		}
+	}
+	qsort(slow_at, slow_at_n, sizeof(*slow_at), cmp_i64);
+	if (slow_at_n > MAX_SLOW_AT)
+		slow_at_n = MAX_SLOW_AT;
+	if (slow_at_n) {
+		printf(",\"slow_at_ns\":[");
+		for (long i = 0; i < slow_at_n; i++)
+			printf("%s%lld", i ? "," : "", (long long)slow_at[i]);
+		putchar(']');
+	}
+	printf("}\n");
 	return 0;
 }

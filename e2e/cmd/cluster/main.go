@@ -140,7 +140,7 @@ func run(ctx context.Context, o options) error {
 	case "install":
 		return install(ctx, c, o.cfg.RepoDir)
 	case "uninstall":
-		return localdns.Uninstall(ctx, c, o.cfg.RepoDir)
+		return localdns.Uninstall(ctx, c, o.cfg.RepoDir, localdns.Overlay)
 	case "kubectl":
 		cmd := c.KubectlCommand(ctx, o.args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
