@@ -130,6 +130,7 @@ func (c *Cluster) cleanup() error {
 	errs = append(errs, killNetns(c.netnsPath()), c.removeContainers())
 	errs = append(errs, unmountAll(c.runDir), c.removeNode(), c.removeContainerLogLinks())
 	removeEmptyContainerCgroups()
+	c.removeDaemonsCgroup()
 	if err := os.RemoveAll(c.runDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", c.runDir, err))
 	}

@@ -12,6 +12,9 @@ import (
 // startCore starts the daemons that need nothing else running: etcd, the
 // API server and containerd.
 func (c *Cluster) startCore() error {
+	if err := c.shareCPULikeANode(); err != nil {
+		c.prog.printf("     CPU shared as the machine's scheduler likes, not as on a node: %v", err)
+	}
 	pki := c.dir("pki")
 	local := "http://127.0.0.1:2379"
 	if err := c.startDaemon("etcd", "/usr/bin/etcd",

@@ -51,6 +51,10 @@ func (c *Cluster) startDaemon(name string, argv ...string) error {
 		_ = cmd.Process.Kill()
 		return fmt.Errorf("record %s: %w", name, err)
 	}
+	if err := c.joinDaemonsCgroup(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
 	c.seq++
 	rec := fmt.Sprintf("%d %s %d %s\n", c.seq, name, cmd.Process.Pid, start)
 	if err := os.WriteFile(filepath.Join(c.dir("pids"), fmt.Sprintf("%02d-%s", c.seq, name)), []byte(rec), 0o644); err != nil {

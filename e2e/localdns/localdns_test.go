@@ -488,9 +488,36 @@ func (e *env) seeds(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
+	origin := time.Now()
+	var cpuWait *localdns.RunQueueWatch
+	var nodeCachePID int
+	var cpu0 time.Duration
+	if pids, err := localdns.NodeCachePIDs(e.c); err == nil && len(pids) == 1 {
+		nodeCachePID = pids[0]
+		cpuWait = localdns.WatchRunQueue(nodeCachePID, 250*time.Millisecond)
+		cpu0, _ = localdns.CPUTime(nodeCachePID)
+	}
 	rows, err = seeds.RunClients(e.ctx, e.c, opted)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
+	}
+	// A slow lookup's time, beside the node cache's waits for a CPU: on a
+	// starved node the second explains the first.
+	if cpuWait != nil {
+		worst, total, err := cpuWait.Stop(5)
+		var at []string
+		for _, s := range worst {
+			at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
+		}
+		cpu1, _ := localdns.CPUTime(nodeCachePID)
+		t.Logf("node cache during the opted-in run (%s): CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v)",
+			time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), strings.Join(at, ", "), err)
+	}
+	for _, r := range rows {
+		if len(r.SlowAt) > 0 {
+			tl := &timeline{origin: origin}
+			t.Logf("localdns %s: slow lookups started at %s", r.Client, tl.slowAt(&backgroundLoad{res: r.Result}))
+		}
 	}
 	if external != nil {
 		e.checkExternalNames(t, external)

@@ -123,3 +123,29 @@ func TestParseProc(t *testing.T) {
 		t.Errorf("CPUShare = %v, want 0.25", u.CPUShare())
 	}
 }
+
+func TestRunQueueWaitOfSelf(t *testing.T) {
+	if _, err := RunQueueWait(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RunQueueWait(-1); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+func TestCPUTimeOfSelf(t *testing.T) {
+	before, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		after, err := CPUTime(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after > before {
+			return
+		}
+	}
+	t.Fatal("a busy process's CPU time did not grow")
+}
