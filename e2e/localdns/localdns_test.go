@@ -87,6 +87,24 @@ func TestLocaldnsOnClusterNFTables(t *testing.T) {
 }
 
 func testOnCluster(t *testing.T, mode, name string, full bool) {
+	cfg := cluster.DefaultConfig()
+	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
+	cfg.ProxyMode = mode
+	e := bootEnv(t, cfg)
+	e.full = full
+	for _, sc := range scenarios {
+		if sc.fullOnly && !full {
+			continue
+		}
+		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
+	}
+}
+
+// bootEnv boots cfg's cluster (the product images build meanwhile, and it
+// is torn down when the test ends), installs localdns (Install: the
+// overlay of the cluster's IP families), imports the load clients and
+// creates the seeds' Service and the scenarios' namespaces.
+func bootEnv(t *testing.T, cfg cluster.Config) *env {
 	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
@@ -100,9 +118,6 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 		imgs, err := localdns.BuildImages(ctx, repo, filepath.Join(work, "product"))
 		images <- built{imgs, err}
 	}()
-	cfg := cluster.DefaultConfig()
-	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
-	cfg.ProxyMode = mode
 	cfg.Progress = e2etest.LogWriter(t)
 	start := time.Now()
 	c, err := cluster.Up(ctx, cfg)
@@ -122,7 +137,7 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 	if b.err != nil {
 		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo, full: full}
+	e := &env{ctx: ctx, c: c, repo: repo}
 
 	start = time.Now()
 	if err := localdns.Install(ctx, c, repo, b.imgs); err != nil {
@@ -134,7 +149,7 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 		e2etest.Fatalf(t, "%v", err)
 	}
 	if !st.HasSetup() {
-		e2etest.Fatalf(t, "after install the node lacks %s or the localdns: rules: %+v", localdns.LocalIP, st)
+		e2etest.Fatalf(t, "after install the node lacks the node cache's address or the localdns: rules of a family (%s): %+v", cfg.IPFamilies, st)
 	}
 	t.Logf("node: %s; %d localdns rules", st.Addresses, len(st.Rules))
 
@@ -153,13 +168,7 @@ func testOnCluster(t *testing.T, mode, name string, full bool) {
 			e2etest.Fatalf(t, "%v", err)
 		}
 	}
-
-	for _, sc := range scenarios {
-		if sc.fullOnly && !full {
-			continue
-		}
-		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
-	}
+	return e
 }
 
 // modeOf is the mode the webhook gives a client kind under localdns.io/mode:
@@ -206,8 +215,8 @@ type backgroundLoad struct {
 	err        error
 }
 
-func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
-	t.Helper()
+// launchLoads creates the loads' pods and returns at once.
+func (e *env) launchLoads(loads ...*backgroundLoad) {
 	for _, bl := range loads {
 		bl.done = make(chan struct{})
 		go func() {
@@ -215,6 +224,13 @@ func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
 			bl.res, bl.err = e.runLoad(optedNS, bl.name, bl.kind, bl.load, autoMode)
 		}()
 	}
+}
+
+// startLoads launches the loads and returns once each pod runs (its load
+// is on).
+func (e *env) startLoads(t *testing.T, loads ...*backgroundLoad) {
+	t.Helper()
+	e.launchLoads(loads...)
 	for _, bl := range loads {
 		if err := e.waitRunning(bl.name); err != nil {
 			e2etest.Fatalf(t, "%v", err)
@@ -285,11 +301,13 @@ func (e *env) waitRunning(pod string) error {
 var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespace
 
 // correctness: the pods' stored dnsConfig and kubelet-written resolv.conf
-// are the design's pod view; A, SRV, PTR and NXDOMAIN answers through the
-// node cache and through the stub; getaddrinfo (glibc, musl in stub mode)
+// are the design's pod view (of the cluster's IP families); A or AAAA,
+// SRV, PTR and NXDOMAIN answers through the node cache and through the
+// stub; getaddrinfo (glibc, musl in stub mode)
 // and Go's resolver find a Service through the search path, a large answer
 // over TCP, and get NXDOMAIN as an error.
 func (e *env) correctness(t *testing.T) {
+	primary := e.c.Primary()
 	for _, mode := range []string{localdns.ModeNodeCache, localdns.ModeStub} {
 		// busybox's nslookup asks the first nameserver: the node cache, or
 		// the stub. It ignores the search path, so names are given in full.
@@ -297,7 +315,7 @@ func (e *env) correctness(t *testing.T) {
 		script := strings.Join([]string{
 			"nslookup " + api,
 			"nslookup -type=SRV _https._tcp." + api,
-			"nslookup " + cluster.APIServiceIP.String(),
+			"nslookup " + primary.APIServiceIP.String(),
 			"nslookup upstream.test",
 			"nslookup nosuch.default.svc." + cluster.ClusterDomain + " 2>&1 || true",
 		}, " && ")
@@ -311,19 +329,25 @@ func (e *env) correctness(t *testing.T) {
 			e2etest.Errorf(t, "%v", err)
 		}
 		t.Logf("kubelet-written resolv.conf, %s mode:\n%s", mode, resolv)
-		for _, want := range []string{
-			"Address: " + cluster.APIServiceIP.String(),                     // A
-			"service = 0 100 443 " + api,                                    // SRV of the named port https
-			"name = " + api,                                                 // PTR of 10.96.0.1
-			"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded
+		wants := []string{
+			"Address: " + primary.APIServiceIP.String(), // A (AAAA in an IPv6 cluster)
+			"service = 0 100 443 " + api,                // SRV of the named port https
+			"name = " + api,                             // PTR of the kubernetes ClusterIP
 			"NXDOMAIN",
-		} {
+		}
+		for _, f := range e.c.Families() { // forwarded: an address of each family
+			wants = append(wants, "Name:\tupstream.test\nAddress: "+f.UpstreamIP.String())
+		}
+		for _, want := range wants {
 			if !strings.Contains(out, want) {
 				e2etest.Errorf(t, "%s mode: nslookup output lacks %q:\n%s", mode, want, out)
 			}
 		}
 	}
 
+	// Every client pod at once: 20 lookups each, nothing timed.
+	notFound := map[*backgroundLoad]bool{}
+	var lookups []*backgroundLoad
 	for _, kind := range clients.Kinds {
 		for _, tt := range []struct {
 			host      string
@@ -333,20 +357,25 @@ func (e *env) correctness(t *testing.T) {
 			{cluster.LargeAnswerName, true},  // truncated over UDP: retried over TCP, or (musl < 1.2.4) the records that fit
 			{"nosuch-e2e." + optedNS, false}, // NXDOMAIN after every search suffix
 		} {
-			l := clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}
-			name := fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", ""))
-			res := e.load(t, optedNS, name, kind, l, autoMode)
-			wantErrors := int64(0)
-			if !tt.wantFound {
-				wantErrors = res.Lookups
-			}
-			if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
-				e2etest.Errorf(t, "%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
-					kind, tt.host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
-			}
-			if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, name, modeOf(kind)); err != nil {
-				e2etest.Errorf(t, "%v", err)
-			}
+			bl := &backgroundLoad{name: fmt.Sprintf("lookup-%s-%s", kind, strings.ReplaceAll(strings.Split(tt.host, ".")[0], "_", "")),
+				kind: kind, load: clients.Load{Host: tt.host, Concurrency: 2, Duration: 20 * time.Second, Slow: time.Second, MaxLookups: 20}}
+			lookups = append(lookups, bl)
+			notFound[bl] = !tt.wantFound
+		}
+	}
+	e.launchLoads(lookups...)
+	for _, bl := range finished(t, lookups...) {
+		res, l := bl.res, bl.load
+		wantErrors := int64(0)
+		if notFound[bl] {
+			wantErrors = res.Lookups
+		}
+		if res.Lookups != l.MaxLookups || res.Errors != wantErrors || res.Over1s != 0 {
+			e2etest.Errorf(t, "%s %s: %d lookups, %d errors (%s), %d >= 1 s; want %d lookups, %d errors, none slow",
+				bl.kind, l.Host, res.Lookups, res.Errors, res.FirstError, res.Over1s, l.MaxLookups, wantErrors)
+		}
+		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, bl.name, modeOf(bl.kind)); err != nil {
+			e2etest.Errorf(t, "%v", err)
 		}
 	}
 }
@@ -356,6 +385,12 @@ func (e *env) correctness(t *testing.T) {
 // (musl in stub mode), none does, in full runs also while other pods
 // resolve external names (see startExternalNames).
 func (e *env) seeds(t *testing.T) {
+	e.seedsBaseline(t)
+	e.seedsOptedIn(t)
+}
+
+// seedsBaseline: not opted in, every client sees lookups of 1 s or more.
+func (e *env) seedsBaseline(t *testing.T) {
 	base := seeds.Default()
 	base.Namespace = plainNS
 	base.CDuration, base.GoDuration = 8*time.Second, 8*time.Second
@@ -369,7 +404,10 @@ func (e *env) seeds(t *testing.T) {
 			e2etest.Errorf(t, "baseline %s: no lookup took 1 s or more: the race emulation did not bite", r.Client)
 		}
 	}
+}
 
+// seedsOptedIn: opted in, no client sees a lookup of 1 s or more.
+func (e *env) seedsOptedIn(t *testing.T) {
 	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
 	if !e.full {
 		opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
@@ -384,7 +422,7 @@ func (e *env) seeds(t *testing.T) {
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	rows, err = seeds.RunClients(e.ctx, e.c, opted)
+	rows, err := seeds.RunClients(e.ctx, e.c, opted)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
@@ -737,10 +775,10 @@ func (e *env) plainPodResolves(t *testing.T, name string) {
 		e2etest.Errorf(t, "pod %s: %s=%q dnsPolicy %q, want unmutated ClusterFirst", name, localdns.InjectedAnnotation, got, p.Spec.DNSPolicy)
 	}
 	nameservers, _, _ := localdns.ParseResolvConf(out)
-	if len(nameservers) != 1 || nameservers[0] != cluster.KubeDNSIP.String() {
+	if len(nameservers) != 1 || nameservers[0] != e.c.Primary().KubeDNSIP.String() {
 		e2etest.Errorf(t, "pod %s: nameservers %v, want only the kube-dns ClusterIP", name, nameservers)
 	}
-	if !strings.Contains(out, "Address: "+cluster.APIServiceIP.String()) {
+	if !strings.Contains(out, "Address: "+e.c.Primary().APIServiceIP.String()) {
 		e2etest.Errorf(t, "pod %s did not resolve kubernetes.default", name)
 	}
 }
