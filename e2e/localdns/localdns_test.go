@@ -303,9 +303,9 @@ var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespa
 // correctness: the pods' stored dnsConfig and kubelet-written resolv.conf
 // are the design's pod view (of the cluster's IP families); A or AAAA,
 // SRV, PTR and NXDOMAIN answers through the node cache and through the
-// stub; getaddrinfo (glibc, musl in stub mode)
-// and Go's resolver find a Service through the search path, a large answer
-// over TCP, and get NXDOMAIN as an error.
+// stub; getaddrinfo (glibc, musl in stub mode) and Go's resolver find a
+// Service through the search path, a large answer over TCP, and get
+// NXDOMAIN as an error.
 func (e *env) correctness(t *testing.T) {
 	primary := e.c.Primary()
 	for _, mode := range []string{localdns.ModeNodeCache, localdns.ModeStub} {
@@ -345,7 +345,7 @@ func (e *env) correctness(t *testing.T) {
 		}
 	}
 
-	// Every client pod at once: 20 lookups each, nothing timed.
+	// Every client pod at once: 20 lookups each, a light load together.
 	notFound := map[*backgroundLoad]bool{}
 	var lookups []*backgroundLoad
 	for _, kind := range clients.Kinds {
