@@ -2,6 +2,7 @@ package localdns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -20,6 +21,15 @@ func NodeCacheIP(f cluster.Family) string {
 		return LocalIPv6
 	}
 	return LocalIP
+}
+
+// NodeCacheIPs are the node cache's addresses of families, in their order.
+func NodeCacheIPs(families []cluster.Family) []string {
+	ips := make([]string, len(families))
+	for i, f := range families {
+		ips[i] = NodeCacheIP(f)
+	}
+	return ips
 }
 
 // loopbackOf is the stub's address in a pod whose primary family is f.
@@ -80,7 +90,7 @@ func KillNodeCache(c *cluster.Cluster) ([]int, error) {
 	}
 	for _, pid := range pids {
 		// Gone meanwhile is as good as killed.
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return pids, fmt.Errorf("kill -9 %d: %w", pid, err)
 		}
 	}
@@ -107,13 +117,4 @@ func StandbyTakeovers(ctx context.Context, c *cluster.Cluster) (float64, error) 
 		return 0, fmt.Errorf("the standby exports no localdns_nodecache_standby_takeovers_total")
 	}
 	return sumSamples(lines)
-}
-
-// NodeCacheIPs are the node cache's addresses of families, in their order.
-func NodeCacheIPs(families []cluster.Family) []string {
-	ips := make([]string, len(families))
-	for i, f := range families {
-		ips[i] = NodeCacheIP(f)
-	}
-	return ips
 }
