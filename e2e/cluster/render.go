@@ -26,6 +26,13 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 		}
 		return strings.Join(q, ", ")
 	},
+	// addrType is the record type of an address: A, or AAAA for IPv6.
+	"addrType": func(ip string) string {
+		if strings.Contains(ip, ":") {
+			return "AAAA"
+		}
+		return "A"
+	},
 }).ParseFS(templateFS, "templates/*.tmpl"))
 
 // Image references of the test images; pods use them with

@@ -11,6 +11,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/miekg/dns"
 )
 
 func TestConfigDefaultsAndValidation(t *testing.T) {
@@ -223,6 +225,48 @@ func TestFamiliesRender(t *testing.T) {
 						t.Errorf("%s lacks %q:\n%s", tmpl, want, out)
 					}
 				}
+			}
+		})
+	}
+}
+
+// TestBigZoneParsesPerFamily parses the fake upstream's big zone as
+// CoreDNS's file plugin does: its name server has an address of each of
+// the cluster's families, every name BigZoneRecords A and AAAA records.
+func TestBigZoneParsesPerFamily(t *testing.T) {
+	for families, wantNS := range map[string][]string{
+		IPv4:      {"10.100.0.53"},
+		IPv6:      {"fd00:10:100::53"},
+		DualStack: {"10.100.0.53", "fd00:10:100::53"},
+	} {
+		t.Run(families, func(t *testing.T) {
+			c, err := newCluster(Config{BaseDir: t.TempDir(), RepoDir: "/nonexistent", IPFamilies: families})
+			if err != nil {
+				t.Fatal(err)
+			}
+			zone, err := render("big.zone.tmpl", c.templateData())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ns []string
+			wildcard := map[uint16]int{}
+			zp := dns.NewZoneParser(bytes.NewReader(zone), "", "big.zone")
+			for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+				switch h := rr.Header(); {
+				case h.Name == "ns."+BigZone+".":
+					ns = append(ns, strings.TrimPrefix(rr.String(), rr.Header().String()))
+				case h.Name == "*."+BigZone+".":
+					wildcard[h.Rrtype]++
+				}
+			}
+			if err := zp.Err(); err != nil {
+				t.Fatalf("parse big.zone: %v\n%s", err, zone)
+			}
+			if !reflect.DeepEqual(ns, wantNS) {
+				t.Errorf("ns.%s addresses %v, want %v", BigZone, ns, wantNS)
+			}
+			if wildcard[dns.TypeA] != BigZoneRecords || wildcard[dns.TypeAAAA] != BigZoneRecords {
+				t.Errorf("wildcard records %d A, %d AAAA; want %d of each", wildcard[dns.TypeA], wildcard[dns.TypeAAAA], BigZoneRecords)
 			}
 		})
 	}
