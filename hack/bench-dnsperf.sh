@@ -8,6 +8,7 @@
 #      names (BENCH_HOT_SERVICES x 4, all cached).
 # Prints QPS, mean/max latency, the cache's CPU per answer and its RSS (peak
 # = VmHWM). Bounded (about BENCH_SECONDS + 20 s); kills all it starts on exit.
+# BENCH_LOOPBACK=::1 runs it all over IPv6 loopback (default 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ DNS_PORT=${BENCH_DNS_PORT:-5310}
 UPSTREAM_PORT=${BENCH_UPSTREAM_PORT:-5311}
 METRICS_PORT=${BENCH_METRICS_PORT:-9310}
 NODECACHE=${NODECACHE:-bin/localdns-nodecache}
+LOOPBACK=${BENCH_LOOPBACK:-127.0.0.1}
 
 PROG=bench
 # shellcheck source=hack/lib.sh
@@ -44,14 +46,14 @@ start_nodecache
 # Hot names last, so they are the freshest entries when the measurement starts.
 { queries "$HOT_SERVICES" $((SERVICES - HOT_SERVICES)); queries 0 "$HOT_SERVICES"; } >"$work/working-set"
 queries 0 "$HOT_SERVICES" >"$work/hot"
-timeout 120 dnsperf -s 127.0.0.1 -p "$DNS_PORT" -d "$work/working-set" -n 1 -c 8 -q 200 >"$work/warm.out" 2>&1 ||
+timeout 120 dnsperf -s "$LOOPBACK" -p "$DNS_PORT" -d "$work/working-set" -n 1 -c 8 -q 200 >"$work/warm.out" 2>&1 ||
   { echo "bench: warm-up failed:"; cat "$work/warm.out"; exit 1; }
 ws_rss=$(awk '/VmRSS/ {print $2}' "/proc/$cache/status")
 ws_names=$(wc -l <"$work/working-set")
 
 up_before=$(upstream_requests)
 cpu_before=$(cpu_ticks)
-timeout $((SECONDS_RUN + 30)) dnsperf -s 127.0.0.1 -p "$DNS_PORT" -d "$work/hot" \
+timeout $((SECONDS_RUN + 30)) dnsperf -s "$LOOPBACK" -p "$DNS_PORT" -d "$work/hot" \
   -c 8 -T 1 -l "$SECONDS_RUN" -q 200 >"$work/run.out" 2>&1 || { cat "$work/run.out"; exit 1; }
 cpu_after=$(cpu_ticks)
 up_after=$(upstream_requests)
@@ -63,7 +65,7 @@ qps=$(awk '/Queries per second:/ {printf "%.0f", $4}' "$work/run.out")
 read -r mean max < <(awk '/Average Latency/ {gsub(/[(),]/, ""); print $4, $8}' "$work/run.out")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$cache/status")
 
-echo "localdns-nodecache: dnsperf -c 8 -T 1 -q 200 -l $SECONDS_RUN on loopback, $(wc -l <"$work/hot") hot cached names, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg) at the end"
+echo "localdns-nodecache: dnsperf -c 8 -T 1 -q 200 -l $SECONDS_RUN on loopback $LOOPBACK, $(wc -l <"$work/hot") hot cached names, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg) at the end"
 printf '  %-34s %s\n' \
   "queries completed / lost" "$completed / $lost" \
   "QPS" "$qps" \

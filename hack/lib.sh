@@ -2,7 +2,8 @@
 # loopback in front of the fake kube-dns (hack/fakedns), node setup off, so no
 # root is needed. The caller sets PROG (message prefix), DNS_PORT,
 # UPSTREAM_PORT, METRICS_PORT and NODECACHE (built when missing); FAKEDNS, a
-# prebuilt hack/fakedns, is built into the work directory when empty.
+# prebuilt hack/fakedns, is built into the work directory when empty;
+# LOOPBACK, where both serve DNS, is 127.0.0.1 unless set (::1: over IPv6).
 # Everything started is killed, and the work directory removed, on exit.
 
 work=$(mktemp -d)
@@ -16,6 +17,15 @@ trap cleanup EXIT
 trap "exit 130" INT TERM HUP PIPE
 
 die() { echo "$PROG: $*" >&2; exit 1; }
+
+LOOPBACK=${LOOPBACK:-127.0.0.1}
+# hostport PORT: LOOPBACK:PORT, an IPv6 address in brackets.
+hostport() {
+  case $LOOPBACK in
+    *:*) printf '[%s]:%s' "$LOOPBACK" "$1" ;;
+    *) printf '%s:%s' "$LOOPBACK" "$1" ;;
+  esac
+}
 
 # need CMD...: every command must be on PATH.
 need() {
@@ -39,15 +49,15 @@ build() {
   if [ -z "${FAKEDNS:-}" ]; then FAKEDNS="$work/fakedns"; go build -o "$FAKEDNS" ./hack/fakedns; fi
 }
 
-# start_fakedns SERVICES: the fake kube-dns on 127.0.0.1:$UPSTREAM_PORT; its pid in $upstream.
+# start_fakedns SERVICES: the fake kube-dns on LOOPBACK:$UPSTREAM_PORT; its pid in $upstream.
 start_fakedns() {
-  "$FAKEDNS" --listen "127.0.0.1:$UPSTREAM_PORT" --services "$1" 2>"$work/fakedns.log" &
+  "$FAKEDNS" --listen "$(hostport "$UPSTREAM_PORT")" --services "$1" 2>"$work/fakedns.log" &
   upstream=$!
   pids+=("$upstream")
 }
 
 # The node cache's command line.
-nodecache_cmd=("$NODECACHE" --listen "127.0.0.1:$DNS_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT"
+nodecache_cmd=("$NODECACHE" --listen "$(hostport "$DNS_PORT")" --upstream "$(hostport "$UPSTREAM_PORT")"
                --setup-interface=false --setup-rules=false --metrics-addr "127.0.0.1:$METRICS_PORT")
 
 # start_nodecache: runs nodecache_cmd, its log in $work/nodecache.log and its

@@ -15,12 +15,13 @@ import (
 
 // Cluster is a booted (or attached) single-node cluster.
 type Cluster struct {
-	cfg     Config
-	runDir  string // removed on Down
-	logsDir string // kept until the next Up, for post-mortems
-	prog    *progress
-	seq     int           // start order of daemons, names their pid records
-	images  *imageBuilder // made on first use
+	cfg      Config
+	families []Family // primary first
+	runDir   string   // removed on Down
+	logsDir  string   // kept until the next Up, for post-mortems
+	prog     *progress
+	seq      int           // start order of daemons, names their pid records
+	images   *imageBuilder // made on first use
 }
 
 func newCluster(cfg Config) (*Cluster, error) {
@@ -28,18 +29,44 @@ func newCluster(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	families, err := familiesOf(cfg.IPFamilies)
+	if err != nil {
+		return nil, err
+	}
 	return &Cluster{
-		cfg:     cfg,
-		runDir:  filepath.Join(cfg.BaseDir, cfg.Name),
-		logsDir: filepath.Join(cfg.BaseDir, cfg.Name+"-logs"),
-		prog:    newProgress(cfg.Progress),
+		cfg:      cfg,
+		families: families,
+		runDir:   filepath.Join(cfg.BaseDir, cfg.Name),
+		logsDir:  filepath.Join(cfg.BaseDir, cfg.Name+"-logs"),
+		prog:     newProgress(cfg.Progress),
 	}, nil
 }
 
 // Attach returns the cluster of that name that an earlier Up left running
-// (the CLI's `up`, then `kubectl` or `down` from other processes). Its Down
-// also cleans up after a crashed run.
-func Attach(cfg Config) (*Cluster, error) { return newCluster(cfg) }
+// (the CLI's `up`, then `kubectl` or `down` from other processes), with the
+// IP families it booted with, whatever cfg says. Its Down also cleans up
+// after a crashed run.
+func Attach(cfg Config) (*Cluster, error) {
+	c, err := newCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(c.dir(ipFamiliesFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil // never booted this far: only a cleanup has anything to do
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the cluster's IP families: %w", err)
+	}
+	c.cfg.IPFamilies = strings.TrimSpace(string(b))
+	if c.families, err = familiesOf(c.cfg.IPFamilies); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.dir(ipFamiliesFile), err)
+	}
+	return c, nil
+}
+
+// ipFamiliesFile, in the run directory, records Config.IPFamilies for Attach.
+const ipFamiliesFile = "ip-families"
 
 // Up removes whatever an earlier run of the same name left, then boots the
 // cluster and waits until the node is Ready and kube-dns serves. On failure
@@ -53,8 +80,8 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.prog.printf("boot failed; logs in %s", c.logsDir)
 		return nil, errors.Join(err, c.Down())
 	}
-	c.prog.printf("cluster %s up: node %s Ready, kube-dns %s serving; logs in %s",
-		c.cfg.Name, c.cfg.Name, KubeDNSIP, c.logsDir)
+	c.prog.printf("cluster %s up (%s): node %s Ready, kube-dns %s serving; logs in %s",
+		c.cfg.Name, c.cfg.IPFamilies, c.cfg.Name, joinAddrs(c.KubeDNSIPs()), c.logsDir)
 	return c, nil
 }
 
@@ -71,7 +98,7 @@ func (c *Cluster) boot(ctx context.Context) error {
 		{"start etcd, kube-apiserver, containerd", c.startCore},
 		{"import images into containerd", func() error { return c.importImages(ctx) }},
 		{"wait for kube-apiserver /readyz", func() error { return c.waitAPIServer(ctx) }},
-		{"start controller-manager, scheduler, kubelet, kube-proxy (" + c.cfg.ProxyMode + "), fake upstream", c.startNode},
+		{"start controller-manager, scheduler, kubelet, kube-proxy (" + c.cfg.ProxyMode + ", " + c.cfg.IPFamilies + "), fake upstream", c.startNode},
 		{"apply CoreDNS as kube-dns", func() error { return c.applyKubeDNS(ctx) }},
 		{"wait for node Ready", func() error { return c.waitNodeReady(ctx) }},
 		{"wait for kube-dns (2 replicas) ready", func() error { return c.waitKubeDNS(ctx) }},
@@ -262,7 +289,7 @@ func (c *Cluster) writeConfig() error {
 	if _, err := ca.issue(pki, "apiserver", certRequest{
 		commonName: "kube-apiserver",
 		server:     true,
-		ips:        []net.IP{net.IP(NodeIP.AsSlice()), net.IP(APIServiceIP.AsSlice()), net.IPv4(127, 0, 0, 1)},
+		ips:        c.apiServerIPs(),
 		dnsNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc." + ClusterDomain},
 	}); err != nil {
@@ -292,7 +319,7 @@ func (c *Cluster) writeConfig() error {
 			continue // a client certificate of the API server itself, no kubeconfig
 		}
 		if err := renderFile("kubeconfig.tmpl", c.dir(cl.file+".kubeconfig"), kubeconfigData{
-			Name: c.cfg.Name, NodeIP: NodeIP.String(), User: cl.user,
+			Name: c.cfg.Name, Server: c.apiServer(), User: cl.user,
 			CAPEM: ca.pem, CertPEM: id.certPEM, KeyPEM: id.keyPEM,
 		}); err != nil {
 			return err
@@ -311,9 +338,31 @@ func (c *Cluster) writeConfig() error {
 			return err
 		}
 	}
-	resolv := fmt.Sprintf("# the e2e node's only resolver: the fake upstream inside the node\nnameserver %s\n", UpstreamIP)
+	resolv := "# the e2e node's only resolver: the fake upstream inside the node\n"
+	for _, f := range c.families {
+		resolv += "nameserver " + f.UpstreamIP.String() + "\n"
+	}
 	if err := os.WriteFile(c.dir("resolv.conf"), []byte(resolv), 0o644); err != nil {
 		return fmt.Errorf("write resolv.conf: %w", err)
 	}
+	if err := os.WriteFile(c.dir(ipFamiliesFile), []byte(c.cfg.IPFamilies+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record IP families: %w", err)
+	}
 	return nil
+}
+
+// apiServerIPs are the API server certificate's addresses: the node's and
+// the kubernetes Service's of every family, and loopback.
+func (c *Cluster) apiServerIPs() []net.IP {
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, f := range c.families {
+		ips = append(ips, net.IP(f.NodeIP.AsSlice()), net.IP(f.APIServiceIP.AsSlice()))
+	}
+	return ips
+}
+
+// apiServer is the API server's address for the node's clients: the node's
+// primary IP, where it advertises itself.
+func (c *Cluster) apiServer() string {
+	return net.JoinHostPort(c.Primary().NodeIP.String(), "6443")
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,24 +25,17 @@ const (
 	CoreDNSVersion    = "v1.15.0"
 )
 
-// Fixed addresses of the node namespace. They only exist inside it, so they
-// cannot collide with the machine's own networks.
+// The IPv4 family's addresses (IPv4Family) by the names they had before the
+// cluster knew IPv6: the default cluster is IPv4. Code that serves every
+// family asks the cluster (Families, Primary).
 var (
-	// NodeIP is the node's InternalIP, on the node bridge.
-	NodeIP = netip.MustParseAddr("10.100.0.2")
-	// UpstreamIP is where the fake upstream resolver listens; the kubelet's
-	// resolv.conf and CoreDNS's forward plugin name only this address.
-	UpstreamIP = netip.MustParseAddr("10.100.0.53")
-	// NodePrefix is the node bridge's subnet.
-	NodePrefix = netip.MustParsePrefix("10.100.0.0/24")
-	// PodCIDR is the CNI bridge's subnet; every pod gets an address from it.
-	PodCIDR = netip.MustParsePrefix("10.244.0.0/24")
-	// ServiceCIDR is the Service ClusterIP range, routed on the node bridge.
-	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
-	// APIServiceIP is the ClusterIP of default/kubernetes.
-	APIServiceIP = netip.MustParseAddr("10.96.0.1")
-	// KubeDNSIP is the ClusterIP of kube-system/kube-dns.
-	KubeDNSIP = netip.MustParseAddr("10.96.0.10")
+	NodeIP       = IPv4Family.NodeIP
+	UpstreamIP   = IPv4Family.UpstreamIP
+	NodePrefix   = IPv4Family.NodePrefix
+	PodCIDR      = IPv4Family.PodCIDR
+	ServiceCIDR  = IPv4Family.ServiceCIDR
+	APIServiceIP = IPv4Family.APIServiceIP
+	KubeDNSIP    = IPv4Family.KubeDNSIP
 )
 
 // ClusterDomain is the cluster's DNS domain.
@@ -74,6 +66,8 @@ type Config struct {
 	RepoDir string
 	// ProxyMode is kube-proxy's mode: ProxyIPTables or ProxyNFTables.
 	ProxyMode string
+	// IPFamilies are the cluster's IP families: IPv4, IPv6 or DualStack.
+	IPFamilies string
 	// Progress receives one line per boot or teardown step, with timings.
 	Progress io.Writer
 }
@@ -99,6 +93,7 @@ func DefaultConfig() Config {
 		BusyboxBinary: "/bin/busybox",
 		RepoDir:       moduleRoot(),
 		ProxyMode:     ProxyIPTables,
+		IPFamilies:    IPv4,
 		Progress:      os.Stdout,
 	}
 }
@@ -124,6 +119,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ProxyMode == "" {
 		c.ProxyMode = d.ProxyMode
 	}
+	if c.IPFamilies == "" {
+		c.IPFamilies = d.IPFamilies
+	}
 	if c.RepoDir == "" {
 		c.RepoDir = d.RepoDir
 	}
@@ -135,6 +133,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ProxyMode != ProxyIPTables && c.ProxyMode != ProxyNFTables {
 		return c, fmt.Errorf("proxy mode %q: want %s or %s", c.ProxyMode, ProxyIPTables, ProxyNFTables)
+	}
+	if _, err := familiesOf(c.IPFamilies); err != nil {
+		return c, err
 	}
 	if c.RepoDir == "" {
 		return c, errors.New("localdns repository not found: run from inside it or set RepoDir")
@@ -186,5 +187,5 @@ var k8sBinaries = []string{"kube-apiserver", "kubectl", "kubelet", "kube-proxy",
 // hostTools are the Debian binaries (hack/install-deps.sh) the node runs.
 var hostTools = []string{"/usr/bin/etcd", "/usr/bin/containerd", "/usr/bin/ctr",
 	"/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/bin/nsenter", "/usr/sbin/ip",
-	"/usr/sbin/iptables", "/usr/sbin/conntrack",
+	"/usr/sbin/iptables", "/usr/sbin/ip6tables", "/usr/sbin/conntrack",
 	"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap", "/usr/lib/cni/loopback"}

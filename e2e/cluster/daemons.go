@@ -27,8 +27,9 @@ func (c *Cluster) startCore() error {
 	}
 	if err := c.startDaemon("kube-apiserver", c.k8sBin("kube-apiserver"),
 		"--etcd-servers="+local,
-		"--advertise-address="+NodeIP.String(), "--bind-address=0.0.0.0", "--secure-port=6443",
-		"--service-cluster-ip-range="+ServiceCIDR.String(),
+		// "::" takes IPv4 too (a dual-stack socket).
+		"--advertise-address="+c.Primary().NodeIP.String(), "--bind-address=::", "--secure-port=6443",
+		"--service-cluster-ip-range="+c.serviceCIDRs(),
 		"--client-ca-file="+filepath.Join(pki, "ca.crt"),
 		"--tls-cert-file="+filepath.Join(pki, "apiserver.crt"),
 		"--tls-private-key-file="+filepath.Join(pki, "apiserver.key"),
@@ -54,7 +55,7 @@ func (c *Cluster) startNode() error {
 		name string
 		argv []string
 	}{
-		{"kube-controller-manager", []string{c.k8sBin("kube-controller-manager"),
+		{"kube-controller-manager", append([]string{c.k8sBin("kube-controller-manager"),
 			"--kubeconfig=" + c.dir("controller-manager.kubeconfig"),
 			"--authentication-kubeconfig=" + c.dir("controller-manager.kubeconfig"),
 			"--authorization-kubeconfig=" + c.dir("controller-manager.kubeconfig"),
@@ -63,7 +64,7 @@ func (c *Cluster) startNode() error {
 			"--root-ca-file=" + filepath.Join(pki, "ca.crt"),
 			"--cluster-signing-cert-file=" + filepath.Join(pki, "ca.crt"),
 			"--cluster-signing-key-file=" + filepath.Join(pki, "ca.key"),
-			"--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"}},
+			"--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"}, c.nodeIPAMFlags()...)},
 		{"kube-scheduler", []string{c.k8sBin("kube-scheduler"),
 			"--kubeconfig=" + c.dir("scheduler.kubeconfig"),
 			"--authentication-kubeconfig=" + c.dir("scheduler.kubeconfig"),
@@ -72,7 +73,7 @@ func (c *Cluster) startNode() error {
 		{"kubelet", []string{c.k8sBin("kubelet"),
 			"--config=" + c.dir("kubelet.yaml"),
 			"--kubeconfig=" + c.dir("kubelet.kubeconfig"),
-			"--hostname-override=" + c.cfg.Name, "--node-ip=" + NodeIP.String(),
+			"--hostname-override=" + c.cfg.Name, "--node-ip=" + c.nodeIPs(),
 			"--root-dir=" + c.dir("kubelet"), "--v=1"}},
 		{"kube-proxy", []string{c.k8sBin("kube-proxy"), "--config=" + c.dir("kube-proxy.yaml"), "--v=1"}},
 		{"upstream-dns", []string{c.cfg.CoreDNSBinary, "-conf", c.dir("upstream.Corefile")}},
@@ -83,6 +84,37 @@ func (c *Cluster) startNode() error {
 		}
 	}
 	return nil
+}
+
+// serviceCIDRs is the API server's --service-cluster-ip-range: the Service
+// CIDR of each family, primary first.
+func (c *Cluster) serviceCIDRs() string {
+	return joinFamilies(c.families, func(f Family) string { return f.ServiceCIDR.String() })
+}
+
+// nodeIPs is the kubelet's --node-ip: the node's address of each family.
+func (c *Cluster) nodeIPs() string {
+	return joinFamilies(c.families, func(f Family) string { return f.NodeIP.String() })
+}
+
+// nodeIPAMFlags make the controller-manager allocate the node its pod
+// CIDRs (spec.podCIDRs), as kubeadm clusters do: the cluster CIDR of each
+// family is the one node's whole range (the node mask is its length), the
+// range the CNI's host-local IPAM hands out. Each family's mask flag is
+// given alone: the controller-manager refuses a family's flag in a cluster
+// without that family.
+func (c *Cluster) nodeIPAMFlags() []string {
+	flags := []string{"--allocate-node-cidrs=true",
+		"--cluster-cidr=" + joinFamilies(c.families, func(f Family) string { return f.PodCIDR.String() }),
+		"--service-cluster-ip-range=" + c.serviceCIDRs()}
+	for _, f := range c.families {
+		flags = append(flags, fmt.Sprintf("--node-cidr-mask-size-%s=%d", strings.ToLower(f.Name), f.PodCIDR.Bits()))
+	}
+	return flags
+}
+
+func joinFamilies(families []Family, field func(Family) string) string {
+	return strings.Join(collect(families, field), ",")
 }
 
 // buildImages builds (or takes from the cache) the pause, busybox and

@@ -155,22 +155,28 @@ func (c *Cluster) waitKubeDNS(ctx context.Context) error {
 	})
 }
 
-// checkNodeToService looks a name up from the node itself through the
-// kube-dns ClusterIP: node-originated traffic to a pod-backed Service, the
-// path the API server takes to an admission webhook.
+// checkNodeToService looks a name up from the node itself through each
+// kube-dns ClusterIP: node-originated traffic to a pod-backed Service of
+// each family, the path the API server takes to an admission webhook.
 func (c *Cluster) checkNodeToService(ctx context.Context) error {
 	name := "kubernetes.default.svc." + ClusterDomain
-	return c.waitFor(ctx, "node to kube-dns ClusterIP", func(ctx context.Context) error {
-		out, err := c.NodeCommand(ctx, c.cfg.BusyboxBinary, "nslookup", name, KubeDNSIP.String()).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "Address: "+APIServiceIP.String()) {
-			return fmt.Errorf("nslookup %s %s from the node: %v: %s", name, KubeDNSIP, err, out)
+	want := "Address: " + c.Primary().APIServiceIP.String()
+	for _, ip := range c.KubeDNSIPs() {
+		if err := c.waitFor(ctx, "node to kube-dns ClusterIP "+ip.String(), func(ctx context.Context) error {
+			out, err := c.NodeCommand(ctx, c.cfg.BusyboxBinary, "nslookup", name, ip.String()).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), want) {
+				return fmt.Errorf("nslookup %s %s from the node: %v: %s", name, ip, err, out)
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // CheckDNS runs a busybox pod that looks up kubernetes.default.svc through
-// the kube-dns ClusterIP and returns its output (the pod's resolv.conf and
+// each kube-dns ClusterIP and returns its output (the pod's resolv.conf and
 // the answer). It fails unless the lookup succeeds.
 func (c *Cluster) CheckDNS(ctx context.Context) (string, error) {
 	manifest, err := render("dnscheck.yaml.tmpl", c.templateData())

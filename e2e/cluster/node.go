@@ -32,26 +32,40 @@ func run(argv ...string) error {
 }
 
 // createNode makes the node namespace: loopback, the node bridge with the
-// node IP and the fake upstream's address, the Service CIDR routed on it,
-// and no default route — nothing inside can reach the machine's networks.
+// node IP and the fake upstream's address of each family, the Service CIDRs
+// routed on it, and no default route — nothing inside can reach the
+// machine's networks.
 func (c *Cluster) createNode() error {
 	ns := c.cfg.Name
+	nsenter := []string{"/usr/bin/nsenter", "--net=" + c.netnsPath(), "--"}
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
+		// Forwarding between pods, and bridged traffic through iptables so
+		// a Service reply on the same bridge is un-DNATed. No duplicate
+		// address detection: the node is alone on its links, and DAD would
+		// leave new IPv6 addresses (the CNI bridge's gateway) unusable for
+		// their first second or two. Set before any interface exists, which
+		// takes "default" from then on.
+		append(nsenter, "sysctl", "-q", "-w",
+			"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+			"net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"),
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
 		{"ip", "-n", ns, "link", "add", nodeBridge, "type", "bridge"},
 		{"ip", "-n", ns, "link", "add", nodePort, "type", "veth", "peer", "name", nodePeer},
 		{"ip", "-n", ns, "link", "set", nodePort, "master", nodeBridge},
-		{"ip", "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", NodeIP, NodePrefix.Bits()), "dev", nodeBridge},
-		{"ip", "-n", ns, "addr", "add", UpstreamIP.String() + "/32", "dev", nodeBridge},
-		{"ip", "-n", ns, "link", "set", nodePort, "up"},
-		{"ip", "-n", ns, "link", "set", nodePeer, "up"},
-		{"ip", "-n", ns, "link", "set", nodeBridge, "up"},
-		{"ip", "-n", ns, "route", "add", ServiceCIDR.String(), "dev", nodeBridge, "src", NodeIP.String()},
-		// Forwarding between pods, and bridged traffic through iptables so
-		// a Service reply on the same bridge is un-DNATed.
-		{"/usr/bin/nsenter", "--net=" + c.netnsPath(), "--", "sysctl", "-q", "-w",
-			"net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"},
+	}
+	for _, f := range c.families {
+		steps = append(steps,
+			[]string{"ip", "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", f.NodeIP, f.NodePrefix.Bits()), "dev", nodeBridge, "nodad"},
+			[]string{"ip", "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", f.UpstreamIP, f.UpstreamIP.BitLen()), "dev", nodeBridge, "nodad"})
+	}
+	steps = append(steps,
+		[]string{"ip", "-n", ns, "link", "set", nodePort, "up"},
+		[]string{"ip", "-n", ns, "link", "set", nodePeer, "up"},
+		[]string{"ip", "-n", ns, "link", "set", nodeBridge, "up"})
+	for _, f := range c.families {
+		steps = append(steps, []string{"ip", "-n", ns, "route", "add", f.ServiceCIDR.String(), "dev", nodeBridge, "src", f.NodeIP.String()})
 	}
 	for _, argv := range steps {
 		if err := run(argv...); err != nil {
@@ -146,27 +160,41 @@ func (c *Cluster) removeContainers() error {
 }
 
 // DropKubeDNSUDP makes the node drop the given share (0..1) of UDP packets
-// from pods to the kube-dns ClusterIP's port 53: the effect of the
-// conntrack race on the parallel A/AAAA queries of glibc and musl, which
-// kernel 6.18 no longer shows. The rule sits in the raw table, before
-// conntrack and kube-proxy's DNAT, so it works under both proxy modes.
-// The returned function removes it; teardown removes it anyway.
+// from pods to each kube-dns ClusterIP's port 53 (one rule per family,
+// iptables or ip6tables): the effect of the conntrack race on the parallel
+// A/AAAA queries of glibc and musl, which kernel 6.18 no longer shows. The
+// rules sit in the raw table, before conntrack and kube-proxy's DNAT, so
+// they work under both proxy modes. The returned function removes them;
+// teardown removes them anyway.
 func (c *Cluster) DropKubeDNSUDP(ctx context.Context, share float64) (remove func() error, err error) {
 	if share <= 0 || share > 1 {
 		return nil, fmt.Errorf("drop share %v: want (0, 1]", share)
 	}
-	rule := []string{"PREROUTING", "-s", PodCIDR.String(), "-d", KubeDNSIP.String(), "-p", "udp", "--dport", "53",
-		"-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(share, 'f', -1, 64),
-		"-m", "comment", "--comment", "localdns-e2e: emulated conntrack race", "-j", "DROP"}
-	iptables := func(op string) error {
-		argv := append([]string{"iptables", "-w", "-t", "raw", op}, rule...)
+	rule := func(f Family, op string) []string {
+		return []string{f.iptables(), "-w", "-t", "raw", op, "PREROUTING",
+			"-s", f.PodCIDR.String(), "-d", f.KubeDNSIP.String(), "-p", "udp", "--dport", "53",
+			"-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(share, 'f', -1, 64),
+			"-m", "comment", "--comment", "localdns-e2e: emulated conntrack race", "-j", "DROP"}
+	}
+	apply := func(argv []string) error {
 		if out, err := c.NodeCommand(ctx, argv...).CombinedOutput(); err != nil {
 			return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
 		}
 		return nil
 	}
-	if err := iptables("-A"); err != nil {
-		return nil, err
+	var added []Family
+	remove = func() error {
+		var errs []error
+		for _, f := range added {
+			errs = append(errs, apply(rule(f, "-D")))
+		}
+		return errors.Join(errs...)
 	}
-	return func() error { return iptables("-D") }, nil
+	for _, f := range c.families {
+		if err := apply(rule(f, "-A")); err != nil {
+			return nil, errors.Join(err, remove())
+		}
+		added = append(added, f)
+	}
+	return remove, nil
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"text/template"
 	"time"
 )
@@ -14,7 +16,23 @@ import (
 var templateFS embed.FS
 
 var templates = template.Must(template.New("").Funcs(template.FuncMap{
-	"b64": func(b []byte) string { return base64.StdEncoding.EncodeToString(b) },
+	"b64":  func(b []byte) string { return base64.StdEncoding.EncodeToString(b) },
+	"join": strings.Join,
+	// quoted is a YAML flow sequence's items: IPv6 addresses hold colons.
+	"quoted": func(items []string) string {
+		q := make([]string, len(items))
+		for i, s := range items {
+			q[i] = strconv.Quote(s)
+		}
+		return strings.Join(q, ", ")
+	},
+	// addrType is the record type of an address: A, or AAAA for IPv6.
+	"addrType": func(ip string) string {
+		if strings.Contains(ip, ":") {
+			return "AAAA"
+		}
+		return "A"
+	},
 }).ParseFS(templateFS, "templates/*.tmpl"))
 
 // Image references of the test images; pods use them with
@@ -25,10 +43,11 @@ const (
 	CoreDNSImage = "localdns.test/e2e/coredns:" + CoreDNSVersion
 )
 
-// LargeAnswerName has LargeAnswerRecords A records at the fake upstream:
-// its answer (about 1.7 kB) fits neither a plain 512-byte UDP response nor
-// Go's 1232-byte EDNS0 one, so every client gets it truncated over UDP and
-// must retry over TCP.
+// LargeAnswerName has LargeAnswerRecords records of each of the cluster's
+// families at the fake upstream (A in 10.100.1.0/24, AAAA in
+// fd00:10:101::/64): either answer (about 1.7 kB of A, 2.9 kB of AAAA) fits
+// neither a plain 512-byte UDP response nor Go's 1232-byte EDNS0 one, so
+// every client gets it truncated over UDP and must retry over TCP.
 const (
 	LargeAnswerName    = "big.large.test"
 	LargeAnswerRecords = 100
@@ -73,27 +92,36 @@ const (
 // answers, under a node cache's largest cached answer (16 KiB), so a load
 // of unique names in it grows a node cache's memory by ~11 kB a name, the
 // working set that OOM-kills one whose memory limit is below its cache
-// budget.
+// budget. Its records are the same whatever the cluster's families.
 const (
 	BigZone        = "big.test"
 	BigZoneRecords = 250
 )
 
-// templateData is what every template may use.
+// templateData is what every template may use. Single values are the
+// primary family's; lists hold one entry per family, primary first.
 type templateData struct {
 	Name, Dir, ContainerdSocket, ProxyMode, ClusterDomain string
 	PauseImage, BusyboxImage, CoreDNSImage                string
-	NodeIP, UpstreamIP, KubeDNSIP, PodCIDR                string
-	LargeAnswerName                                       string
-	LargeAnswerIPs                                        []string
-	SlowZones                                             []SlowZone
-	UnansweredZone, NoCacheZone, NoCacheA                 string
-	BigZone                                               string
-	BigZoneA, BigZoneAAAA                                 []string
+	// APIServer is the node's primary IP and the API server's port.
+	APIServer                        string
+	NodeIP, UpstreamIP, KubeDNSIP    string
+	NodeIPs, UpstreamIPs, KubeDNSIPs []string
+	PodCIDRs, DefaultRoutes          []string
+	IPFamilies                       []string // as Kubernetes spells them
+	IPFamilyPolicy                   string   // of the kube-dns Service
+	LargeAnswerName                  string
+	LargeAnswerIPs                   []string // every family's
+	SlowZones                        []SlowZone
+	UnansweredZone, NoCacheZone      string
+	NoCacheA                         string
+	BigZone                          string
+	BigZoneA, BigZoneAAAA            []string
 }
 
 func (c *Cluster) templateData() templateData {
-	return templateData{
+	primary := c.Primary()
+	d := templateData{
 		Name:             c.cfg.Name,
 		Dir:              c.runDir,
 		ContainerdSocket: c.containerdSocket(),
@@ -102,12 +130,12 @@ func (c *Cluster) templateData() templateData {
 		PauseImage:       PauseImage,
 		BusyboxImage:     BusyboxImage,
 		CoreDNSImage:     CoreDNSImage,
-		NodeIP:           NodeIP.String(),
-		UpstreamIP:       UpstreamIP.String(),
-		KubeDNSIP:        KubeDNSIP.String(),
-		PodCIDR:          PodCIDR.String(),
+		APIServer:        c.apiServer(),
+		NodeIP:           primary.NodeIP.String(),
+		UpstreamIP:       primary.UpstreamIP.String(),
+		KubeDNSIP:        primary.KubeDNSIP.String(),
+		IPFamilyPolicy:   "SingleStack",
 		LargeAnswerName:  LargeAnswerName,
-		LargeAnswerIPs:   largeAnswerIPs(),
 		SlowZones:        SlowZones,
 		UnansweredZone:   UnansweredZone,
 		NoCacheZone:      NoCacheZone,
@@ -116,6 +144,19 @@ func (c *Cluster) templateData() templateData {
 		BigZoneA:         bigZoneA(),
 		BigZoneAAAA:      bigZoneAAAA(),
 	}
+	if len(c.families) > 1 {
+		d.IPFamilyPolicy = "RequireDualStack"
+	}
+	for _, f := range c.families {
+		d.NodeIPs = append(d.NodeIPs, f.NodeIP.String())
+		d.UpstreamIPs = append(d.UpstreamIPs, f.UpstreamIP.String())
+		d.KubeDNSIPs = append(d.KubeDNSIPs, f.KubeDNSIP.String())
+		d.PodCIDRs = append(d.PodCIDRs, f.PodCIDR.String())
+		d.DefaultRoutes = append(d.DefaultRoutes, f.defaultRoute())
+		d.IPFamilies = append(d.IPFamilies, f.Name)
+		d.LargeAnswerIPs = append(d.LargeAnswerIPs, f.largeAnswerIPs()...)
+	}
+	return d
 }
 
 // bigZoneA and bigZoneAAAA are BigZone's addresses, in 10.101.0.0/16 and
@@ -132,16 +173,6 @@ func bigZoneAAAA() []string {
 	ips := make([]string, BigZoneRecords)
 	for i := range ips {
 		ips[i] = fmt.Sprintf("2001:db8:b16::%x", i+1)
-	}
-	return ips
-}
-
-// largeAnswerIPs are the addresses of LargeAnswerName, in 10.100.1.0/24
-// (inside the node, never routed anywhere).
-func largeAnswerIPs() []string {
-	ips := make([]string, LargeAnswerRecords)
-	for i := range ips {
-		ips[i] = fmt.Sprintf("10.100.1.%d", i+1)
 	}
 	return ips
 }
@@ -169,6 +200,6 @@ func renderFile(name, path string, data any) error {
 
 // kubeconfigData fills kubeconfig.tmpl for one client identity.
 type kubeconfigData struct {
-	Name, NodeIP, User     string
+	Name, Server, User     string
 	CAPEM, CertPEM, KeyPEM []byte
 }

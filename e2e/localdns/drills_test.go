@@ -13,6 +13,7 @@ func TestProcessRole(t *testing.T) {
 	}{
 		{[]string{"/localdns-nodecache", "--listen=169.254.20.10:53", "--setup-interface"}, RoleNodeCache},
 		{[]string{"/localdns-nodecache"}, RoleNodeCache},
+		{[]string{"/localdns-nodecache", "--listen=[fd6c:6f63:616c::10]:53", "--listen=169.254.20.10:53"}, RoleNodeCache},
 		{[]string{"/localdns-nodecache", "standby", "--listen=169.254.20.10:53"}, RoleStandby},
 		{[]string{"/localdns-nodecache", "ready", "--ready-file=/run/localdns/ready"}, "ready"},
 		{[]string{"/localdns-nodecache", "cleanup", "--listen=169.254.20.10:53"}, "cleanup"},

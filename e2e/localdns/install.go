@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,7 +33,8 @@ const (
 	LocalIP = "169.254.20.10"
 	// RuleComment starts the comment of every rule the node cache adds.
 	RuleComment = "localdns:"
-	// Overlay is the kustomization the e2e installs, relative to the repository.
+	// Overlay is the kustomization the e2e installs on IPv4 clusters,
+	// relative to the repository (OverlayOf: the other families').
 	Overlay = "manifests/overlays/default"
 	// StartupTaintOverlay is Overlay with the opt-in startup taint.
 	StartupTaintOverlay = "manifests/overlays/startup-taint"
@@ -86,14 +88,14 @@ func BuildImages(ctx context.Context, repoDir, workDir string) (Images, error) {
 }
 
 // Install imports the images, tags the harness's pause image as the one
-// the uninstall DaemonSet names, applies the real overlay and waits until
-// the node cache, its standby and the webhook are ready and the webhook
-// mutates.
+// the uninstall DaemonSet names, applies the real overlay of the cluster's
+// IP families (OverlayOf) and waits until the node cache, its standby and
+// the webhook are ready and the webhook mutates.
 func Install(ctx context.Context, c *cluster.Cluster, repoDir string, imgs Images) error {
 	if err := importImages(ctx, c, imgs); err != nil {
 		return err
 	}
-	return ApplyOverlay(ctx, c, repoDir, Overlay)
+	return ApplyOverlay(ctx, c, repoDir, OverlayOf(c.IPFamilies()))
 }
 
 // ApplyOverlay applies a kustomization of the repository (`kubectl apply
@@ -174,32 +176,44 @@ func EnsureNamespace(ctx context.Context, c *cluster.Cluster, ns string, optIn b
 
 // NodeState is what the node cache set up on the node.
 type NodeState struct {
-	// Addresses are the node's interfaces holding LocalIP, as `ip -o addr`
-	// shows them: localdns0, or lo on a kernel without dummy interfaces
-	// (this one), where the node cache falls back to.
+	// Addresses are the node's interfaces holding LocalIP or LocalIPv6, as
+	// `ip -o addr` shows them: localdns0, or lo on a kernel without dummy
+	// interfaces (this one), where the node cache falls back to.
 	Addresses string
-	// Rules are the node's iptables rules (both backends) naming localdns.
+	// Rules are the node's iptables and ip6tables rules (both backends)
+	// naming localdns, each prefixed with the tool that listed it.
 	Rules []string
+	// families are the cluster's: HasSetup wants each one's address and rules.
+	families []cluster.Family
 }
 
-// HasSetup reports whether an interface carries LocalIP and rules exist.
+// HasSetup reports whether an interface carries the node cache's address
+// of each of the cluster's families, and rules of that family exist.
 func (s NodeState) HasSetup() bool {
-	return strings.Contains(s.Addresses, LocalIP+"/") && len(s.Rules) > 0
+	for _, f := range s.families {
+		if !strings.Contains(s.Addresses, " "+NodeCacheIP(f)+"/") || !slices.ContainsFunc(s.Rules, isRuleOf(f)) {
+			return false
+		}
+	}
+	return len(s.families) > 0
 }
 
 // IsClean reports whether neither the address nor any rule is left.
 func (s NodeState) IsClean() bool { return s.Addresses == "" && len(s.Rules) == 0 }
 
-// ReadNodeState reads the interfaces holding LocalIP and the localdns rules
-// in the node's network namespace, from both iptables backends
-// (--iptables-mode auto follows what kube-proxy uses).
+// ReadNodeState reads the interfaces holding LocalIP or LocalIPv6 and the
+// localdns rules in the node's network namespace, from both iptables
+// backends of both families (--iptables-mode auto follows what kube-proxy
+// uses).
 func ReadNodeState(ctx context.Context, c *cluster.Cluster) (NodeState, error) {
-	var s NodeState
-	out, err := c.NodeCommand(ctx, "ip", "-o", "addr", "show", "to", LocalIP+"/32").CombinedOutput()
-	if err != nil {
-		return s, fmt.Errorf("ip addr show to %s: %w: %s", LocalIP, err, out)
+	s := NodeState{families: c.Families()}
+	for _, to := range []string{LocalIP + "/32", LocalIPv6 + "/128"} {
+		out, err := c.NodeCommand(ctx, "ip", "-o", "addr", "show", "to", to).CombinedOutput()
+		if err != nil {
+			return s, fmt.Errorf("ip addr show to %s: %w: %s", to, err, out)
+		}
+		s.Addresses = strings.TrimSpace(s.Addresses + "\n" + strings.TrimSpace(string(out)))
 	}
-	s.Addresses = strings.TrimSpace(string(out))
 	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save", "ip6tables-legacy-save"} {
 		out, err := c.NodeCommand(ctx, save).CombinedOutput()
 		if err != nil {

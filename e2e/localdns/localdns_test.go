@@ -102,6 +102,25 @@ func TestLocaldnsOnClusterNFTables(t *testing.T) {
 }
 
 func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
+	cfg := cluster.DefaultConfig()
+	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
+	cfg.ProxyMode = mode
+	e := bootEnv(t, cfg, helm)
+	e.full = full
+	for _, sc := range scenarios {
+		if sc.fullOnly && !full || sc.helmOnly && !helm {
+			continue
+		}
+		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
+	}
+}
+
+// bootEnv boots cfg's cluster (the product images build meanwhile, and it
+// is torn down when the test ends), installs localdns (with its Helm chart
+// if helm, else Install: the overlay of the cluster's IP families),
+// imports the load clients and creates the seeds' Service and the
+// scenarios' namespaces.
+func bootEnv(t *testing.T, cfg cluster.Config, helm bool) *env {
 	ctx, repo := e2etest.Start(t)
 	work := t.TempDir()
 
@@ -115,9 +134,6 @@ func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
 		imgs, err := localdns.BuildImages(ctx, repo, filepath.Join(work, "product"))
 		images <- built{imgs, err}
 	}()
-	cfg := cluster.DefaultConfig()
-	cfg.Name = name // fixed: a crashed earlier run's leftovers are found
-	cfg.ProxyMode = mode
 	cfg.Progress = e2etest.LogWriter(t)
 	start := time.Now()
 	c, err := cluster.Up(ctx, cfg)
@@ -144,15 +160,16 @@ func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
 	if b.err != nil {
 		e2etest.Fatalf(t, "build localdns images: %v", b.err)
 	}
-	e := &env{ctx: ctx, c: c, repo: repo, full: full, helm: helm}
+	e := &env{ctx: ctx, c: c, repo: repo, helm: helm}
 
 	start = time.Now()
-	how := "kubectl apply -k " + localdns.Overlay
+	var how string
 	if helm {
 		how = "helm upgrade --install " + localdns.Release + " " + localdns.Chart
 		err = localdns.InstallWithHelm(ctx, c, repo, b.imgs)
 	} else {
-		e.overlay = localdns.Overlay
+		e.overlay = localdns.OverlayOf(c.IPFamilies())
+		how = "kubectl apply -k " + e.overlay
 		err = localdns.Install(ctx, c, repo, b.imgs)
 	}
 	if err != nil {
@@ -164,7 +181,7 @@ func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
 		e2etest.Fatalf(t, "%v", err)
 	}
 	if !st.HasSetup() {
-		e2etest.Fatalf(t, "after install the node lacks %s or the localdns: rules: %+v", localdns.LocalIP, st)
+		e2etest.Fatalf(t, "after install the node lacks the node cache's address or the localdns: rules of a family (%s): %+v", cfg.IPFamilies, st)
 	}
 	t.Logf("node: %s; %d localdns rules", st.Addresses, len(st.Rules))
 
@@ -183,13 +200,7 @@ func testOnCluster(t *testing.T, mode, name string, full, helm bool) {
 			e2etest.Fatalf(t, "%v", err)
 		}
 	}
-
-	for _, sc := range scenarios {
-		if sc.fullOnly && !full || sc.helmOnly && !helm {
-			continue
-		}
-		t.Run(sc.name, func(t *testing.T) { sc.run(e, t) })
-	}
+	return e
 }
 
 // modeOf is the mode the webhook gives a client kind under localdns.io/mode:
@@ -341,10 +352,11 @@ func waitUntil(d time.Duration, check func() error) error {
 var serviceHost = seeds.Default().Service + "." + seeds.Default().ServiceNamespace
 
 // correctness: the pods' stored dnsConfig and kubelet-written resolv.conf
-// are the design's pod view; A, SRV, PTR and NXDOMAIN answers through the
-// node cache and through the stub; getaddrinfo (glibc, musl in stub mode)
-// and Go's resolver find a Service through the search path, a large answer
-// over TCP, and get NXDOMAIN as an error.
+// are the design's pod view (of the cluster's IP families); A or AAAA,
+// SRV, PTR and NXDOMAIN answers through the node cache and through the
+// stub; getaddrinfo (glibc, musl in stub mode) and Go's resolver find a
+// Service through the search path, a large answer over TCP, and get
+// NXDOMAIN as an error.
 func (e *env) correctness(t *testing.T) {
 	// Three clients' pods at a time, with the two nslookup pods in the first
 	// round: one after the other they took 45 s; all eleven at once, on the
@@ -383,14 +395,24 @@ func (e *env) correctness(t *testing.T) {
 
 	// busybox's nslookup asks the first nameserver: the node cache, or the
 	// stub. It ignores the search path, so names are given in full.
+	primary := e.c.Primary()
 	api := "kubernetes.default.svc." + cluster.ClusterDomain
 	script := strings.Join([]string{
 		"nslookup " + api,
 		"nslookup -type=SRV _https._tcp." + api,
-		"nslookup " + cluster.APIServiceIP.String(),
+		"nslookup " + primary.APIServiceIP.String(),
 		"nslookup upstream.test",
 		"nslookup nosuch.default.svc." + cluster.ClusterDomain + " 2>&1 || true",
 	}, " && ")
+	wants := []string{
+		"Address: " + primary.APIServiceIP.String(), // A (AAAA in an IPv6 cluster)
+		"service = 0 100 443 " + api,                // SRV of the named port https
+		"name = " + api,                             // PTR of the kubernetes ClusterIP
+		"NXDOMAIN",
+	}
+	for _, f := range e.c.Families() { // forwarded: an address of each family
+		wants = append(wants, "Name:\tupstream.test\nAddress: "+f.UpstreamIP.String())
+	}
 	type shellResult struct {
 		out string
 		err error
@@ -415,13 +437,7 @@ func (e *env) correctness(t *testing.T) {
 			e2etest.Errorf(t, "%v", err)
 		}
 		t.Logf("kubelet-written resolv.conf, %s mode:\n%s", mode, resolv)
-		for _, want := range []string{
-			"Address: " + cluster.APIServiceIP.String(),                     // A
-			"service = 0 100 443 " + api,                                    // SRV of the named port https
-			"name = " + api,                                                 // PTR of 10.96.0.1
-			"Name:\tupstream.test\nAddress: " + cluster.UpstreamIP.String(), // forwarded
-			"NXDOMAIN",
-		} {
+		for _, want := range wants {
 			if !strings.Contains(r.out, want) {
 				e2etest.Errorf(t, "%s mode: nslookup output lacks %q:\n%s", mode, want, r.out)
 			}
@@ -460,6 +476,12 @@ func (e *env) correctness(t *testing.T) {
 // (musl in stub mode), none does, in full runs also while other pods
 // resolve external names (see startExternalNames).
 func (e *env) seeds(t *testing.T) {
+	e.seedsBaseline(t)
+	e.seedsOptedIn(t)
+}
+
+// seedsBaseline: not opted in, every client sees lookups of 1 s or more.
+func (e *env) seedsBaseline(t *testing.T) {
 	base := seeds.Default()
 	base.Namespace = plainNS
 	base.CDuration, base.GoDuration = 8*time.Second, 8*time.Second
@@ -473,7 +495,10 @@ func (e *env) seeds(t *testing.T) {
 			e2etest.Errorf(t, "baseline %s: no lookup took 1 s or more: the race emulation did not bite", r.Client)
 		}
 	}
+}
 
+// seedsOptedIn: opted in, no client sees a lookup of 1 s or more.
+func (e *env) seedsOptedIn(t *testing.T) {
 	opted := seeds.Default() // the seeds' own shape: 50 x 15 s, Go 200 x 30 s
 	if !e.full {
 		opted.CDuration, opted.GoDuration = 10*time.Second, 10*time.Second
@@ -489,30 +514,12 @@ func (e *env) seeds(t *testing.T) {
 		e2etest.Fatalf(t, "%v", err)
 	}
 	origin := time.Now()
-	var cpuWait *localdns.RunQueueWatch
-	var nodeCachePID int
-	var cpu0 time.Duration
-	if pids, err := localdns.NodeCachePIDs(e.c); err == nil && len(pids) == 1 {
-		nodeCachePID = pids[0]
-		cpuWait = localdns.WatchRunQueue(nodeCachePID, 250*time.Millisecond)
-		cpu0, _ = localdns.CPUTime(nodeCachePID)
-	}
-	rows, err = seeds.RunClients(e.ctx, e.c, opted)
+	reportCPU := e.watchNodeCacheCPU(origin)
+	rows, err := seeds.RunClients(e.ctx, e.c, opted)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	// A slow lookup's time, beside the node cache's waits for a CPU: on a
-	// starved node the second explains the first.
-	if cpuWait != nil {
-		worst, total, err := cpuWait.Stop(5)
-		var at []string
-		for _, s := range worst {
-			at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
-		}
-		cpu1, _ := localdns.CPUTime(nodeCachePID)
-		t.Logf("node cache during the opted-in run (%s): CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v)",
-			time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), strings.Join(at, ", "), err)
-	}
+	reportCPU(t)
 	for _, r := range rows {
 		if len(r.SlowAt) > 0 {
 			tl := &timeline{origin: origin}
@@ -539,6 +546,29 @@ func (e *env) seeds(t *testing.T) {
 		if _, err := localdns.CheckPod(e.ctx, e.c, optedNS, "seeds-"+r.Client, modeOf(r.Client)); err != nil {
 			e2etest.Errorf(t, "%v", err)
 		}
+	}
+}
+
+// watchNodeCacheCPU samples the node cache's CPU use and its waits for a
+// CPU from now; the returned func logs them with their times from origin:
+// on a starved node, a slow lookup's time is where the node cache waited.
+func (e *env) watchNodeCacheCPU(origin time.Time) func(t *testing.T) {
+	pids, err := localdns.NodeCachePIDs(e.c)
+	if err != nil || len(pids) != 1 {
+		return func(t *testing.T) { t.Logf("node cache's CPU not watched: processes %v (%v)", pids, err) }
+	}
+	pid := pids[0]
+	cpu0, _ := localdns.CPUTime(pid)
+	waits := localdns.WatchRunQueue(pid, 250*time.Millisecond)
+	return func(t *testing.T) {
+		worst, total, err := waits.Stop(5)
+		cpu1, _ := localdns.CPUTime(pid)
+		var at []string
+		for _, s := range worst {
+			at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
+		}
+		t.Logf("node cache over %s: CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v)",
+			time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), strings.Join(at, ", "), err)
 	}
 }
 
@@ -814,10 +844,10 @@ func (e *env) plainPodResolves(t *testing.T, name string) {
 		e2etest.Errorf(t, "pod %s: %s=%q dnsPolicy %q, want unmutated ClusterFirst", name, localdns.InjectedAnnotation, got, p.Spec.DNSPolicy)
 	}
 	nameservers, _, _ := localdns.ParseResolvConf(out)
-	if len(nameservers) != 1 || nameservers[0] != cluster.KubeDNSIP.String() {
+	if len(nameservers) != 1 || nameservers[0] != e.c.Primary().KubeDNSIP.String() {
 		e2etest.Errorf(t, "pod %s: nameservers %v, want only the kube-dns ClusterIP", name, nameservers)
 	}
-	if !strings.Contains(out, "Address: "+cluster.APIServiceIP.String()) {
+	if !strings.Contains(out, "Address: "+e.c.Primary().APIServiceIP.String()) {
 		e2etest.Errorf(t, "pod %s did not resolve kubernetes.default", name)
 	}
 }

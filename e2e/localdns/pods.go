@@ -120,8 +120,8 @@ func GetPod(ctx context.Context, c *cluster.Cluster, ns, name string) (Pod, erro
 }
 
 // CheckPod reads a stored pod and the resolv.conf the kubelet wrote for it
-// and compares both with the design's pod view in mode; it returns the
-// resolv.conf.
+// and compares both with the design's pod view in mode, for the cluster's
+// IP families; it returns the resolv.conf.
 func CheckPod(ctx context.Context, c *cluster.Cluster, ns, name, mode string) (string, error) {
 	p, err := GetPod(ctx, c, ns, name)
 	if err != nil {
@@ -131,7 +131,7 @@ func CheckPod(ctx context.Context, c *cluster.Cluster, ns, name, mode string) (s
 	if err != nil {
 		return "", err
 	}
-	return text, errors.Join(CheckInjected(p, ns, mode), CheckResolvConf(text, ns, mode))
+	return text, errors.Join(CheckInjected(p, c.Families(), ns, mode), CheckResolvConf(text, c.Families(), ns, mode))
 }
 
 // Modes the webhook applies.
@@ -141,12 +141,18 @@ const (
 )
 
 // PodView is the design's pod view ("The pod's view") of an opted-in
-// ClusterFirst pod in namespace ns without a dnsConfig of its own, as
-// resolv.conf lines: nameservers, search list and options.
-func PodView(ns, mode string) (nameservers, searches, options []string) {
-	nameservers = []string{LocalIP, cluster.KubeDNSIP.String()}
+// ClusterFirst pod in namespace ns without a dnsConfig of its own, in a
+// cluster of the given IP families (primary first), as resolv.conf lines:
+// nameservers, search list and options. The nameservers are those of
+// docs/webhook.md "IP families": in node cache mode the node cache's
+// address of each family, then the primary family's kube-dns ClusterIP; in
+// stub mode the stub's loopback and the node cache of the primary family.
+func PodView(families []cluster.Family, ns, mode string) (nameservers, searches, options []string) {
+	primary := families[0]
 	if mode == ModeStub {
-		nameservers = []string{"127.0.0.1", LocalIP}
+		nameservers = []string{loopbackOf(primary), NodeCacheIP(primary)}
+	} else {
+		nameservers = append(NodeCacheIPs(families), primary.KubeDNSIP.String())
 	}
 	searches = []string{ns + ".svc." + cluster.ClusterDomain, "svc." + cluster.ClusterDomain, cluster.ClusterDomain}
 	options = []string{"ndots:5", "timeout:1", "attempts:2", "single-request-reopen"}
@@ -154,7 +160,7 @@ func PodView(ns, mode string) (nameservers, searches, options []string) {
 }
 
 // CheckInjected compares a stored pod with the design's pod view in mode.
-func CheckInjected(p Pod, ns, mode string) error {
+func CheckInjected(p Pod, families []cluster.Family, ns, mode string) error {
 	var problems []string
 	if got := p.Metadata.Annotations[InjectedAnnotation]; got != mode {
 		problems = append(problems, fmt.Sprintf("annotation %s=%q, want %q", InjectedAnnotation, got, mode))
@@ -162,7 +168,7 @@ func CheckInjected(p Pod, ns, mode string) error {
 	if p.Spec.DNSPolicy != "None" {
 		problems = append(problems, fmt.Sprintf("dnsPolicy %q, want None", p.Spec.DNSPolicy))
 	}
-	wantNS, wantSearch, wantOpts := PodView(ns, mode)
+	wantNS, wantSearch, wantOpts := PodView(families, ns, mode)
 	if d := p.Spec.DNSConfig; d == nil {
 		problems = append(problems, "no dnsConfig")
 	} else {
@@ -227,9 +233,9 @@ func ParseResolvConf(text string) (nameservers, searches, options []string) {
 // CheckResolvConf compares a kubelet-written resolv.conf with the pod view.
 // The options are compared as a set: the kubelet merges them through a map,
 // so their order varies from pod to pod (and means nothing to resolvers).
-func CheckResolvConf(text, ns, mode string) error {
+func CheckResolvConf(text string, families []cluster.Family, ns, mode string) error {
 	gotNS, gotSearch, gotOpts := ParseResolvConf(text)
-	wantNS, wantSearch, wantOpts := PodView(ns, mode)
+	wantNS, wantSearch, wantOpts := PodView(families, ns, mode)
 	slices.Sort(gotOpts)
 	slices.Sort(wantOpts)
 	if !slices.Equal(gotNS, wantNS) || !slices.Equal(gotSearch, wantSearch) || !slices.Equal(gotOpts, wantOpts) {

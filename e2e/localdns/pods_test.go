@@ -6,24 +6,38 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/localdns/localdns/e2e/cluster"
 )
 
 func TestCheckResolvConf(t *testing.T) {
+	const (
+		search  = "search ns1.svc.cluster.local svc.cluster.local cluster.local\n"
+		options = "options ndots:5 timeout:1 attempts:2 single-request-reopen\n"
+	)
 	tests := []struct {
-		name, text, mode string
-		wantErr          string
+		name, text string
+		families   []cluster.Family
+		mode       string
+		wantErr    string
 	}{
-		{"node cache view", "search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.20.10\nnameserver 10.96.0.10\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, ""},
-		{"options in the kubelet's map order", "nameserver 169.254.20.10\nnameserver 10.96.0.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions single-request-reopen attempts:2 ndots:5 timeout:1\n", ModeNodeCache, ""},
-		{"stub view", "nameserver 127.0.0.1\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeStub, ""},
-		{"stub view is not the node cache's", "nameserver 127.0.0.1\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "nameservers [127.0.0.1 169.254.20.10]"},
-		{"nameserver order matters", "nameserver 10.96.0.10\nnameserver 169.254.20.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "nameservers [10.96.0.10"},
-		{"plain cluster DNS", "nameserver 10.96.0.10\nsearch ns1.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n", ModeNodeCache, "options [ndots:5]"},
-		{"another namespace's search path", "nameserver 169.254.20.10\nnameserver 10.96.0.10\nsearch ns2.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2 single-request-reopen\n", ModeNodeCache, "search [ns2.svc"},
+		{"node cache view", search + "nameserver 169.254.20.10\nnameserver 10.96.0.10\n" + options, ipv4, ModeNodeCache, ""},
+		{"options in the kubelet's map order", "nameserver 169.254.20.10\nnameserver 10.96.0.10\n" + search + "options single-request-reopen attempts:2 ndots:5 timeout:1\n", ipv4, ModeNodeCache, ""},
+		{"stub view", "nameserver 127.0.0.1\nnameserver 169.254.20.10\n" + search + options, ipv4, ModeStub, ""},
+		{"stub view is not the node cache's", "nameserver 127.0.0.1\nnameserver 169.254.20.10\n" + search + options, ipv4, ModeNodeCache, "nameservers [127.0.0.1 169.254.20.10]"},
+		{"nameserver order matters", "nameserver 10.96.0.10\nnameserver 169.254.20.10\n" + search + options, ipv4, ModeNodeCache, "nameservers [10.96.0.10"},
+		{"plain cluster DNS", "nameserver 10.96.0.10\n" + search + "options ndots:5\n", ipv4, ModeNodeCache, "options [ndots:5]"},
+		{"another namespace's search path", "nameserver 169.254.20.10\nnameserver 10.96.0.10\nsearch ns2.svc.cluster.local svc.cluster.local cluster.local\n" + options, ipv4, ModeNodeCache, "search [ns2.svc"},
+		{"IPv6 node cache view", "nameserver fd6c:6f63:616c::10\nnameserver fd00:10:96::a\n" + search + options, ipv6, ModeNodeCache, ""},
+		{"IPv6 stub view", "nameserver ::1\nnameserver fd6c:6f63:616c::10\n" + search + options, ipv6, ModeStub, ""},
+		{"IPv4 view in an IPv6 cluster", "nameserver 169.254.20.10\nnameserver 10.96.0.10\n" + search + options, ipv6, ModeNodeCache, "want [fd6c:6f63:616c::10 fd00:10:96::a]"},
+		{"dual-stack node cache view", "nameserver 169.254.20.10\nnameserver fd6c:6f63:616c::10\nnameserver 10.96.0.10\n" + search + options, dual, ModeNodeCache, ""},
+		{"dual-stack stub view: the primary family", "nameserver 127.0.0.1\nnameserver 169.254.20.10\n" + search + options, dual, ModeStub, ""},
+		{"dual-stack without the IPv6 node cache", "nameserver 169.254.20.10\nnameserver 10.96.0.10\n" + search + options, dual, ModeNodeCache, "want [169.254.20.10 fd6c:6f63:616c::10 10.96.0.10]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := CheckResolvConf(tt.text, "ns1", tt.mode)
+			err := CheckResolvConf(tt.text, tt.families, "ns1", tt.mode)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Errorf("unexpected error: %v", err)
@@ -63,7 +77,7 @@ func TestCheckInjected(t *testing.T) {
 			if err := json.Unmarshal([]byte(tt.edit(stubPod)), &p); err != nil {
 				t.Fatal(err)
 			}
-			err := CheckInjected(p, "ns1", tt.mode)
+			err := CheckInjected(p, ipv4, "ns1", tt.mode)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Errorf("unexpected error: %v", err)

@@ -87,7 +87,7 @@ func Prepare(ctx context.Context, c *cluster.Cluster, repoDir, workDir string, c
 func RunClients(ctx context.Context, c *cluster.Cluster, cfg Config) ([]Row, error) {
 	if cfg.Drop > 0 {
 		var remove func() error
-		if err := c.Step(fmt.Sprintf("drop %.2g%% of UDP from pods to kube-dns %s (emulated conntrack race)", cfg.Drop*100, cluster.KubeDNSIP), func() error {
+		if err := c.Step(fmt.Sprintf("drop %.2g%% of UDP from pods to kube-dns %v (emulated conntrack race)", cfg.Drop*100, c.KubeDNSIPs()), func() error {
 			var err error
 			remove, err = c.DropKubeDNSUDP(ctx, cfg.Drop)
 			return err

@@ -71,7 +71,7 @@ func demo(ctx context.Context, o options, bench bool) (err error) {
 	if err := localdns.Install(ctx, c, o.cfg.RepoDir, b.imgs); err != nil {
 		return err
 	}
-	if err := c.Step("node has "+localdns.LocalIP+" and the localdns: NOTRACK rules", func() error {
+	if err := c.Step("node has "+strings.Join(localdns.NodeCacheIPs(c.Families()), ", ")+" and the localdns: NOTRACK rules", func() error {
 		st, err := localdns.ReadNodeState(ctx, c)
 		if err == nil && !st.HasSetup() {
 			err = fmt.Errorf("node setup missing: addresses %q, %d rules", st.Addresses, len(st.Rules))

@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "cluster name: the node's network namespace and run directory")
 	fs.StringVar(&cfg.BaseDir, "base-dir", cfg.BaseDir, "directory holding run and log directories")
 	fs.StringVar(&cfg.ProxyMode, "proxy-mode", cfg.ProxyMode, "kube-proxy mode: iptables or nftables")
+	fs.StringVar(&cfg.IPFamilies, "ip-families", cfg.IPFamilies, "the cluster's IP families: ipv4, ipv6 or dual (IPv4 primary); commands on a running cluster take the ones it booted with")
 	sc := seeds.Default()
 	fs.StringVar(&sc.Namespace, "seeds-namespace", sc.Namespace, "seeds: namespace of the client pods")
 	fs.IntVar(&sc.CThreads, "seeds-threads", sc.CThreads, "seeds: getaddrinfo threads of the glibc and musl clients")
@@ -140,7 +142,7 @@ func run(ctx context.Context, o options) error {
 	case "install":
 		return install(ctx, c, o.cfg.RepoDir)
 	case "uninstall":
-		return localdns.Uninstall(ctx, c, o.cfg.RepoDir, localdns.Overlay)
+		return localdns.Uninstall(ctx, c, o.cfg.RepoDir, localdns.OverlayOf(c.IPFamilies()))
 	case "kubectl":
 		cmd := c.KubectlCommand(ctx, o.args...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -165,7 +167,7 @@ func runSeeds(ctx context.Context, c *cluster.Cluster, o options) error {
 
 func check(ctx context.Context, c *cluster.Cluster) error {
 	var out string
-	err := c.Step("pod resolves kubernetes.default through kube-dns "+cluster.KubeDNSIP.String(), func() error {
+	err := c.Step(fmt.Sprintf("pod resolves kubernetes.default through kube-dns %v", c.KubeDNSIPs()), func() error {
 		var err error
 		out, err = c.CheckDNS(ctx)
 		return err
@@ -192,7 +194,7 @@ func install(ctx context.Context, c *cluster.Cluster, repoDir string) error {
 	if err := localdns.Install(ctx, c, repoDir, imgs); err != nil {
 		return err
 	}
-	return c.Step("node has "+localdns.LocalIP+" and the localdns: rules", func() error {
+	return c.Step("node has "+strings.Join(localdns.NodeCacheIPs(c.Families()), ", ")+" and the localdns: rules", func() error {
 		st, err := localdns.ReadNodeState(ctx, c)
 		if err != nil {
 			return err
