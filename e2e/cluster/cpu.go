@@ -47,9 +47,17 @@ func (c *Cluster) shareCPULikeANode() error {
 	return nil
 }
 
+// upstreamDaemon is the fake upstream resolver: it stands for the
+// resolvers kube-dns forwards to, which run off the node, so it stays out
+// of the node's daemons' share.
+const upstreamDaemon = "upstream-dns"
+
 // joinDaemonsCgroup moves a started daemon (all its threads, and the
 // children it starts later) into the daemons' cgroup, when there is one.
-func (c *Cluster) joinDaemonsCgroup(pid int) error {
+func (c *Cluster) joinDaemonsCgroup(name string, pid int) error {
+	if name == upstreamDaemon {
+		return nil
+	}
 	procs := filepath.Join(c.daemonsCgroup(), "cgroup.procs")
 	if _, err := os.Stat(procs); err != nil {
 		return nil

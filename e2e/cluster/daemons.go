@@ -76,7 +76,7 @@ func (c *Cluster) startNode() error {
 			"--hostname-override=" + c.cfg.Name, "--node-ip=" + c.nodeIPs(),
 			"--root-dir=" + c.dir("kubelet"), "--v=1"}},
 		{"kube-proxy", []string{c.k8sBin("kube-proxy"), "--config=" + c.dir("kube-proxy.yaml"), "--v=1"}},
-		{"upstream-dns", []string{c.cfg.CoreDNSBinary, "-conf", c.dir("upstream.Corefile")}},
+		{upstreamDaemon, []string{c.cfg.CoreDNSBinary, "-conf", c.dir("upstream.Corefile")}},
 	}
 	for _, d := range daemons {
 		if err := c.startDaemon(d.name, d.argv...); err != nil {

@@ -51,7 +51,7 @@ func (c *Cluster) startDaemon(name string, argv ...string) error {
 		_ = cmd.Process.Kill()
 		return fmt.Errorf("record %s: %w", name, err)
 	}
-	if err := c.joinDaemonsCgroup(cmd.Process.Pid); err != nil {
+	if err := c.joinDaemonsCgroup(name, cmd.Process.Pid); err != nil {
 		_ = cmd.Process.Kill()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
