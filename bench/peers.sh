@@ -638,7 +638,7 @@ the hostile loads, the hostile client is 127.0.3.1 and the other client 127.0.2.
 count and time (\`bench/slowkubedns hostile\`). Peak RSS counts the pages a process has touched: buffers
 allocated but never written (a TCP flood's) add to the Go heap but little to a fresh process's RSS.
 unbound pipelines up to \`max-reuse-tcp-queries\` (default 200) queries on a reused TCP stream, so its misses
-wait behind slow names on CoreDNS's serial connections, as localdns's do.
+wait behind slow names on CoreDNS's serial connections, as localdns's did before it kept one query per connection.
 
 Targets (design.md): cluster-name misses p99 <= 20 ms, max < 200 ms, 0 SERVFAIL under the external load;
 external names answered when kube-dns answers them; RSS under 60% of the DaemonSet's memory limit under

@@ -102,7 +102,7 @@ func (e *env) standbyTakesOver(t *testing.T) {
 				bl.name, res.Lookups, res.Errors, res.ErrorKinds, res.Over5s, res.Max, failed, eaiNoData)
 		}
 	}
-	checkStandbyServed(t, "SIGKILL", st0, e.readStandby(t))
+	checkStandbyServed(t, "SIGKILL", st0, e.readStandby(t), true)
 	e.checkServing(t)
 }
 

@@ -185,12 +185,16 @@ func (e *env) readStandby(t *testing.T) localdns.StandbyState {
 	return st
 }
 
-// checkStandbyServed asserts the standby took over and answered queries
-// between two readings, and stood down by the second.
-func checkStandbyServed(t *testing.T, what string, before, after localdns.StandbyState) {
+// checkStandbyServed asserts the standby took over, answered queries and
+// stood down once the node cache was back; with mayNotAnswer it need not
+// have answered: a node cache the kubelet restarts within the clients'
+// resolver timeout (1 s) is back before their next query, which the dead
+// one's lost queries hold back.
+func checkStandbyServed(t *testing.T, what string, before, after localdns.StandbyState, mayNotAnswer bool) {
 	t.Helper()
 	t.Logf("standby, %s: %s -> %s", what, before, after)
-	if after.Takeovers <= before.Takeovers || after.Requests <= before.Requests || after.Serving {
+	answered := after.Requests > before.Requests || mayNotAnswer
+	if after.Takeovers <= before.Takeovers || !answered || after.Serving {
 		e2etest.Errorf(t, "standby, %s: %s -> %s; want it to take over, answer and stand down", what, before, after)
 	}
 }
@@ -223,7 +227,7 @@ func (e *env) nodeCacheKilled(t *testing.T) {
 		e.waitNodeCacheBack(t)
 		tl.mark(time.Now(), "node cache back, standby stood down")
 		st1 := e.readStandby(t)
-		checkStandbyServed(t, "crash loop", st0, st1)
+		checkStandbyServed(t, "crash loop", st0, st1, false)
 
 		tl.mark(time.Now(), "force-delete the node cache pod")
 		if err := e.c.Step("force-delete the node cache pod", func() error {
@@ -349,7 +353,7 @@ func (e *env) nodeCacheOOMKilled(t *testing.T) {
 		}
 		e.waitNodeCacheBack(t)
 		tl.mark(time.Now(), "node cache back, standby stood down")
-		checkStandbyServed(t, "OOM kills", st0, e.readStandby(t))
+		checkStandbyServed(t, "OOM kills", st0, e.readStandby(t), false)
 	})
 	e.checkServing(t)
 }
