@@ -62,7 +62,8 @@ func (e *env) checkStillRunning(t *testing.T, loads ...*backgroundLoad) {
 // externalNames are the loads of opted-in pods resolving unique external
 // names through the search path beside the seeds' test (issue 13):
 // names of the 100, 300 and 200 ms zones (Go, glibc, musl in stub mode:
-// musl, whose one budget a late answer fails, gets the middle one),
+// musl, whose one budget a late answer fails, gets the middle one:
+// 18 of 3504 late there),
 // names never answered (glibc, Go), and names of kube-dns's TTL 0 zone
 // (Go, 200 lookups/s: misses answered at once, like cluster names).
 type externalNames struct {
@@ -102,9 +103,7 @@ func (e *env) startExternalNames(t *testing.T) *externalNames {
 // its servers (the stub and the node cache) at once, and has none left to
 // try when both are late: an answer delayed past 1 s on a node whose 2
 // cores the seeds' test saturates fails the lookup, where glibc and Go
-// retry the ClusterIP and succeed late. A starved musl thread that wakes
-// after its deadline gives up without reading the answer waiting in its
-// socket. Measured in the 300 ms zone: 8 of 2443, 14 of 2211, 52 of 2407
+// retry the ClusterIP and succeed late. Measured in the 300 ms zone: 8 of 2443, 14 of 2211, 52 of 2407
 // (the old upstream path: 612 of 649).
 const muslLateShare = 0.01
 
