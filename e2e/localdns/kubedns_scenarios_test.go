@@ -62,8 +62,7 @@ func (e *env) checkStillRunning(t *testing.T, loads ...*backgroundLoad) {
 // externalNames are the loads of opted-in pods resolving unique external
 // names through the search path beside the seeds' test (issue 13):
 // names of the 100, 300 and 200 ms zones (Go, glibc, musl in stub mode:
-// musl, whose one budget a late answer fails, gets the middle one:
-// 18 of 3504 late there),
+// musl, whose one budget a late answer fails, gets the middle one),
 // names never answered (glibc, Go), and names of kube-dns's TTL 0 zone
 // (Go, 200 lookups/s: misses answered at once, like cluster names).
 type externalNames struct {
@@ -101,11 +100,16 @@ func (e *env) startExternalNames(t *testing.T) *externalNames {
 // muslLateShare is the share of musl's external lookups that may fail.
 // musl asks each name with one budget, the pod's timeout (1 s), of both
 // its servers (the stub and the node cache) at once, and has none left to
-// try when both are late: an answer delayed past 1 s on a node whose 2
-// cores the seeds' test saturates fails the lookup, where glibc and Go
-// retry the ClusterIP and succeed late. Measured in the 300 ms zone: 8 of 2443, 14 of 2211, 52 of 2407
-// (the old upstream path: 612 of 649).
-const muslLateShare = 0.01
+// try when both are late, where glibc and Go retry the ClusterIP and
+// succeed late. On this 2-core node the seeds' test saturates, kube-dns's
+// own answers to external names reach 0.5-1 s at the tail (the node
+// cache's upstream request durations: 333 of ~134k in 0.5-1 s in one run),
+// and the lookups they answer past musl's second fail. Measured, late of
+// all: 300 ms zone 8 of 2443, 14 of 2211, 52 of 2407, 64 of 2361 (with two
+// CPU hogs beside); 200 ms zone 18 of 3504, 44 of 3526; the old upstream
+// path, 612 of 649. The node cache answers them all: glibc's and Go's
+// every lookup of the same zones succeeds.
+const muslLateShare = 0.03
 
 // checkExternalNames, once the seeds' test is over: the loads ran through
 // it; the instant misses had no error and none >= 1 s (as the seeds'
