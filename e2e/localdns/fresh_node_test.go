@@ -57,7 +57,9 @@ func (e *env) freshNode(t *testing.T) {
 	t.Cleanup(func() { e.nodeRoute(t, "del") })
 
 	e.removeNodeCache(t)
-	today := freshLoads("fresh", 20*time.Second)
+	// Long enough to outlast the node cache's return: the apply, the
+	// rollouts and the webhook's first mutation took 8-17 s.
+	today := freshLoads("fresh", 30*time.Second)
 	launched := time.Now()
 	e.launchLoads(today...)
 	tl := &timeline{origin: launched}
