@@ -110,27 +110,3 @@ func (w *RunQueueWatch) Stop(n int) (worst []RunQueueSample, total time.Duration
 	slices.SortFunc(worst, func(a, b RunQueueSample) int { return int(b.Wait - a.Wait) })
 	return worst[:min(n, len(worst))], total, w.err
 }
-
-// CPUTime is the CPU time process pid has used (user and system, all
-// threads), in clock ticks of 10 ms.
-func CPUTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command (which may hold spaces), from the state on.
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q: too short", pid, b)
-	}
-	var ticks int64
-	for _, s := range f[11:13] { // utime, stime
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond, nil
-}

@@ -105,6 +105,13 @@ func WatchNewProcess(ctx context.Context, comm string, before []int, interval ti
 	}
 }
 
+// CPUTime is the CPU time process pid has used (user and system, all
+// threads).
+func CPUTime(pid int) (time.Duration, error) {
+	cpu, _, err := readProc(pid)
+	return cpu, err
+}
+
 // readProc returns a process's user+system time and VmHWM.
 func readProc(pid int) (cpu time.Duration, hwm int64, err error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
