@@ -208,8 +208,11 @@ const crashLoopHold = 30 * time.Second
 // too for 30 s (a crash loop), then, once it is back, its pod
 // force-deleted (the kubelet stops it with a 2 s grace; the DaemonSet makes
 // a new pod at once): the standby serves each time and stands down after.
+// The load runs 60 s: the node cache's return after the hold waits for
+// the kubelet's back-off (up to 20 s after the last kill) and readiness,
+// and took until 45 s once.
 func (e *env) nodeCacheKilled(t *testing.T) {
-	e.nodeCacheDrill(t, "kill", 45*time.Second, true, func(tl *timeline) {
+	e.nodeCacheDrill(t, "kill", 60*time.Second, true, func(tl *timeline) {
 		st0 := e.readStandby(t)
 		var kills []localdns.Kill
 		if err := e.c.Step(fmt.Sprintf("SIGKILL the node cache, and each restart of it for %s", crashLoopHold), func() error {
