@@ -11,6 +11,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"github.com/localdns/localdns/internal/contract"
 	"io"
 	"os"
 	"os/exec"
@@ -39,7 +40,7 @@ var (
 )
 
 // ClusterDomain is the cluster's DNS domain.
-const ClusterDomain = "cluster.local"
+const ClusterDomain = contract.ClusterDomain
 
 // Proxy modes of kube-proxy the harness supports (ipvs is not in this kernel).
 const (

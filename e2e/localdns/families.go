@@ -1,6 +1,7 @@
 package localdns
 
 import (
+	"github.com/localdns/localdns/internal/contract"
 	"strings"
 
 	"github.com/localdns/localdns/e2e/cluster"
@@ -8,7 +9,7 @@ import (
 
 // LocalIPv6 is the node cache's IPv6 address on every node (the webhook's
 // --local-ipv6 default, the ipv6 and dual-stack overlays' --listen).
-const LocalIPv6 = "fd6c:6f63:616c::10"
+const LocalIPv6 = contract.NodeCacheIPv6
 
 // NodeCacheIP is the node cache's address of family f.
 func NodeCacheIP(f cluster.Family) string {

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/localdns/localdns/internal/contract"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +31,7 @@ const (
 	WebhookConfig = "localdns-webhook"
 	CleanupDS     = "localdns-cleanup"
 	// LocalIP is the node cache's address on every node.
-	LocalIP = "169.254.20.10"
+	LocalIP = contract.NodeCacheIPv4
 	// RuleComment starts the comment of every rule the node cache adds.
 	RuleComment = "localdns:"
 	// Overlay is the kustomization the e2e installs on IPv4 clusters,
