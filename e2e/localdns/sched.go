@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -47,9 +46,8 @@ type RunQueueWatch struct {
 	pid      int
 	interval time.Duration
 	stop     chan struct{}
-	done     chan struct{}
+	done     chan struct{} // closed by run: Stop reads samples and err after it
 
-	mu      sync.Mutex
 	samples []RunQueueSample
 	err     error
 }
@@ -83,14 +81,10 @@ func (w *RunQueueWatch) run() {
 		case now := <-tick.C:
 			cur, err := RunQueueWait(w.pid)
 			if err != nil {
-				w.mu.Lock()
 				w.err = err
-				w.mu.Unlock()
 				return
 			}
-			w.mu.Lock()
 			w.samples = append(w.samples, RunQueueSample{At: now, Wait: cur - last})
-			w.mu.Unlock()
 			last = cur
 		}
 	}
@@ -101,8 +95,6 @@ func (w *RunQueueWatch) run() {
 func (w *RunQueueWatch) Stop(n int) (worst []RunQueueSample, total time.Duration, err error) {
 	close(w.stop)
 	<-w.done
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	for _, s := range w.samples {
 		total += s.Wait
 	}
