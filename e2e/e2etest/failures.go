@@ -45,6 +45,18 @@ func Fatalf(t testing.TB, format string, args ...any) {
 	t.Fatal(msg)
 }
 
+// Explainf logs what may explain a failure; when t has failed already, the
+// message is kept for Main's summary too, next to the failure it explains
+// (a post-mortem that CI would otherwise cut with the logs around it).
+func Explainf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if t.Failed() {
+		keep(t, "why: "+msg)
+	}
+	t.Log(msg)
+}
+
 // Main runs the package's tests, then prints the messages Errorf and Fatalf
 // kept: TestMain's body is os.Exit(e2etest.Main(m)).
 func Main(m *testing.M) int {
@@ -52,7 +64,7 @@ func Main(m *testing.M) int {
 	failures.Lock()
 	defer failures.Unlock()
 	if len(failures.msgs) > 0 {
-		fmt.Printf("\n=== %d failure(s) above, repeated:\n", len(failures.msgs))
+		fmt.Printf("\n=== %d failure(s) and post-mortem(s) above, repeated:\n", len(failures.msgs))
 		for _, msg := range failures.msgs {
 			fmt.Println("    " + strings.ReplaceAll(msg, "\n", "\n        "))
 		}

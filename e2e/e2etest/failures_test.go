@@ -21,3 +21,30 @@ func TestKeepNamesTestAndCaller(t *testing.T) {
 
 // keepFromHere calls keep as Errorf does: two frames below the caller.
 func keepFromHere(t *testing.T) { func() { keep(t, "answer 42") }() }
+
+// stateTB is a testing.TB whose Failed reports failed, so that Explainf can
+// be tried on a failed test without failing this one.
+type stateTB struct {
+	testing.TB
+	failed bool
+}
+
+func (s stateTB) Failed() bool { return s.failed }
+
+// A post-mortem is kept for the summary only once its test has failed.
+func TestExplainfKeepsOnlyAfterAFailure(t *testing.T) {
+	for _, tc := range []struct {
+		failed bool
+		want   int
+	}{{false, 0}, {true, 1}} {
+		failures.msgs = nil
+		Explainf(stateTB{TB: t, failed: tc.failed}, "node cache waited %s", "2s")
+		if len(failures.msgs) != tc.want {
+			t.Errorf("failed=%v: kept %q, want %d message(s)", tc.failed, failures.msgs, tc.want)
+		}
+		if tc.want == 1 && !strings.HasSuffix(failures.msgs[0], "): why: node cache waited 2s") {
+			t.Errorf("kept %q", failures.msgs[0])
+		}
+	}
+	failures.msgs = nil
+}
