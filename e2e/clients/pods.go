@@ -67,6 +67,15 @@ func (l Load) args(kind string) ([]string, error) {
 	return nil, fmt.Errorf("unknown client kind %q", kind)
 }
 
+// clientCPURequest is each client pod's CPU request, its weight when the
+// node's CPU is contended. The clients stand for application pods, which
+// request CPU; a BestEffort pod weighs 2 (of 1024 a CPU), so a busy
+// neighbour can keep it off the CPU for a second, which it would then
+// count as lookup time whatever DNS did. 25m keeps the node cache (100m)
+// the heavier of the two, and a scenario's loads together small beside the
+// node's 2 CPUs.
+const clientCPURequest = "25m"
+
 // PodManifest is a pod (restartPolicy Never) running the client of kind
 // with load; its log is the client's JSON result (see ParseResult).
 // annotations (may be nil) are the pod's, e.g. localdns.io/mode.
@@ -85,6 +94,7 @@ func PodManifest(namespace, name, kind string, l Load, annotations map[string]st
 			"terminationGracePeriodSeconds": 0,
 			"containers": []map[string]any{{
 				"name": "load", "image": imageRef(kind), "imagePullPolicy": "Never", "args": args,
+				"resources": map[string]any{"requests": map[string]string{"cpu": clientCPURequest}},
 			}},
 		},
 	}

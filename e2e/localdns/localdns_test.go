@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -514,28 +515,42 @@ func (e *env) seedsOptedIn(t *testing.T) {
 		e2etest.Fatalf(t, "%v", err)
 	}
 	origin := time.Now()
-	reportCPU := e.watchNodeCacheCPU(origin)
+	pids, err := localdns.NodeCachePIDs(e.c)
+	stops := []func() string{watchCPU("node cache", pids, err, origin)}
+	// The seeds' clients, one after the other: gaiload #1 is glibc's, #2 musl's.
+	for _, comm := range []string{"gaiload", "dnsload"} {
+		stops = append(stops, watchNewProcessesCPU(comm, origin))
+	}
 	rows, err := seeds.RunClients(e.ctx, e.c, opted)
 	if err != nil {
 		e2etest.Fatalf(t, "%v", err)
 	}
-	reportCPU(t)
+	// What the node cache, the clients and the node saw, for a post-mortem
+	// of any slow lookup: kept with the failure, which CI shows without
+	// these logs.
+	var postMortem []string
+	for _, stop := range stops {
+		postMortem = append(postMortem, stop())
+	}
 	for _, r := range rows {
 		if len(r.SlowAt) > 0 {
 			tl := &timeline{origin: origin}
-			t.Logf("localdns %s: slow lookups started at %s", r.Client, tl.slowAt(&backgroundLoad{res: r.Result}))
+			postMortem = append(postMortem, fmt.Sprintf("localdns %s's slow lookups started at %s", r.Client, tl.slowAt(&backgroundLoad{res: r.Result})))
 		}
 	}
 	if external != nil {
 		e.checkExternalNames(t, external)
 	}
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
-		t.Logf("node during the opted-in run: %s", localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
+		postMortem = append(postMortem, "node: "+localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
 	}
-	// What the node cache saw, for a post-mortem of any slow lookup.
 	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_",
 		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_",
 		"localdns_nodecache_client_limited_total", "localdns_nodecache_coalesced_total")
+	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_cache_stale_total", "localdns_nodecache_cache_prefetch_total",
+		`localdns_nodecache_upstream_errors_total{reason="timeout"`); err == nil {
+		postMortem = append(postMortem, "node cache (since its start): "+strings.Join(lines, ", "))
+	}
 	title := "localdns, namespace opted in (glibc, Go: node cache; musl: stub)"
 	if external != nil {
 		title += ", beside external names"
@@ -547,29 +562,86 @@ func (e *env) seedsOptedIn(t *testing.T) {
 			e2etest.Errorf(t, "%v", err)
 		}
 	}
+	e2etest.Explainf(t, "%s", strings.Join(postMortem, "; "))
 }
 
-// watchNodeCacheCPU samples the node cache's CPU use and its waits for a
-// CPU from now; the returned func logs them with their times from origin:
-// on a starved node, a slow lookup's time is where the node cache waited.
-func (e *env) watchNodeCacheCPU(origin time.Time) func(t *testing.T) {
-	pids, err := localdns.NodeCachePIDs(e.c)
+// watchCPU samples the CPU use of process what (found as pids, err) and
+// its waits for a CPU from now; the returned func stops and describes
+// them, with their times from origin: on a starved node, a slow lookup's
+// time is where the process answering it waited.
+func watchCPU(what string, pids []int, err error, origin time.Time) (stop func() string) {
 	if err != nil || len(pids) != 1 {
-		return func(t *testing.T) { t.Logf("node cache's CPU not watched: processes %v (%v)", pids, err) }
+		return func() string { return fmt.Sprintf("%s's CPU not watched: processes %v (%v)", what, pids, err) }
 	}
 	pid := pids[0]
-	cpu0, _ := localdns.CPUTime(pid)
+	cpu0, _, _ := localdns.CPUTime(pid)
 	waits := localdns.WatchRunQueue(pid, 250*time.Millisecond)
-	return func(t *testing.T) {
+	return func() string {
 		worst, total, err := waits.Stop(5)
-		cpu1, _ := localdns.CPUTime(pid)
-		var at []string
-		for _, s := range worst {
-			at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
-		}
-		t.Logf("node cache over %s: CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v)",
-			time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), strings.Join(at, ", "), err)
+		cpu1, peakRSS, _ := localdns.CPUTime(pid)
+		return fmt.Sprintf("%s over %s: CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v); peak RSS %.1f MiB",
+			what, time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), waitsAt(worst, origin), err, float64(peakRSS)/(1<<20))
 	}
+}
+
+// watchNewProcessesCPU reports the waits for a CPU of each process named
+// comm that starts from now on (load clients', one after the other), from
+// when it is seen until it exits: a client that waits for a CPU counts
+// that wait as lookup time, whatever DNS did.
+func watchNewProcessesCPU(comm string, origin time.Time) (stop func() string) {
+	seen, _ := localdns.PIDsByComm(comm)
+	ctx, cancel := context.WithCancel(context.Background())
+	var watches []*localdns.RunQueueWatch // the goroutine's until done closes
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			pids, _ := localdns.PIDsByComm(comm)
+			for _, pid := range pids {
+				if slices.Contains(seen, pid) {
+					continue
+				}
+				seen = append(seen, pid)
+				w := localdns.WatchRunQueue(pid, 250*time.Millisecond)
+				watches = append(watches, w)
+				select {
+				case <-w.Done():
+				case <-ctx.Done():
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() string {
+		cancel()
+		<-done
+		if len(watches) == 0 {
+			return comm + ": no new process seen"
+		}
+		var each []string
+		for i, w := range watches {
+			worst, total, _ := w.Stop(3) // its exit ends the sampling: not an error here
+			each = append(each, fmt.Sprintf("%s #%d waited for a CPU %s; the longest waits in 250 ms: %s",
+				comm, i+1, total.Round(time.Millisecond), waitsAt(worst, origin)))
+		}
+		return strings.Join(each, "; ")
+	}
+}
+
+// waitsAt lists run-queue waits with their times from origin.
+func waitsAt(samples []localdns.RunQueueSample, origin time.Time) string {
+	var at []string
+	for _, s := range samples {
+		at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
+	}
+	return strings.Join(at, ", ")
 }
 
 func logTable(t *testing.T, title string, rows []seeds.Row) {

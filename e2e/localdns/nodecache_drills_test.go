@@ -96,11 +96,16 @@ func (e *env) nodeCacheDrill(t *testing.T, prefix string, d time.Duration, kills
 	loads := drillLoads(prefix, d)
 	e.startLoads(t, loads...)
 	tl := &timeline{origin: time.Now()}
+	// The standby answers while the node cache is down: its waits for a
+	// CPU explain an answer it gave late.
+	pids, err := localdns.StandbyPIDs(e.c)
+	stopStandbyWatch := watchCPU("standby", pids, err, tl.origin)
 	time.Sleep(3 * time.Second) // mid-load
 	drill(tl)
 	e.checkStillRunning(t, loads...)
 	done := finished(t, loads...)
 	dg1, snmp1 := e.nodeCounters(t)
+	standbyCPU := stopStandbyWatch()
 
 	dg := dg1.Sub(dg0)
 	noSocket := snmp1["Udp.NoPorts"] - snmp0["Udp.NoPorts"]
@@ -119,9 +124,6 @@ func (e *env) nodeCacheDrill(t *testing.T, prefix string, d time.Duration, kills
 				bl.name, bl.res.Lookups, bl.res.Errors, bl.res.FirstError, bl.res.Over5s, bl.res.Max)
 		}
 	}
-	t.Logf("queries to %s: %d, answered %d, unanswered %d: %d went with a killed process, %d met no socket (Udp.NoPorts: refused), %d overflowed one (Udp.InErrors); lookups >= 1 s: %s",
-		localdns.LocalIP, dg.In, dg.Out, dg.Unanswered(), withKilled, noSocket, overflowed, strings.Join(slowBy, ", "))
-	t.Logf("timeline (from the loads' start):\n  %s", tl)
 	if kills {
 		e.logStandbyMetrics(t)
 	}
@@ -135,6 +137,8 @@ func (e *env) nodeCacheDrill(t *testing.T, prefix string, d time.Duration, kills
 		// timeout: more slow lookups than that is slowness of its own.
 		e2etest.Errorf(t, "%d lookups took 1 s or more (%s), more than the %d queries to %s left unanswered", slow, strings.Join(slowBy, ", "), dg.Unanswered(), localdns.LocalIP)
 	}
+	e2etest.Explainf(t, "queries to %s: %d, answered %d, unanswered %d: %d went with a killed process, %d met no socket (Udp.NoPorts: refused), %d overflowed one (Udp.InErrors); lookups >= 1 s: %s; %s\ntimeline (from the loads' start):\n  %s",
+		localdns.LocalIP, dg.In, dg.Out, dg.Unanswered(), withKilled, noSocket, overflowed, strings.Join(slowBy, ", "), standbyCPU, tl)
 }
 
 // nodeCounters reads the node's datagram counters for LocalIP and its

@@ -90,6 +90,10 @@ func (w *RunQueueWatch) run() {
 	}
 }
 
+// Done is closed once the sampling has ended: at Stop, or when the
+// process is gone.
+func (w *RunQueueWatch) Done() <-chan struct{} { return w.done }
+
 // Stop ends the sampling and returns the n intervals with the longest
 // waits, longest first, and the total wait.
 func (w *RunQueueWatch) Stop(n int) (worst []RunQueueSample, total time.Duration, err error) {

@@ -106,10 +106,9 @@ func WatchNewProcess(ctx context.Context, comm string, before []int, interval ti
 }
 
 // CPUTime is the CPU time process pid has used (user and system, all
-// threads).
-func CPUTime(pid int) (time.Duration, error) {
-	cpu, _, err := readProc(pid)
-	return cpu, err
+// threads), and its resident-set high-water mark (VmHWM, bytes).
+func CPUTime(pid int) (cpu time.Duration, peakRSS int64, err error) {
+	return readProc(pid)
 }
 
 // readProc returns a process's user+system time and VmHWM.
