@@ -579,7 +579,7 @@ func watchCPU(what string, pids []int, err error, origin time.Time) (stop func()
 	return func() string {
 		worst, total, err := waits.Stop(5)
 		cpu1, peakRSS, _ := localdns.CPUTime(pid)
-		return fmt.Sprintf("%s over %s: CPU used %s, waited for a CPU %s; the longest waits in 250 ms: %s (err %v); peak RSS %.1f MiB",
+		return fmt.Sprintf("%s over %s: CPU used %s, waited for a CPU %s (all threads); one thread's longest waits: %s (err %v); peak RSS %.1f MiB",
 			what, time.Since(origin).Round(time.Second), cpu1-cpu0, total.Round(time.Millisecond), waitsAt(worst, origin), err, float64(peakRSS)/(1<<20))
 	}
 }
@@ -628,18 +628,19 @@ func watchNewProcessesCPU(comm string, origin time.Time) (stop func() string) {
 		var each []string
 		for i, w := range watches {
 			worst, total, _ := w.Stop(3) // its exit ends the sampling: not an error here
-			each = append(each, fmt.Sprintf("%s #%d waited for a CPU %s; the longest waits in 250 ms: %s",
+			each = append(each, fmt.Sprintf("%s #%d waited for a CPU %s (all threads); one thread's longest waits: %s",
 				comm, i+1, total.Round(time.Millisecond), waitsAt(worst, origin)))
 		}
 		return strings.Join(each, "; ")
 	}
 }
 
-// waitsAt lists run-queue waits with their times from origin.
+// waitsAt lists the longest waits of one thread with their times from
+// origin (each reported as it ended).
 func waitsAt(samples []localdns.RunQueueSample, origin time.Time) string {
 	var at []string
 	for _, s := range samples {
-		at = append(at, fmt.Sprintf("%s at %+.2fs", s.Wait.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
+		at = append(at, fmt.Sprintf("%s at %+.2fs", s.Longest.Round(time.Millisecond), s.At.Sub(origin).Seconds()))
 	}
 	return strings.Join(at, ", ")
 }

@@ -138,12 +138,34 @@ func TestParseProc(t *testing.T) {
 	}
 }
 
-func TestRunQueueWaitOfSelf(t *testing.T) {
-	if _, err := RunQueueWait(os.Getpid()); err != nil {
-		t.Fatal(err)
+func TestRunQueueWaitsOfSelf(t *testing.T) {
+	waits, err := RunQueueWaits(os.Getpid())
+	if err != nil || len(waits) == 0 {
+		t.Fatalf("RunQueueWaits(self) = %v, %v; want this process's threads", waits, err)
 	}
-	if _, err := RunQueueWait(-1); err == nil {
+	if _, ok := waits[os.Getpid()]; !ok {
+		t.Errorf("RunQueueWaits(self) = %v: no main thread %d", waits, os.Getpid())
+	}
+	if _, err := RunQueueWaits(-1); err == nil {
 		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+func TestWaitsBetween(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name           string
+		prev, cur      map[int]time.Duration
+		total, longest time.Duration
+	}{
+		{"same threads", map[int]time.Duration{1: 10 * ms, 2: 5 * ms}, map[int]time.Duration{1: 30 * ms, 2: 6 * ms}, 21 * ms, 20 * ms},
+		{"a thread new since: all its wait", map[int]time.Duration{1: 10 * ms}, map[int]time.Duration{1: 10 * ms, 2: 900 * ms}, 900 * ms, 900 * ms},
+		{"a thread gone since: left out", map[int]time.Duration{1: 10 * ms, 2: 5 * time.Second}, map[int]time.Duration{1: 12 * ms}, 2 * ms, 2 * ms},
+		{"none waited", map[int]time.Duration{1: ms}, map[int]time.Duration{1: ms}, 0, 0},
+	} {
+		if total, longest := waitsBetween(tc.prev, tc.cur); total != tc.total || longest != tc.longest {
+			t.Errorf("%s: waitsBetween = %s, %s; want %s, %s", tc.name, total, longest, tc.total, tc.longest)
+		}
 	}
 }
 

@@ -10,17 +10,19 @@ import (
 	"time"
 )
 
-// RunQueueWait is how long the threads of process pid have waited, in
-// total, for a CPU while runnable (the second field of each thread's
-// /proc/<pid>/task/<tid>/schedstat). A node cache that waits for a CPU
-// answers late however well it works: on a starved node this is where a
-// slow lookup's time went.
-func RunQueueWait(pid int) (time.Duration, error) {
+// RunQueueWaits are how long each thread of process pid has waited, in
+// all, for a CPU while runnable (by thread ID; the second field of
+// /proc/<pid>/task/<tid>/schedstat). The kernel adds a wait when it ends,
+// as the thread gets a CPU: a thread kept off for a second shows it at
+// once. A node cache that waits for a CPU answers late however well it
+// works, and a client that does counts the wait as lookup time: on a
+// starved node this is where a slow lookup's time went.
+func RunQueueWaits(pid int) (map[int]time.Duration, error) {
 	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil || len(stats) == 0 {
-		return 0, fmt.Errorf("schedstat of process %d: none found (%v)", pid, err)
+		return nil, fmt.Errorf("schedstat of process %d: none found (%v)", pid, err)
 	}
-	var total time.Duration
+	waits := make(map[int]time.Duration, len(stats))
 	for _, path := range stats {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -28,20 +30,36 @@ func RunQueueWait(pid int) (time.Duration, error) {
 		}
 		f := strings.Fields(string(b))
 		if len(f) < 2 {
-			return 0, fmt.Errorf("%s: %q: want 3 fields", path, b)
+			return nil, fmt.Errorf("%s: %q: want 3 fields", path, b)
 		}
 		ns, err := strconv.ParseInt(f[1], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("%s: %w", path, err)
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		total += time.Duration(ns)
+		tid, err := strconv.Atoi(filepath.Base(filepath.Dir(path)))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		waits[tid] = time.Duration(ns)
 	}
-	return total, nil
+	return waits, nil
 }
 
-// RunQueueWatch samples a process's run-queue wait every interval until
-// Stop, and reports the worst intervals: when a node cache waited longest
-// for a CPU, to set beside the times of slow lookups.
+// waitsBetween is what the threads of cur waited since prev: in all, and
+// the one thread that waited longest. A thread new since prev waited all
+// its wait in between; one gone since is left out.
+func waitsBetween(prev, cur map[int]time.Duration) (total, longest time.Duration) {
+	for tid, w := range cur {
+		d := w - prev[tid]
+		total += d
+		longest = max(longest, d)
+	}
+	return total, longest
+}
+
+// RunQueueWatch samples a process's run-queue waits every interval until
+// Stop or the process's exit, and reports the worst intervals: when a
+// process waited longest for a CPU, to set beside the times of slow lookups.
 type RunQueueWatch struct {
 	pid      int
 	interval time.Duration
@@ -52,10 +70,11 @@ type RunQueueWatch struct {
 	err     error
 }
 
-// RunQueueSample is the wait accrued in the interval ending At.
+// RunQueueSample is what the process's threads waited in the interval
+// ending At: in all, and the longest of one thread.
 type RunQueueSample struct {
-	At   time.Time
-	Wait time.Duration
+	At            time.Time
+	Wait, Longest time.Duration
 }
 
 // WatchRunQueue starts sampling process pid.
@@ -67,7 +86,7 @@ func WatchRunQueue(pid int, interval time.Duration) *RunQueueWatch {
 
 func (w *RunQueueWatch) run() {
 	defer close(w.done)
-	last, err := RunQueueWait(w.pid)
+	last, err := RunQueueWaits(w.pid)
 	if err != nil {
 		w.err = err
 		return
@@ -79,12 +98,13 @@ func (w *RunQueueWatch) run() {
 		case <-w.stop:
 			return
 		case now := <-tick.C:
-			cur, err := RunQueueWait(w.pid)
+			cur, err := RunQueueWaits(w.pid)
 			if err != nil {
 				w.err = err
 				return
 			}
-			w.samples = append(w.samples, RunQueueSample{At: now, Wait: cur - last})
+			total, longest := waitsBetween(last, cur)
+			w.samples = append(w.samples, RunQueueSample{At: now, Wait: total, Longest: longest})
 			last = cur
 		}
 	}
@@ -94,8 +114,8 @@ func (w *RunQueueWatch) run() {
 // process is gone.
 func (w *RunQueueWatch) Done() <-chan struct{} { return w.done }
 
-// Stop ends the sampling and returns the n intervals with the longest
-// waits, longest first, and the total wait.
+// Stop ends the sampling and returns the n intervals in which one thread
+// waited longest, longest first, and the total wait of all threads.
 func (w *RunQueueWatch) Stop(n int) (worst []RunQueueSample, total time.Duration, err error) {
 	close(w.stop)
 	<-w.done
@@ -103,6 +123,6 @@ func (w *RunQueueWatch) Stop(n int) (worst []RunQueueSample, total time.Duration
 		total += s.Wait
 	}
 	worst = slices.Clone(w.samples)
-	slices.SortFunc(worst, func(a, b RunQueueSample) int { return int(b.Wait - a.Wait) })
+	slices.SortFunc(worst, func(a, b RunQueueSample) int { return int(b.Longest - a.Longest) })
 	return worst[:min(n, len(worst))], total, w.err
 }
