@@ -58,8 +58,9 @@ func (e *env) freshNode(t *testing.T) {
 
 	e.removeNodeCache(t)
 	// Long enough to outlast the node cache's return: the apply, the
-	// rollouts and the webhook's first mutation took 8-17 s.
-	today := freshLoads("fresh", 30*time.Second)
+	// rollouts and the webhook's first mutation took 8-17 s, and 26 s once
+	// (the apply alone 15.7 s) behind pods starting at once.
+	today := freshLoads("fresh", 45*time.Second)
 	launched := time.Now()
 	e.launchLoads(today...)
 	tl := &timeline{origin: launched}
