@@ -197,6 +197,7 @@ func TestClientsAgainstLocalServer(t *testing.T) {
 		})
 	}
 	checkRateAndSlow(t, run, bins)
+	checkSelfStarved(t, run, bins)
 }
 
 // slowAnswer delays the local server's answers for names starting "slow.".
@@ -217,6 +218,37 @@ func checkRateAndSlow(t *testing.T, run func(*testing.T, []string) dnsload.Resul
 			res := run(t, []string{bin, "-h", "slow.svc.test", "-c", "2", "-d", "60", "-m", "10", "-l", fmt.Sprint(slowAnswer.Milliseconds())})
 			if res.SlowCount != 10 || len(res.SlowAt) != 10 || !slices.IsSorted(res.SlowAt) || res.SlowAt[9] > res.Elapsed {
 				t.Errorf("10 slow lookups: slow %d, started at %v (elapsed %s); want 10 start times, sorted, within the run", res.SlowCount, res.SlowAt, res.Elapsed)
+			}
+		})
+	}
+}
+
+// checkSelfStarved: a C client whose cgroup may use 1 ms of CPU a second
+// (cgroup v1 cpu.cfs_quota_us; a throttled thread waits runnable, as on a
+// starved node) has lookups of 1 s or more, and counts them all
+// self-starved: its names are answered at once, so its own waits for a
+// CPU explain every one.
+func checkSelfStarved(t *testing.T, run func(*testing.T, []string) dnsload.Result, bins Binaries) {
+	const cpuRoot = "/sys/fs/cgroup/cpu" // cgroup v1, as e2e/cluster's node uses
+	if _, err := os.Stat(filepath.Join(cpuRoot, "cpu.cfs_quota_us")); err != nil {
+		t.Skipf("no cgroup v1 cpu controller to throttle a client with: %v", err)
+	}
+	for _, bin := range []string{bins.Glibc, bins.Musl} {
+		t.Run(filepath.Base(bin)+"/self-starved", func(t *testing.T) {
+			cg := filepath.Join(cpuRoot, fmt.Sprintf("localdns-clients-test-%d", os.Getpid()))
+			if err := os.Mkdir(cg, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.Remove(cg) }) // empty once the client has exited
+			for file, v := range map[string]string{"cpu.cfs_period_us": "1000000", "cpu.cfs_quota_us": "1000"} {
+				if err := os.WriteFile(filepath.Join(cg, file), []byte(v), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res := run(t, []string{"sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(cg, "cgroup.procs"),
+				bin, "-h", "svc.test", "-c", "8", "-d", "3", "-m", "1000000"})
+			if res.Over1s == 0 || res.SelfStarved != res.Over1s || res.DNSOver1s() != 0 {
+				t.Errorf("%s throttled: >=1s %d, self-starved %d; want some, all self-starved (%s)", filepath.Base(bin), res.Over1s, res.SelfStarved, res)
 			}
 		})
 	}

@@ -114,8 +114,8 @@ func (e *env) nodeCacheDrill(t *testing.T, prefix string, d time.Duration, kills
 	var slow int64
 	var slowBy []string
 	for _, bl := range done {
-		slow += bl.res.Over1s
-		slowBy = append(slowBy, fmt.Sprintf("%s %d (max %s)", bl.kind, bl.res.Over1s, bl.res.Max.Round(time.Millisecond)))
+		slow += bl.res.DNSOver1s()
+		slowBy = append(slowBy, fmt.Sprintf("%s %d (max %s, %d more client-starved)", bl.kind, bl.res.DNSOver1s(), bl.res.Max.Round(time.Millisecond), bl.res.SelfStarved))
 		if len(bl.res.SlowAt) > 0 {
 			tl.add(fmt.Sprintf("%s's lookups >= 1 s started at %s", bl.kind, tl.slowAt(bl)))
 		}

@@ -135,13 +135,14 @@ spec:
 }
 
 // WriteTable prints the rows side by side: lookups, errors, mean, p99,
-// max and the lookups that took 1 s and 5 s or more.
+// max, the lookups that took 1 s and 5 s or more, and of those >= 1 s the
+// ones the client's own waits for a CPU explain (dnsload.Result.SelfStarved).
 func WriteTable(w io.Writer, rows []Row) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "client\tlookups\terrors\tmean\tp99\tmax\t>=1s\t>=5s\t")
+	fmt.Fprintln(tw, "client\tlookups\terrors\tmean\tp99\tmax\t>=1s\t>=5s\tof >=1s, client starved\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%d (%.2f%%)\t%d (%.2f%%)\t\n", r.Client, r.Lookups, r.Errors,
-			ms(r.Mean), ms(r.P99), ms(r.Max), r.Over1s, pct(r.Over1s, r.Lookups), r.Over5s, pct(r.Over5s, r.Lookups))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%d (%.2f%%)\t%d (%.2f%%)\t%d\t\n", r.Client, r.Lookups, r.Errors,
+			ms(r.Mean), ms(r.P99), ms(r.Max), r.Over1s, pct(r.Over1s, r.Lookups), r.Over5s, pct(r.Over5s, r.Lookups), r.SelfStarved)
 	}
 	return tw.Flush()
 }

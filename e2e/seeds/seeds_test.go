@@ -12,7 +12,7 @@ import (
 func TestWriteTable(t *testing.T) {
 	rows := []Row{
 		{Client: "glibc", Result: dnsload.Result{Lookups: 1000, Errors: 1, Mean: 120 * time.Millisecond,
-			P99: 5 * time.Second, Max: 5100 * time.Millisecond, Over1s: 20, Over5s: 19}},
+			P99: 5 * time.Second, Max: 5100 * time.Millisecond, Over1s: 20, Over5s: 19, SelfStarved: 3}},
 		{Client: "go", Result: dnsload.Result{Lookups: 0}},
 	}
 	var b bytes.Buffer
@@ -23,7 +23,7 @@ func TestWriteTable(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("table has %d lines, want header + 2:\n%s", len(lines), b.String())
 	}
-	for _, want := range []string{"glibc", "1000", "120.0ms", "5000.0ms", "5100.0ms", "20 (2.00%)", "19 (1.90%)"} {
+	for _, want := range []string{"glibc", "1000", "120.0ms", "5000.0ms", "5100.0ms", "20 (2.00%)", "19 (1.90%)", "  3"} {
 		if !strings.Contains(lines[1], want) {
 			t.Errorf("glibc row lacks %q: %s", want, lines[1])
 		}

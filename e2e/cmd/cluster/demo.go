@@ -145,8 +145,8 @@ func demo(ctx context.Context, o options, bench bool) (err error) {
 	}
 	var slow []string
 	for _, r := range after {
-		if r.Over1s > 0 || r.Errors > 0 {
-			slow = append(slow, fmt.Sprintf("%s: %d lookups >= 1 s, %d errors", r.Client, r.Over1s, r.Errors))
+		if r.DNSOver1s() > 0 || r.Errors > 0 {
+			slow = append(slow, fmt.Sprintf("%s: %d lookups >= 1 s, %d errors", r.Client, r.DNSOver1s(), r.Errors))
 		}
 	}
 	if len(slow) > 0 {
