@@ -11,13 +11,14 @@ package cluster
 import (
 	"errors"
 	"fmt"
-	"github.com/localdns/localdns/internal/contract"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/localdns/localdns/internal/contract"
 )
 
 // Versions the harness is built and tested against.

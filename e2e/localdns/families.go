@@ -1,10 +1,10 @@
 package localdns
 
 import (
-	"github.com/localdns/localdns/internal/contract"
 	"strings"
 
 	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/internal/contract"
 )
 
 // LocalIPv6 is the node cache's IPv6 address on every node (the webhook's

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/localdns/localdns/internal/contract"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/localdns/localdns/e2e/cluster"
+	"github.com/localdns/localdns/internal/contract"
 )
 
 // Names of the installed objects, as manifests/base has them.
