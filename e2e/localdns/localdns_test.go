@@ -545,13 +545,19 @@ func (e *env) seedsOptedIn(t *testing.T) {
 	if snmp1, err := localdns.NodeSNMP(e.ctx, e.c); err == nil {
 		postMortem = append(postMortem, "node: "+localdns.SNMPDelta(snmp0, snmp1, "Udp.InErrors", "Udp.RcvbufErrors"))
 	}
-	e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_",
+	metrics := e.logNodeCacheMetrics(t, "after the opted-in run", "localdns_nodecache_upstream_", "localdns_nodecache_miss_",
 		"localdns_nodecache_requests_total", "localdns_nodecache_responses_total", "localdns_nodecache_cache_",
 		"localdns_nodecache_client_limited_total", "localdns_nodecache_coalesced_total")
-	if lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, "localdns_nodecache_cache_stale_total", "localdns_nodecache_cache_prefetch_total",
-		`localdns_nodecache_upstream_errors_total{reason="timeout"`); err == nil {
-		postMortem = append(postMortem, "node cache (since its start): "+strings.Join(lines, ", "))
+	var counts []string
+	for _, line := range metrics {
+		for _, p := range []string{"localdns_nodecache_cache_stale_total", "localdns_nodecache_cache_prefetch_total",
+			`localdns_nodecache_upstream_errors_total{reason="timeout"`} {
+			if strings.HasPrefix(line, p) {
+				counts = append(counts, line)
+			}
+		}
 	}
+	postMortem = append(postMortem, "node cache (since its start): "+strings.Join(counts, ", "))
 	title := "localdns, namespace opted in (glibc, Go: node cache; musl: stub)"
 	if external != nil {
 		title += ", beside external names"
@@ -850,15 +856,16 @@ var downMetrics = []string{"localdns_nodecache_upstream_", "localdns_nodecache_c
 	"localdns_nodecache_cache_misses_total", "localdns_nodecache_requests_total"}
 
 // logNodeCacheMetrics logs the node cache's samples named by prefixes, for
-// a post-mortem.
-func (e *env) logNodeCacheMetrics(t *testing.T, when string, prefixes ...string) {
+// a post-mortem, and returns them (none when the scrape failed).
+func (e *env) logNodeCacheMetrics(t *testing.T, when string, prefixes ...string) []string {
 	t.Helper()
 	lines, err := localdns.NodeCacheMetrics(e.ctx, e.c, prefixes...)
 	if err != nil {
 		t.Logf("node cache metrics %s: %v", when, err)
-		return
+		return nil
 	}
 	t.Logf("node cache metrics %s:\n%s", when, strings.Join(lines, "\n"))
+	return lines
 }
 
 // setNodeSysctl sets a sysctl in the node's network namespace until the
