@@ -18,14 +18,16 @@
 // queries of one TCP connection one after another, so a query pipelined
 // behind a slow one waits for it. Each TCP connection therefore carries one
 // query at a time: a query takes an idle connection from its server's pool
-// (the most recently used), or dials a new one while the pool holds fewer
+// (the least recently used), or dials a new one while the pool holds fewer
 // than Config.MaxConnsPerServer, or else waits for one to come back. A
 // connection goes back to the pool after a clean exchange only; it is closed
 // when idle for Config.IdleTimeout and once it is older than
 // Config.MaxConnAge (less a random part of up to a half, so connections do not
 // expire together). The age limit is what spreads a node's queries over every
 // replica behind a Service ClusterIP: each new connection is DNATed anew, so
-// a replica added by scaling gets its share of connections within MaxConnAge.
+// a replica added by scaling gets its share of connections within MaxConnAge,
+// and least-recently-used reuse gives every connection an even part of the
+// queries, so a replica's share of the queries is its share of connections.
 //
 // UDP sends each query under a random ID from a connected socket, reused (up
 // to MaxConnsPerServer idle per server) only after a clean exchange. Replies
@@ -148,7 +150,10 @@ const (
 	DefaultProbeName         = "."
 	DefaultMaxConnsPerServer = 256
 	DefaultIdleTimeout       = 5 * time.Second // below miekg/dns's 8 s and CoreDNS's 10 s server side
-	DefaultMaxConnAge        = 30 * time.Second
+	// DefaultMaxConnAge renews a node's connections every 5-10 s: a TCP
+	// handshake each, and many more draws of a replica per minute, so the
+	// replicas' shares of one node's queries stay close to even.
+	DefaultMaxConnAge = 10 * time.Second
 	// DefaultDialTimeout and DefaultUnackedTimeout stay above TCP's 200 ms
 	// minimum retransmission timeout, so one lost segment is no dead signal.
 	DefaultDialTimeout    = 400 * time.Millisecond
@@ -196,7 +201,7 @@ type Config struct {
 	// IdleTimeout closes a TCP connection idle for this long, default 5s.
 	IdleTimeout time.Duration
 	// MaxConnAge closes a TCP connection once this old (less up to half, at
-	// random), so that a Service's new replicas get their share, default 30s.
+	// random), so that a Service's new replicas get their share, default 10s.
 	MaxConnAge time.Duration
 	// DialTimeout bounds a TCP dial, default 400ms.
 	DialTimeout time.Duration

@@ -329,6 +329,86 @@ func TestTCPMaxConnAge(t *testing.T) {
 	}
 }
 
+// openConns makes the forwarder open n connections to up (n queries held
+// at once, then answered) and returns their remote addresses as up saw them.
+func openConns(t *testing.T, f *Forwarder, up *fake, n int) []string {
+	t.Helper()
+	gate := make(chan struct{})
+	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
+		if r.Question[0].Name != probeName {
+			<-gate
+		}
+		answer(w, r)
+	})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { mustAnswer(t, f, fmt.Sprintf("open%d.example.", i)) })
+	}
+	testutil.Eventually(t, "every query to hold a connection", func() bool { return len(up.seenQueries()) == n })
+	close(gate)
+	wg.Wait()
+	up.setBehaviour(answer)
+	var remotes []string
+	for _, s := range up.seenQueries() {
+		remotes = append(remotes, s.remote)
+	}
+	return remotes
+}
+
+// TestTCPIdleConnectionsTakeTurns: idle connections are reused least
+// recently used first, so every open one carries an even part of the
+// queries (behind a Service address, each reached its replica at random).
+func TestTCPIdleConnectionsTakeTurns(t *testing.T) {
+	t.Parallel()
+	const n = 4
+	up := startFake(t)
+	f, _ := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Minute}}}}})
+	opened := openConns(t, f, up, n)
+	for i := range 2 * n {
+		mustAnswer(t, f, fmt.Sprintf("turn%d.example.", i))
+	}
+	uses := map[string]int{}
+	for _, s := range up.seenQueries()[n:] {
+		uses[s.remote]++
+	}
+	for _, remote := range opened {
+		if uses[remote] != 2 {
+			t.Errorf("connection %s carried %d of %d sequential queries, want 2 (each of the %d in turn): %v", remote, uses[remote], 2*n, n, uses)
+		}
+	}
+	if got := up.accepted.Load(); got != n {
+		t.Errorf("fake accepted %d connections, want %d", got, n)
+	}
+}
+
+// TestTCPStalePooledConnections: every pooled connection was closed by the
+// server (its replica gone), more of them than an attempt's resends; the
+// query still goes through on a new one, and the server is not charged.
+func TestTCPStalePooledConnections(t *testing.T) {
+	t.Parallel()
+	const n = maxResends + 2
+	up := startFake(t)
+	f, reg := newTestForwarder(t, Config{Zones: []Zone{{Name: ".", Servers: []Server{{Addr: up.addr, Timeout: time.Minute}}}}})
+	stale := openConns(t, f, up, n)
+	up.setBehaviour(func(w dns.ResponseWriter, r *dns.Msg) {
+		if slices.Contains(stale, w.RemoteAddr().String()) {
+			w.Close()
+			return
+		}
+		answer(w, r)
+	})
+	mustAnswer(t, f, "after.example.")
+	if got := up.accepted.Load(); got != n+1 {
+		t.Errorf("fake accepted %d connections, want %d (the stale ones and one new)", got, n+1)
+	}
+	if got := errorCount(t, reg, up.addr, reasonClosed); got != n {
+		t.Errorf("closed errors %v, want %d", got, n)
+	}
+	if u := upstreamOf(t, f, up.addr); u.health.fails.Load() != 0 || u.health.isDown() {
+		t.Errorf("server charged with stale connections: fails %d down %v", u.health.fails.Load(), u.health.isDown())
+	}
+}
+
 // TestTCPClosedConnectionResent: the server closes a pooled connection
 // without answering; the query goes again on a new connection, and the
 // server is not charged.

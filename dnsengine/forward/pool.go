@@ -17,9 +17,11 @@ import (
 
 // tcpPool holds the TCP connections to one server, each carrying one query
 // at a time (see the package documentation). Idle connections are reused
-// most recently used first, so that under light load the ones not needed
-// reach IdleTimeout and close: the pool follows the concurrency. Sockets are
-// closed outside the lock.
+// least recently used first, so every open connection carries an even part
+// of the queries: behind a Service address each one reached a replica at
+// random, and a replica's share of the queries is then its share of the
+// connections, not that of whichever one happens to be reused most. Sockets
+// are closed outside the lock.
 type tcpPool struct {
 	addr        string
 	maxConns    int
@@ -74,8 +76,8 @@ func (p *tcpPool) get(ctx context.Context) (*tcpConn, error) {
 	}
 	var expired []*tcpConn
 	for len(p.idle) > 0 {
-		c := p.idle[len(p.idle)-1]
-		p.idle = p.idle[:len(p.idle)-1]
+		c := p.idle[0]
+		p.idle = slices.Delete(p.idle, 0, 1)
 		if c.expired(now, p.idleTimeout) {
 			expired = append(expired, c)
 			p.forgetLocked(c)
@@ -169,6 +171,7 @@ func (p *tcpPool) put(c *tcpConn, reusable bool) {
 	p.mu.Lock()
 	if reusable && !p.closed && !c.expired(now, p.idleTimeout) {
 		c.lastUsed = now
+		c.reused = true
 		if len(p.waiters) > 0 {
 			wait := p.waiters[0]
 			p.waiters = p.waiters[1:]

@@ -19,9 +19,12 @@ type tcpConn struct {
 	nc       net.Conn
 	retireAt time.Time // closed once this old, not reused
 	lastUsed time.Time // guarded by the pool's lock while idle
-	nextID   uint16
-	frame    []byte // the query frame, then the reply, reused
-	closed   atomic.Bool
+	// reused: c has carried a query before, so the server may have closed
+	// it since (idle, or its replica gone) without c's owner knowing.
+	reused bool
+	nextID uint16
+	frame  []byte // the query frame, then the reply, reused
+	closed atomic.Bool
 }
 
 // expired reports whether c is too old, or idle too long, to be used again.

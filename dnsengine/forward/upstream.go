@@ -83,7 +83,8 @@ const maxRefusedDials = 8
 // askTCP sends the query on a pooled connection, and again on another
 // one (DNS queries are idempotent) when that one fails in a way another
 // connection may not: up to maxResends times, or maxRefusedDials refused
-// dials, within ctx, and not once the server is marked down (the caller moves
+// dials, not counting pooled connections found closed by the server (each
+// is closed and leaves the pool, so there are at most as many), within ctx, and not once the server is marked down (the caller moves
 // on to the next server). An attempt strikes the server once at most: for a
 // refused dial only if the attempt fails (behind a Service address, a dial
 // refused by a replica just gone and resent to one that answers is no sign
@@ -93,6 +94,7 @@ func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, sta
 	struck := false
 	for resends, refused := 0, 0; ; {
 		c, err := u.pool.get(ctx)
+		stale := false
 		if err == nil {
 			var resp *dns.Msg
 			resp, err = c.roundTrip(ctx, wire, q, u.metrics)
@@ -100,13 +102,19 @@ func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, sta
 			if err == nil {
 				return resp, nil
 			}
+			stale = c.reused && classify(err) == reasonClosed
 		}
 		if u.countError(err) {
 			dead = err
 		}
-		if classify(err) == reasonRefused {
+		switch {
+		case stale:
+			// A pooled connection the server had closed (a replica gone,
+			// or one that closed it while idle) is not this attempt's
+			// failure; it has left the pool, so these resends end with it.
+		case classify(err) == reasonRefused:
 			refused++
-		} else {
+		default:
 			resends++
 		}
 		if classify(err) == reasonUnreachable && !struck {
