@@ -53,8 +53,10 @@ type scenario struct {
 	// fullOnly scenarios run in full runs alone (iptables mode): they
 	// exercise kube-dns and the node cache's path to it, which kube-proxy's
 	// mode does not change (both spread new connections over the endpoints
-	// at random), or a node's start, which kube-proxy's mode does not
-	// change either.
+	// at random), a node's start, which kube-proxy's mode does not change
+	// either, or the node cache OOM-killed: the same takeover by the
+	// standby as nodecache-killed, which runs in every mode, with another
+	// killer.
 	fullOnly bool
 	// helmOnly scenarios run once, on the run that installs with Helm.
 	helmOnly bool
@@ -74,7 +76,7 @@ var scenarios = []scenario{
 	{name: "first-lookups", run: (*env).firstLookups},
 	{name: "seeds", run: (*env).seeds},
 	{name: "nodecache-killed", run: (*env).nodeCacheKilled},
-	{name: "nodecache-oom-killed", run: (*env).nodeCacheOOMKilled},
+	{name: "nodecache-oom-killed", run: (*env).nodeCacheOOMKilled, fullOnly: true},
 	{name: "rolling-update", run: (*env).rollingUpdate},
 	{name: "kube-dns-rolled", run: (*env).kubeDNSRolled, fullOnly: true},
 	{name: "kube-dns-scaled-up", run: (*env).kubeDNSScaledUp, fullOnly: true},
