@@ -281,6 +281,10 @@ func TestLoadArgs(t *testing.T) {
 	if got, want := strings.Join(goArgs, " "), "-host svc.ns -c 3 -d 2s -slow 1s -max-lookups 10 -rate 500 -json"; got != want {
 		t.Errorf("Go args %q, want %q", got, want)
 	}
+	l.OwnResolvers = true
+	if goArgs, err = l.args(Go); err != nil || !slices.Contains(goArgs, "-own-resolvers") {
+		t.Errorf("Go args with OwnResolvers: %q, %v; want -own-resolvers among them", goArgs, err)
+	}
 	glibcArgs, err := l.args(Glibc)
 	if err != nil {
 		t.Fatal(err)

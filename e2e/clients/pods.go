@@ -45,6 +45,10 @@ type Load struct {
 	// Rate caps lookups started per second over all threads; 0 for none.
 	// gaiload takes whole lookups per second.
 	Rate float64
+	// OwnResolvers: the Go client's goroutines do not share a resolver, so
+	// no two lookups share one resolution (dnsload.Config.OwnResolvers).
+	// The C clients' threads never do: glibc and musl do not coalesce.
+	OwnResolvers bool
 }
 
 // args are the client's flags for l.
@@ -61,8 +65,12 @@ func (l Load) args(kind string) ([]string, error) {
 		}
 		return args, nil
 	case Go:
-		return []string{"-host", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", l.Duration.String(),
-			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-rate", fmt.Sprint(l.Rate), "-json"}, nil
+		args := []string{"-host", l.Host, "-c", fmt.Sprint(l.Concurrency), "-d", l.Duration.String(),
+			"-slow", l.Slow.String(), "-max-lookups", fmt.Sprint(l.MaxLookups), "-rate", fmt.Sprint(l.Rate), "-json"}
+		if l.OwnResolvers {
+			args = append(args, "-own-resolvers")
+		}
+		return args, nil
 	}
 	return nil, fmt.Errorf("unknown client kind %q", kind)
 }

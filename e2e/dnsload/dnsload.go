@@ -42,6 +42,13 @@ type Config struct {
 	// Resolver does the lookups; nil means the pure-Go resolver reading
 	// /etc/resolv.conf, the way a CGO_ENABLED=0 client in a pod does.
 	Resolver *net.Resolver
+	// OwnResolvers gives each goroutine a Resolver of its own, set up as
+	// Resolver. One Resolver coalesces concurrent lookups of a name into
+	// one resolution (singleflight), as an application sharing
+	// net.DefaultResolver does: one lost query then slows every lookup
+	// waiting on it. With OwnResolvers each lookup is its own resolution,
+	// which a check counting one slow lookup per lost query needs.
+	OwnResolvers bool
 }
 
 // Validate reports the first invalid field.
@@ -150,9 +157,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
 	}
-	resolver := cfg.Resolver
-	if resolver == nil {
-		resolver = &net.Resolver{PreferGo: true}
+	shared := cfg.Resolver
+	if shared == nil {
+		shared = &net.Resolver{PreferGo: true}
+	}
+	resolverOf := func() *net.Resolver {
+		if !cfg.OwnResolvers {
+			return shared
+		}
+		return &net.Resolver{PreferGo: shared.PreferGo, StrictErrors: shared.StrictErrors, Dial: shared.Dial}
 	}
 	var (
 		started    atomic.Int64
@@ -172,6 +185,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	next := paced(rctx, cfg.Rate)
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
+			resolver := resolverOf()
 			kinds := map[string]int64{}
 			kindsPerWorker[w] = kinds
 			for next() && time.Now().Before(deadline) {

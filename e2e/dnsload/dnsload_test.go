@@ -186,6 +186,25 @@ func TestRunRate(t *testing.T) {
 	}
 }
 
+// TestRunOwnResolvers: goroutines sharing a resolver share the resolution
+// of a name being looked up (Go's singleflight); with their own, every
+// lookup asks the server.
+func TestRunOwnResolvers(t *testing.T) {
+	const lookups = 8
+	srv := startServer(t, 100*time.Millisecond)
+	res, err := Run(context.Background(), Config{Host: "slow.test.", Concurrency: 4, Duration: time.Minute,
+		MaxLookups: lookups, Slow: time.Hour, LookupTimeout: 5 * time.Second, Resolver: srv.resolver, OwnResolvers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.mu.Lock()
+	asked := srv.asked["slow.test."]
+	srv.mu.Unlock()
+	if res.Lookups != lookups || res.Errors != 0 || asked != lookups {
+		t.Errorf("%d lookups (%d errors) asked the server %d times, want %d lookups, each asking once", res.Lookups, res.Errors, asked, lookups)
+	}
+}
+
 // TestRunUniqueNames: a host holding the mark asks one new name per lookup,
 // numbered through the run whatever goroutine asks it.
 func TestRunUniqueNames(t *testing.T) {

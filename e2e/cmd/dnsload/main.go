@@ -36,6 +36,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.Slow, "slow", 5*time.Second, "count lookups at or above this latency")
 	fs.DurationVar(&o.cfg.LookupTimeout, "lookup-timeout", 30*time.Second, "abandon one lookup after this (counted as an error)")
 	fs.Float64Var(&o.cfg.Rate, "rate", 0, "lookups started per second over all goroutines; 0 for no cap")
+	fs.BoolVar(&o.cfg.OwnResolvers, "own-resolvers", false, "give each goroutine its own resolver, so that no two lookups share one resolution")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the result as JSON")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
