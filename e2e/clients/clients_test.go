@@ -253,6 +253,9 @@ func checkSelfStarved(t *testing.T, run func(*testing.T, []string) dnsload.Resul
 			if res.Over1s == 0 || res.SelfStarved == 0 || res.SelfStarved > res.Over1s {
 				t.Errorf("%s throttled: >=1s %d, self-starved %d; want some, of them some self-starved (%s)", filepath.Base(bin), res.Over1s, res.SelfStarved, res)
 			}
+			if res.StarvedErrors > res.Errors {
+				t.Errorf("%s throttled: %d errors counted self-starved of %d (%s)", filepath.Base(bin), res.StarvedErrors, res.Errors, res)
+			}
 		})
 	}
 }

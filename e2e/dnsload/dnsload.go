@@ -102,6 +102,11 @@ type Result struct {
 	// it (per thread, /proc/thread-self/schedstat); Go's goroutines move
 	// between threads, and its count is 0.
 	SelfStarved int64 `json:"self_starved"`
+	// StarvedErrors counts the failed lookups during which the client
+	// thread waited 1 s or more for a CPU (the pods' per-server timeout):
+	// glibc gives up on a server whose deadline passed while the thread
+	// waited, without reading a reply that may be there. C client only.
+	StarvedErrors int64 `json:"starved_errors"`
 	// First is the time from the run's start until every goroutine's first
 	// lookup had finished: what an application that resolves names the
 	// moment it starts waits at most for its first answers.
@@ -118,6 +123,10 @@ type Result struct {
 // for a CPU do not explain.
 func (r Result) DNSOver1s() int64 { return r.Over1s - r.SelfStarved }
 
+// DNSErrors are the failed lookups that the client's own waits for a CPU
+// do not explain.
+func (r Result) DNSErrors() int64 { return r.Errors - r.StarvedErrors }
+
 // MaxSlowAt bounds Result.SlowAt.
 const MaxSlowAt = 100
 
@@ -130,6 +139,9 @@ func (r Result) String() string {
 		r.Max.Round(time.Microsecond), r.Slow, r.SlowCount, r.Over1s, r.Over5s, r.First.Round(time.Microsecond))
 	if r.SelfStarved > 0 {
 		s += fmt.Sprintf(" self-starved(>=1s):%d", r.SelfStarved)
+	}
+	if r.StarvedErrors > 0 {
+		s += fmt.Sprintf(" self-starved(errors):%d", r.StarvedErrors)
 	}
 	for _, kind := range slices.Sorted(maps.Keys(r.ErrorKinds)) {
 		s += fmt.Sprintf(" [%s]:%d", kind, r.ErrorKinds[kind])

@@ -19,7 +19,10 @@
  * itself waited for a CPU long enough that less than 1 s is left is
  * counted apart ("self_starved"). On a 2-core node shared with the whole
  * cluster, 50 threads can be kept off the CPU for a second, and would
- * otherwise count that as DNS time.
+ * otherwise count that as DNS time. So is a failed lookup during which the
+ * thread waited 1 s or more ("starved_errors"): glibc gives up on a server
+ * whose deadline passed while the thread waited, without reading a reply
+ * that may be there.
  *
  * Prints one JSON object with the keys of e2e/dnsload's Result, so the
  * harness reads both clients the same way (errors counted by
@@ -75,6 +78,7 @@ struct worker {
 	int64_t slow_at[MAX_SLOW_AT]; /* ns from the run's start to each slow lookup's start */
 	long slow_at_count;
 	long self_starved; /* lookups >= 1 s that are under 1 s less the thread's own run-queue wait */
+	long starved_errors; /* failed lookups during which the thread waited >= 1 s for a CPU */
 	struct error_kind kinds[MAX_ERROR_KINDS];
 };
 
@@ -165,11 +169,14 @@ static void *run_worker(void *arg)
 		int64_t t0 = now_ns();
 		int rc = getaddrinfo(host, NULL, &hints, &res);
 		int64_t end = now_ns(), took = end - t0;
-		if (took >= 1000000000LL && waited0 >= 0) {
+		int64_t waited = -1; /* this lookup's run-queue wait, when it matters */
+		if ((took >= 1000000000LL || rc != 0) && waited0 >= 0) {
 			int64_t waited1 = run_queue_wait(sched_fd);
-			if (waited1 >= waited0 && took - (waited1 - waited0) < 1000000000LL)
-				w->self_starved++;
+			if (waited1 >= waited0)
+				waited = waited1 - waited0;
 		}
+		if (took >= 1000000000LL && waited >= 0 && took - waited < 1000000000LL)
+			w->self_starved++;
 		if (w->count == 0)
 			w->first_end = end - begin_ns;
 		if (took >= (int64_t)c->slow_ms * 1000000 && w->slow_at_count < MAX_SLOW_AT)
@@ -178,6 +185,8 @@ static void *run_worker(void *arg)
 			freeaddrinfo(res);
 		else {
 			w->errors++;
+			if (waited >= 1000000000LL)
+				w->starved_errors++;
 			if (!w->first_error)
 				w->first_error = rc;
 			if (!count_error(w->kinds, rc, 1)) {
@@ -296,7 +305,7 @@ int main(int argc, char **argv)
 	if (running < cfg.threads)
 		return 1;
 
-	long total = 0, errors = 0, self_starved = 0;
+	long total = 0, errors = 0, self_starved = 0, starved_errors = 0;
 	int64_t first = 0;
 	int first_error = 0;
 	struct error_kind kinds[MAX_ERROR_KINDS] = {0};
@@ -304,6 +313,7 @@ int main(int argc, char **argv)
 		total += workers[i].count;
 		errors += workers[i].errors;
 		self_starved += workers[i].self_starved;
+		starved_errors += workers[i].starved_errors;
 		if (workers[i].first_end > first)
 			first = workers[i].first_end;
 		if (!first_error)
@@ -356,8 +366,8 @@ int main(int argc, char **argv)
 	printf(",\"min_ns\":%lld,\"mean_ns\":%lld,\"p99_ns\":%lld,\"max_ns\":%lld",
 	       (long long)(total ? all[0] : 0), (long long)(total ? sum / total : 0),
 	       (long long)(total ? all[rank - 1] : 0), (long long)(total ? all[total - 1] : 0));
-	printf(",\"slow_threshold_ns\":%lld,\"slow\":%ld,\"over_1s\":%ld,\"over_5s\":%ld,\"self_starved\":%ld,\"first_ns\":%lld",
-	       (long long)slow_ns, slow, over1, over5, self_starved, (long long)first);
+	printf(",\"slow_threshold_ns\":%lld,\"slow\":%ld,\"over_1s\":%ld,\"over_5s\":%ld,\"self_starved\":%ld,\"starved_errors\":%ld,\"first_ns\":%lld",
+	       (long long)slow_ns, slow, over1, over5, self_starved, starved_errors, (long long)first);
 	printf(",\"start_unix_ns\":%lld", (long long)wall.tv_sec * 1000000000 + wall.tv_nsec);
 	/* The earliest MAX_SLOW_AT slow lookups' start times, as e2e/dnsload keeps them. */
 	int64_t slow_at[MAX_SLOW_AT * 2];
