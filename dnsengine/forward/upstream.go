@@ -84,8 +84,9 @@ const maxRefusedDials = 8
 // one (DNS queries are idempotent) when that one fails in a way another
 // connection may not: up to maxResends times, or maxRefusedDials refused
 // dials, not counting pooled connections found closed by the server (each
-// is closed and leaves the pool, so there are at most as many), within ctx, and not once the server is marked down (the caller moves
-// on to the next server). An attempt strikes the server once at most: for a
+// is closed and leaves the pool, so there are at most as many), within
+// ctx, and not once the server is marked down (the caller moves on to the
+// next server). An attempt strikes the server once at most: for a
 // refused dial only if the attempt fails (behind a Service address, a dial
 // refused by a replica just gone and resent to one that answers is no sign
 // against the server), for a silent one at once.
@@ -94,7 +95,7 @@ func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, sta
 	struck := false
 	for resends, refused := 0, 0; ; {
 		c, err := u.pool.get(ctx)
-		stale := false
+		reused := false
 		if err == nil {
 			var resp *dns.Msg
 			resp, err = c.roundTrip(ctx, wire, q, u.metrics)
@@ -102,22 +103,23 @@ func (u *upstream) askTCP(ctx context.Context, wire []byte, q *dns.Question, sta
 			if err == nil {
 				return resp, nil
 			}
-			stale = c.reused && classify(err) == reasonClosed
+			reused = c.reused
 		}
 		if u.countError(err) {
 			dead = err
 		}
+		reason := classify(err)
 		switch {
-		case stale:
+		case reused && reason == reasonClosed:
 			// A pooled connection the server had closed (a replica gone,
 			// or one that closed it while idle) is not this attempt's
 			// failure; it has left the pool, so these resends end with it.
-		case classify(err) == reasonRefused:
+		case reason == reasonRefused:
 			refused++
 		default:
 			resends++
 		}
-		if classify(err) == reasonUnreachable && !struck {
+		if reason == reasonUnreachable && !struck {
 			// A dial or a query left unanswered by the kernel has already
 			// cost its 400 ms: strike now, so that a server gone silent is
 			// marked down within a second, not after every resend.
